@@ -1,0 +1,64 @@
+"""Shared pytest fixtures.
+
+The shared reference material (spec, fixtures) lives beside the checkout, in
+``<checkout>/../shared``. Tests that need it take one of the fixtures below, which skip the test
+with a clear reason when the material is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE_CKPT_NAME = "strategic_marl_reference.pt"
+REFERENCE_IO_NAME = "reference_io.npz"
+STATE_DICT_LAYOUT_RELPATH = Path("spec") / "state_dict_layout.txt"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (shared reference material is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared directory (``<checkout>/../shared``); skips if it does not exist."""
+    return _require(SHARED_DIR, "shared directory")
+
+
+@pytest.fixture(scope="session")
+def state_dict_layout_path(shared_dir: Path) -> Path:
+    """Path of ``spec/state_dict_layout.txt``; skips if absent."""
+    return _require(shared_dir / STATE_DICT_LAYOUT_RELPATH, "state-dict layout file")
+
+
+@pytest.fixture(scope="session")
+def reference_ckpt_path(shared_dir: Path) -> Path:
+    """Path of the upstream PyTorch reference checkpoint; skips if absent."""
+    return _require(
+        shared_dir / "fixtures" / "upstream_reference" / REFERENCE_CKPT_NAME,
+        "upstream reference checkpoint",
+    )
+
+
+@pytest.fixture(scope="session")
+def reference_io(shared_dir: Path) -> dict[str, np.ndarray]:
+    """The upstream reference inputs/outputs as a plain dict of arrays; skips if absent.
+
+    Keys: ``<agent>/input``, ``<agent>/{action_probs, logits, value, action, log_prob, entropy,
+    attention_weights}`` for agent in mlmi, nwrqk, mmd; ``critic/input``, ``critic/value``,
+    ``critic/agent_values/<agent>``. Treat the arrays as read-only (the fixture is session-wide).
+    """
+    path = _require(
+        shared_dir / "fixtures" / "upstream_reference" / REFERENCE_IO_NAME,
+        "upstream reference outputs",
+    )
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return arrays
