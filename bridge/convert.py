@@ -1,0 +1,481 @@
+"""PyTorch state dicts <-> Flax variables, and ``.pt`` checkpoint files <-> StrategicCheckpoint.
+
+Keys are renamed by rule and tensors transposed by layer kind:
+
+- ``a.0.b.weight`` -> module path ``a_0/b`` (a numeric segment joins the name before it);
+- ``weight`` of a Linear ``(out, in)`` -> ``kernel`` ``(in, out)``; of a Conv1d ``(out, in, k)``
+  -> ``kernel`` ``(k, in, out)``; of a norm -> ``scale``; ``bias`` stays ``bias``;
+- recurrent tensors (``weight_ih_l0`` ...) keep their names and PyTorch layout;
+- ``running_mean``/``running_var``/``num_batches_tracked`` -> ``batch_stats`` ``mean``/``var``/
+  ``num_batches_tracked`` (int64 <-> int32);
+- ``pe`` and the critic's unused ``agent_attention`` tensors -> ``buffers``, unchanged.
+
+The expected keys, their order, shapes and dtypes come from ``bridge.torch_reference`` built
+on the ``meta`` device with the same configuration, so every problem in a state dict is found
+and reported at once before anything is converted or written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import torch
+
+from bridge import torch_reference
+from marl_jax.models.actors import AGENT_ORDER, StrategicActor
+from marl_jax.models.critic import CentralizedCritic
+from marl_jax.models.registry import abstract_variables, build_module, module_config
+
+MIN_TORCH = (2, 10)
+STATE_DICTS_KEY = "model_state_dicts"
+BN_NAMES = {
+    "running_mean": "mean",
+    "running_var": "var",
+    "num_batches_tracked": "num_batches_tracked",
+}
+BN_TORCH_NAMES = {v: k for k, v in BN_NAMES.items()}
+RNN_LEAF = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
+TOP_LEVEL_PARAMS = ("temperature", "volatility_adjust")
+BUFFER_MODULES = ("agent_attention",)
+
+
+class BridgeError(ValueError):
+    """A checkpoint or state dict that cannot be converted; the message is one line."""
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+if _torch_version() < MIN_TORCH:
+    raise ImportError(
+        f"bridge needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} for safe weights_only loading; "
+        f"found {torch.__version__}. Run: pip install 'torch>=2.10'"
+    )
+
+
+# ----------------------------------------------------------------------------- key mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaxSlot:
+    """Where a state-dict entry lives in the Flax variables, and how it is laid out."""
+
+    collection: str
+    path: tuple[str, ...]
+    kind: str  # "linear", "conv", "plain", "count"
+
+
+def _module_path(segments: list[str]) -> list[str]:
+    path: list[str] = []
+    for segment in segments:
+        if segment.isdigit() and path:
+            path[-1] = f"{path[-1]}_{segment}"
+        else:
+            path.append(segment)
+    return path
+
+
+def flax_slot(key: str, ndim: int) -> FlaxSlot:
+    """Maps a PyTorch state-dict key (and its tensor rank) to its Flax location."""
+    *modules, leaf = key.split(".")
+    path = _module_path(modules)
+    if not path and leaf in TOP_LEVEL_PARAMS:
+        return FlaxSlot("params", (leaf,), "plain")
+    if path and path[0] in BUFFER_MODULES:
+        return FlaxSlot("buffers", (path[0], "_".join([*path[1:], leaf])), "plain")
+    if leaf == "pe":
+        return FlaxSlot("buffers", (*path, leaf), "plain")
+    if leaf in BN_NAMES:
+        kind = "count" if leaf == "num_batches_tracked" else "plain"
+        return FlaxSlot("batch_stats", (*path, BN_NAMES[leaf]), kind)
+    if RNN_LEAF.match(leaf):
+        return FlaxSlot("params", (*path, leaf), "plain")
+    if leaf == "bias":
+        return FlaxSlot("params", (*path, "bias"), "plain")
+    if leaf == "weight":
+        kinds = {1: ("scale", "plain"), 2: ("kernel", "linear"), 3: ("kernel", "conv")}
+        if ndim in kinds:
+            name, kind = kinds[ndim]
+            return FlaxSlot("params", (*path, name), kind)
+    raise BridgeError(f"state-dict key {key!r} (rank {ndim}) has no Flax counterpart")
+
+
+def _to_flax_array(tensor: torch.Tensor, kind: str) -> np.ndarray:
+    array = tensor.detach().cpu().numpy()
+    if kind == "linear":
+        array = array.T
+    elif kind == "conv":
+        array = array.transpose(2, 1, 0)
+    elif kind == "count":
+        if abs(int(array)) > np.iinfo(np.int32).max:
+            raise BridgeError(f"num_batches_tracked {int(array)} does not fit in int32")
+        array = array.astype(np.int32)
+    return np.array(array, order="C", copy=True)
+
+
+def _to_torch_tensor(array: Any, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    array = np.asarray(array)
+    if kind == "linear":
+        array = array.T
+    elif kind == "conv":
+        array = array.transpose(2, 1, 0)
+    return torch.from_numpy(np.array(array, copy=True)).to(dtype)
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def reference_module(module: nn.Module) -> torch.nn.Module:
+    """The ``bridge.torch_reference`` twin of a Flax model, built on the meta device."""
+    config = module_config(module)
+    if isinstance(module, StrategicActor):
+        cls = getattr(torch_reference, type(module).__name__)
+    elif isinstance(module, CentralizedCritic):
+        cls = torch_reference.CentralizedCritic
+    else:
+        raise TypeError(f"not a Strategic MARL model: {type(module).__name__}")
+    with torch.device("meta"):
+        return cls(**config)
+
+
+def template_state_dict(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """The original's state-dict keys, order, shapes and dtypes for this configuration."""
+    return reference_module(module).state_dict()
+
+
+def state_dict_problems(
+    state_dict: Mapping[str, Any], template: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Every missing key, unexpected key, shape or dtype mismatch and non-finite tensor."""
+    problems = []
+    for key, expected in template.items():
+        if key not in state_dict:
+            problems.append(f"missing {key} (expected {tuple(expected.shape)})")
+            continue
+        found = state_dict[key]
+        if not isinstance(found, torch.Tensor):
+            problems.append(f"{key}: expected a tensor, found {type(found).__name__}")
+        elif tuple(found.shape) != tuple(expected.shape):
+            problems.append(
+                f"{key}: expected shape {tuple(expected.shape)}, found {tuple(found.shape)}"
+            )
+        elif found.dtype != expected.dtype:
+            problems.append(f"{key}: expected dtype {expected.dtype}, found {found.dtype}")
+        elif found.is_floating_point() and not bool(torch.isfinite(found).all()):
+            bad = int((~torch.isfinite(found)).sum())
+            problems.append(f"{key}: {bad} NaN/Inf values")
+    problems += [f"unexpected {key}" for key in state_dict if key not in template]
+    return problems
+
+
+def _raise_problems(problems: list[str], where: str) -> None:
+    if problems:
+        raise BridgeError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- module level
+
+
+def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    flat = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, (*prefix, name)))
+        else:
+            flat[(*prefix, name)] = value
+    return flat
+
+
+def torch_to_flax(
+    state_dict: Mapping[str, torch.Tensor], module: nn.Module, *, where: str = "state dict"
+) -> dict:
+    """Converts a PyTorch state dict into the Flax variables of ``module``.
+
+    All missing/unexpected keys, shape or dtype mismatches and NaN/Inf tensors are reported in
+    one ``BridgeError``.
+    """
+    template = template_state_dict(module)
+    _raise_problems(state_dict_problems(state_dict, template), where)
+    variables: dict = {}
+    for key, expected in template.items():
+        slot = flax_slot(key, expected.dim())
+        _set_path(
+            variables, (slot.collection, *slot.path), _to_flax_array(state_dict[key], slot.kind)
+        )
+    _check_structure(variables, module, where)
+    return variables
+
+
+def _check_structure(variables: Mapping, module: nn.Module, where: str) -> None:
+    expected = {
+        path: (tuple(leaf.shape), np.dtype(leaf.dtype))
+        for path, leaf in _flatten(abstract_variables(module)).items()
+    }
+    found = {
+        path: (tuple(np.shape(leaf)), np.asarray(leaf).dtype)
+        for path, leaf in _flatten(variables).items()
+    }
+    problems = [f"missing {'/'.join(p)} {s}" for p, s in expected.items() if p not in found]
+    problems += [f"unexpected {'/'.join(p)}" for p in found if p not in expected]
+    problems += [
+        f"{'/'.join(p)}: expected {expected[p]}, found {found[p]}"
+        for p in found
+        if p in expected and found[p] != expected[p]
+    ]
+    _raise_problems(problems, where)
+
+
+def flax_to_torch(variables: Mapping, module: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """Converts Flax variables of ``module`` into a state dict in the original's layout."""
+    where = f"{type(module).__name__} variables"
+    _check_structure(variables, module, where)
+    flat = _flatten(variables)
+    state_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, expected in template_state_dict(module).items():
+        slot = flax_slot(key, expected.dim())
+        value = flat[(slot.collection, *slot.path)]
+        state_dict[key] = _to_torch_tensor(value, slot.kind, expected.dtype)
+    problems = [
+        f"{key}: {int((~torch.isfinite(t)).sum())} NaN/Inf values"
+        for key, t in state_dict.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    _raise_problems(problems, where)
+    return state_dict
+
+
+# ----------------------------------------------------------------------------- config inference
+
+
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+    if key not in state_dict or not isinstance(state_dict[key], torch.Tensor):
+        raise BridgeError(f"{where}: missing {key}, needed to infer the model configuration")
+    return tuple(state_dict[key].shape)
+
+
+def infer_config(name: str, state_dict: Mapping[str, torch.Tensor], where: str = "") -> dict:
+    """Constructor arguments of model ``name`` inferred from its tensor shapes.
+
+    Sizes that leave no trace in the tensors (dropout, the unused third MLMI/MMD conv channel
+    count, sequence length) keep their defaults.
+    """
+    where = where or name
+    defaults = module_config(build_module(name))
+    if name == "critic":
+        first = _shape(state_dict, "feature_extractor.0.weight", where)
+        use_ln = "feature_extractor.1.weight" in state_dict
+        index, hidden = (4 if use_ln else 3), [first[0]]
+        while f"feature_extractor.{index}.fc1.weight" in state_dict:
+            hidden.append(_shape(state_dict, f"feature_extractor.{index}.fc1.weight", where)[0])
+            index += 1
+        n_agents = 0
+        while f"agent_value_heads.{n_agents}.weight" in state_dict:
+            n_agents += 1
+        return {
+            **defaults,
+            "state_dim": first[1],
+            "n_agents": n_agents,
+            "hidden_dims": hidden,
+            "use_layer_norm": use_ln,
+        }
+    conv0 = _shape(state_dict, "conv_layers.0.conv.weight", where)
+    conv1 = _shape(state_dict, "conv_layers.1.conv.weight", where)
+    channels = [conv0[0], conv1[0], defaults["conv_channels"][-1]]
+    if "conv_layers.2.conv.weight" in state_dict:
+        channels[-1] = _shape(state_dict, "conv_layers.2.conv.weight", where)[0]
+    hidden = [_shape(state_dict, "feature_proj.weight", where)[0]]
+    layer_key = "output_layers.{}.0.weight" if name == "mmd" else "output_layers.{}.fc1.weight"
+    while layer_key.format(len(hidden) - 1) in state_dict:
+        hidden.append(_shape(state_dict, layer_key.format(len(hidden) - 1), where)[0])
+    return {
+        **defaults,
+        "input_dim": conv0[1],
+        "hidden_dims": hidden,
+        "action_dim": _shape(state_dict, "output_head.3.weight", where)[0],
+        "conv_channels": channels,
+        "kernel_sizes": [conv0[2], conv1[2]],
+    }
+
+
+# ----------------------------------------------------------------------------- checkpoint level
+
+
+@dataclasses.dataclass
+class StrategicCheckpoint:
+    """A Strategic MARL checkpoint converted to Flax.
+
+    ``agents`` maps agent name to Flax variables, ``critic`` holds the critic's variables,
+    ``modules`` the ready Flax modules (configurations inferred from the tensor shapes),
+    ``metadata`` the metadata dict and ``extra`` every other top-level entry as loaded
+    (optimizer states, metrics). ``key_order`` remembers the top-level entry order.
+    """
+
+    agents: dict[str, dict]
+    critic: dict
+    metadata: dict
+    modules: dict[str, nn.Module]
+    extra: dict = dataclasses.field(default_factory=dict)
+    key_order: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def configs(self) -> dict[str, dict]:
+        """Constructor arguments of every model, by name."""
+        return {name: module_config(module) for name, module in self.modules.items()}
+
+
+def read_pt(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()
+        if "weights only load failed" in str(err).lower() or "weights_only" in str(err):
+            detail = next((line for line in reason if "Unsupported" in line), reason[0])
+            raise BridgeError(
+                f"{path}: refused: the file holds pickled code or objects that safe loading does "
+                f"not allow ({detail.strip()}); nothing was executed. Re-save it with plain "
+                "tensors, dicts, lists, strings and numbers"
+            ) from None
+        raise BridgeError(f"{path}: not a PyTorch checkpoint ({reason[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BridgeError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format: {first})"
+        ) from None
+
+
+def load_pt_checkpoint(path: str | os.PathLike) -> StrategicCheckpoint:
+    """Loads an original-format ``.pt`` checkpoint into Flax variables and modules."""
+    path = Path(path)
+    data = read_pt(path)
+    if not isinstance(data, dict) or STATE_DICTS_KEY not in data:
+        raise BridgeError(
+            f"{path}: not a Strategic MARL checkpoint: expected a dict with a "
+            f"'{STATE_DICTS_KEY}' entry"
+        )
+    dicts = data[STATE_DICTS_KEY]
+    agents_sd = dicts.get("agents") if isinstance(dicts, dict) else None
+    if not isinstance(agents_sd, dict) or not isinstance(dicts.get("critic"), dict):
+        raise BridgeError(
+            f"{path}: '{STATE_DICTS_KEY}' must hold an 'agents' dict and a 'critic' state dict"
+        )
+    unknown = [name for name in agents_sd if name not in AGENT_ORDER]
+    if unknown:
+        raise BridgeError(
+            f"{path}: unknown agent(s) {unknown} in {STATE_DICTS_KEY}.agents; expected "
+            f"{list(AGENT_ORDER)}"
+        )
+    modules: dict[str, nn.Module] = {}
+    agents: dict[str, dict] = {}
+    problems: list[str] = []
+    named = [(name, agents_sd[name], f"agents.{name}") for name in agents_sd]
+    named.append(("critic", dicts["critic"], "critic"))
+    for name, sd, label in named:
+        try:
+            module = build_module(name, infer_config(name, sd, label))
+            variables = torch_to_flax(sd, module, where=label)
+        except BridgeError as err:
+            problems.append(str(err))
+            continue
+        modules[name] = module
+        if name == "critic":
+            critic = variables
+        else:
+            agents[name] = variables
+    if problems:
+        raise BridgeError(f"{path}: " + " | ".join(problems))
+    metadata = data.get("metadata", {})
+    extra = {k: v for k, v in data.items() if k not in (STATE_DICTS_KEY, "metadata")}
+    return StrategicCheckpoint(
+        agents=agents,
+        critic=critic,
+        metadata=metadata if isinstance(metadata, dict) else {"value": metadata},
+        modules=modules,
+        extra=extra,
+        key_order=list(data),
+    )
+
+
+def checkpoint_to_dict(ckpt: StrategicCheckpoint) -> dict:
+    """The original's checkpoint dict (``model_state_dicts``, ``metadata``, other entries)."""
+    state_dicts = {
+        "agents": {name: flax_to_torch(v, ckpt.modules[name]) for name, v in ckpt.agents.items()},
+        "critic": flax_to_torch(ckpt.critic, ckpt.modules["critic"]),
+    }
+    entries = {STATE_DICTS_KEY: state_dicts, "metadata": ckpt.metadata, **ckpt.extra}
+    order = [k for k in ckpt.key_order if k in entries] + [
+        k for k in entries if k not in ckpt.key_order
+    ]
+    return {key: entries[key] for key in order}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pt_checkpoint(ckpt: StrategicCheckpoint, path: str | os.PathLike) -> None:
+    """Writes ``ckpt`` in the original ``.pt`` format, atomically."""
+    atomic_torch_save(checkpoint_to_dict(ckpt), path)
+
+
+def new_checkpoint(
+    agents: Mapping[str, Mapping],
+    critic: Mapping,
+    modules: Mapping[str, nn.Module],
+    metadata: Mapping | None = None,
+    extra: Mapping | None = None,
+) -> StrategicCheckpoint:
+    """A checkpoint from Flax variables (e.g. after training), with default metadata."""
+    meta = {"config_version": "1.0", "created": _now_iso(), "source": "marl-jax"}
+    meta.update(dict(metadata or {}))
+    return StrategicCheckpoint(
+        agents={name: agents[name] for name in AGENT_ORDER if name in agents},
+        critic=dict(critic),
+        metadata=meta,
+        modules=dict(modules),
+        extra=dict(extra or {}),
+        key_order=[STATE_DICTS_KEY, "metadata"],
+    )
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def to_host(tree: Any) -> Any:
+    """Copies a pytree of device arrays to NumPy."""
+    return jax.tree.map(np.asarray, tree)

@@ -1,0 +1,59 @@
+"""Model names, configurations and initialisation shared by the trainer and the bridge."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from marl_jax.models.actors import ACTOR_CLASSES, AGENT_ORDER, StrategicActor
+from marl_jax.models.critic import CentralizedCritic
+
+MODEL_NAMES: tuple[str, ...] = (*AGENT_ORDER, "critic")
+MODEL_CLASSES: dict[str, type[nn.Module]] = {**ACTOR_CLASSES, "critic": CentralizedCritic}
+
+
+def module_config(module: nn.Module) -> dict[str, Any]:
+    """The constructor keyword arguments of a model, as plain JSON-friendly values."""
+    config = {}
+    for field in dataclasses.fields(module):
+        if field.name in ("parent", "name"):
+            continue
+        value = getattr(module, field.name)
+        config[field.name] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def build_module(name: str, config: Mapping[str, Any] | None = None) -> nn.Module:
+    """Builds model ``name`` (mlmi, nwrqk, mmd or critic) from constructor keyword arguments."""
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    return MODEL_CLASSES[name](**dict(config or {}))
+
+
+def example_input(module: nn.Module, batch: int = 1) -> jax.Array:
+    """A zero input of the shape the module takes (used to initialise it)."""
+    if isinstance(module, StrategicActor):
+        return jnp.zeros((batch, module.input_dim, module.sequence_length), jnp.float32)
+    if isinstance(module, CentralizedCritic):
+        return jnp.zeros((batch, module.state_dim), jnp.float32)
+    raise TypeError(f"not a Strategic MARL model: {type(module).__name__}")
+
+
+def init_variables(module: nn.Module, rng: jax.Array) -> dict:
+    """Fresh variables with PyTorch's default initialisation (jit-compiled ``init``)."""
+
+    def init(key: jax.Array) -> dict:
+        kwargs = {"deterministic": True} if isinstance(module, StrategicActor) else {}
+        return module.init({"params": key}, example_input(module), **kwargs)
+
+    return jax.jit(init)(rng)
+
+
+def abstract_variables(module: nn.Module) -> dict:
+    """Shapes and dtypes of the module's variables, without computing them."""
+    return jax.eval_shape(lambda key: init_variables(module, key), jax.random.key(0))
