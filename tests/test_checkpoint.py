@@ -1,0 +1,201 @@
+"""Tests for marl_jax.checkpoint: exact round trips, retention, atomicity, original API."""
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from marl_jax.checkpoint import CheckpointManager, TrainCheckpointer
+
+
+def make_state(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    key = jax.random.PRNGKey(seed)
+    return {
+        "params": {
+            "dense": {
+                "kernel": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+                "bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+            },
+            "temperature": jnp.float32(0.8),
+        },
+        "batch_stats": {"mean": jnp.asarray(rng.normal(size=(4,)), jnp.float32)},
+        "rng": jax.random.key_data(jax.random.split(key)[0]),  # uint32 key data
+        "counters": {"update": jnp.int32(17), "env_steps": jnp.int32(1 << 20)},
+        "env": {
+            "done": jnp.asarray(rng.random(8) < 0.5),
+            "bar": jnp.asarray(rng.integers(0, 1000, size=8), jnp.int32),
+            "ties": jnp.array([np.nan, np.inf, -0.0, 1e-45], jnp.float32),
+        },
+    }
+
+
+def assert_bit_exact(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+CONFIG = {"training": {"actor_lr": 5e-4, "hidden": [32, 16]}, "seed": 0}
+NORM = {
+    "valuenorm": {"running_mean": jnp.float32(0.25), "debiasing_term": jnp.float32(0.5)},
+    "features": {"mean": jnp.arange(13, dtype=jnp.float32) / 3},
+}
+
+
+def test_roundtrip_bit_exact(tmp_path):
+    state = make_state()
+    assert state["rng"].dtype == jnp.uint32
+    metrics = {"average_reward": np.float32(0.125), "loss": jnp.float32(2.5), "update": 3}
+    with TrainCheckpointer(tmp_path / "ckpt") as ck:
+        assert ck.save(3, state, config=CONFIG, norm=NORM, metrics=metrics)
+        ck.wait_until_finished()
+        assert ck.latest_step() == 3
+        # concrete target
+        got, cfg, norm, m = ck.restore(3, target=make_state(seed=1))
+        assert_bit_exact(got, state)
+        assert cfg == CONFIG
+        assert_bit_exact(norm, NORM)
+        assert m == {"average_reward": 0.125, "loss": 2.5, "update": 3}
+        # abstract target, latest step by default
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        got2, *_ = ck.restore(target=abstract)
+        assert_bit_exact(got2, state)
+        # no target at all
+        got3, *_ = ck.restore()
+        assert_bit_exact(got3, state)
+
+
+def test_typed_prng_key_and_empty_norm(tmp_path):
+    state = {"key": jax.random.key(3), "w": jnp.ones(2, jnp.float32)}
+    with TrainCheckpointer(tmp_path, async_save=False) as ck:
+        ck.save(0, state, config={}, norm={}, metrics={})
+        got, cfg, norm, metrics = ck.restore(
+            0, target={"key": jax.random.key(0), "w": jnp.zeros(2)}
+        )
+        assert norm == {} and cfg == {} and metrics == {}
+        assert_bit_exact(jax.random.key_data(got["key"]), jax.random.key_data(state["key"]))
+
+
+def test_retention_latest_and_best(tmp_path):
+    rewards = [0.1, 0.9, 0.3, 0.2, 0.5, 0.4, 0.6, 0.0]  # best is step 1
+    with TrainCheckpointer(tmp_path, max_to_keep=5) as ck:
+        for step, r in enumerate(rewards):
+            ck.save(step, make_state(step), config=CONFIG, norm=NORM, metrics={"average_reward": r})
+        ck.wait_until_finished()
+        assert ck.all_steps() == [1, 3, 4, 5, 6, 7]
+        assert ck.best_step() == 1 and ck.latest_step() == 7
+        got, _, _, m = ck.restore(ck.best_step(), target=make_state())
+        assert_bit_exact(got, make_state(1))
+        assert m["average_reward"] == 0.9
+    on_disk = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
+    assert on_disk == [1, 3, 4, 5, 6, 7]
+    # a new manager over the same folder sees the same thing (resume)
+    with TrainCheckpointer(tmp_path, max_to_keep=5) as ck2:
+        assert ck2.latest_step() == 7 and ck2.best_step() == 1
+        # a later, better step takes over as best; the old best falls out of the window
+        ck2.save(8, make_state(8), config=CONFIG, norm=NORM, metrics={"average_reward": 2.0})
+        ck2.wait_until_finished()
+        assert ck2.best_step() == 8
+        assert ck2.all_steps() == [4, 5, 6, 7, 8]
+
+
+def test_nan_or_missing_metric_never_best(tmp_path):
+    with TrainCheckpointer(tmp_path, max_to_keep=2, async_save=False) as ck:
+        ck.save(0, make_state(), config={}, norm={}, metrics={"average_reward": -5.0})
+        ck.save(1, make_state(), config={}, norm={}, metrics={"average_reward": float("nan")})
+        ck.save(2, make_state(), config={}, norm={}, metrics={"loss": 1.0})
+        ck.save(3, make_state(), config={}, norm={}, metrics={"average_reward": -9.0})
+        assert ck.best_step() == 0
+        assert ck.all_steps() == [0, 2, 3]
+
+
+def test_save_every(tmp_path):
+    with TrainCheckpointer(tmp_path, save_every=3, async_save=False) as ck:
+        saved = [ck.save(s, make_state(), config={}, norm={}, metrics={}) for s in range(1, 8)]
+        assert saved == [False, False, True, False, False, True, False]
+        assert ck.save(7, make_state(), config={}, norm={}, metrics={}, force=True)
+        assert ck.all_steps() == [3, 6, 7]
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+    state = make_state()
+    with TrainCheckpointer(tmp_path, async_save=False) as ck:
+        ck.save(1, state, config=CONFIG, norm=NORM, metrics={"average_reward": 0.0})
+        # A crash mid-write leaves Orbax's temporary folder (here: a partial copy of a
+        # real step, with the items but not finalised) ...
+        tmp = tmp_path / "2.orbax-checkpoint-tmp-1234567890"
+        shutil.copytree(tmp_path / "1", tmp)
+        (tmp / "commit_success.txt").unlink(missing_ok=True)
+        shutil.rmtree(tmp / "meta")
+        assert ck.latest_step() == 1  # the running manager does not see it
+    # ... and a manager opened afterwards (a resumed run) neither lists nor restores it.
+    with TrainCheckpointer(tmp_path, async_save=False) as ck2:
+        assert ck2.latest_step() == 1 and ck2.all_steps() == [1]
+        got, *_ = ck2.restore(target=state)
+        assert_bit_exact(got, state)
+        with pytest.raises(FileNotFoundError):
+            ck2.restore(2)
+        # the resumed run can write step 2 for real
+        ck2.save(2, state, config=CONFIG, norm=NORM, metrics={"average_reward": 1.0})
+        assert ck2.latest_step() == 2
+    assert not tmp.exists()
+
+
+def test_restore_empty_dir_raises(tmp_path):
+    with TrainCheckpointer(tmp_path) as ck:
+        assert ck.latest_step() is None and ck.best_step() is None
+        with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
+            ck.restore()
+
+
+def flax_vars(seed: int):
+    rng = np.random.default_rng(seed)
+    return {
+        "params": {
+            "conv_layers_0": {"kernel": jnp.asarray(rng.normal(size=(3, 4, 8)), jnp.float32)},
+            "temperature": jnp.asarray([1.0 + seed], jnp.float32),
+        },
+        "batch_stats": {
+            "conv_layers_0": {"mean": jnp.asarray(rng.normal(size=8), jnp.float32)},
+            "num_batches_tracked": jnp.asarray(seed, jnp.int32),
+        },
+    }
+
+
+def test_original_api_roundtrip(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ckpts", max_checkpoints=5, best_metric="average_reward")
+    assert mgr.load_best_checkpoint() is None
+    saved = {}
+    rewards = [0.2, 0.7, 0.1, 0.3, 0.6, 0.5, 0.4]
+    for i, r in enumerate(rewards):
+        agents = {n: flax_vars(10 * i + j) for j, n in enumerate(["mlmi", "nwrqk", "mmd"])}
+        critic = flax_vars(100 + i)
+        path = mgr.save_checkpoint(agents=agents, critic=critic, metrics={"average_reward": r})
+        assert (tmp_path / "ckpts" / str(i)).resolve() == Path(path)
+        saved[i] = (agents, critic)
+    best = mgr.load_best_checkpoint()
+    assert set(best) >= {"agents", "critic", "metrics"}
+    assert best["metrics"]["average_reward"] == 0.7
+    assert_bit_exact(best["agents"], saved[1][0])
+    assert_bit_exact(best["critic"], saved[1][1])
+    assert mgr.list_checkpoints() == [1, 2, 3, 4, 5, 6]
+    # is_best=True marks a checkpoint as the best even with a lower metric
+    agents = {n: flax_vars(77) for n in ["mlmi", "nwrqk", "mmd"]}
+    mgr.save_checkpoint(agents, flax_vars(78), {"average_reward": 0.0}, is_best=True)
+    best = mgr.load_best_checkpoint()
+    assert best["step"] == 7
+    assert_bit_exact(best["critic"], flax_vars(78))
+    mgr.close()
+    # reopened: numbering continues
+    mgr2 = CheckpointManager(tmp_path / "ckpts")
+    assert mgr2.load_best_checkpoint()["step"] == 7
+    assert mgr2.save_checkpoint(agents, flax_vars(1), {"average_reward": 0.0}).endswith("/8")
+    mgr2.close()
