@@ -169,6 +169,12 @@ class EnvConfig:
     data_path: str | None = None
     synthetic_n_bars: int = 20_000
     synthetic_seed: int = 0
+    norm_clip: float = 10.0
+
+    @property
+    def split_fractions(self) -> tuple[float, float, float]:
+        """``(train_frac, val_frac, test_frac)``."""
+        return (self.train_frac, self.val_frac, self.test_frac)
 
 
 @dataclass(frozen=True)
@@ -597,7 +603,7 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
         f"must be >= 0, got {e.cost_bps}",
         "use a cost in basis points such as 1.0",
     )
-    for key in ("train_frac", "val_frac", "test_frac"):
+    for key in ("train_frac", "test_frac"):
         v = getattr(e, key)
         need(
             0.0 < v < 1.0,
@@ -605,12 +611,24 @@ def _validate(cfg: Config, ctx: _Ctx) -> None:
             f"must be in (0, 1), got {v}",
             "use fractions like 0.7/0.15/0.15",
         )
+    need(
+        0.0 <= e.val_frac < 1.0,
+        "env.val_frac",
+        f"must be in [0, 1), got {e.val_frac}",
+        "use fractions like 0.7/0.15/0.15",
+    )
     s = e.train_frac + e.val_frac + e.test_frac
     need(
-        abs(s - 1.0) < 1e-6,
+        s <= 1.0 + 1e-9,
         "env.test_frac",
-        f"train_frac + val_frac + test_frac = {s:g}, not 1",
-        "make the three fractions sum to 1",
+        f"train_frac + val_frac + test_frac = {s:g} exceeds 1",
+        "make the three fractions sum to at most 1",
+    )
+    need(
+        math.isfinite(e.norm_clip) and e.norm_clip > 0,
+        "env.norm_clip",
+        f"must be > 0, got {e.norm_clip}",
+        "use e.g. 10.0",
     )
     need(
         e.synthetic_n_bars > e.window + e.episode_len,
