@@ -402,7 +402,7 @@ def synthetic_bars(
     start: str = "2020-01-01",
     start_price: float = 100.0,
     persistence: float = 0.99,
-    trend_drift: float = 6e-4,
+    trend_drift: float = 1e-3,
     base_vol: float = 2.5e-3,
     volatile_mult: float = 2.5,
     reversion: float = 0.05,
