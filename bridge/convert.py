@@ -22,7 +22,6 @@ import os
 import pickle
 import re
 import tempfile
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -352,19 +351,21 @@ def read_pt(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        if "weights only load failed" in str(err).lower() or "weights_only" in str(err):
-            detail = next((line for line in reason if "Unsupported" in line), reason[0])
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if lines and lines[0].lower().startswith("weights only load failed"):
+            detail = next(
+                (line for line in lines if "unsupported" in line.lower()), "a disallowed object"
+            )
             raise BridgeError(
-                f"{path}: refused: the file holds pickled code or objects that safe loading does "
-                f"not allow ({detail.strip()}); nothing was executed. Re-save it with plain "
-                "tensors, dicts, lists, strings and numbers"
+                f"{path}: refused: the file holds pickled code or objects that safe loading "
+                f"(weights_only=True) does not allow ({detail.rstrip('.')}); nothing was "
+                "executed. Re-save it with plain tensors, dicts, lists, strings and numbers"
             ) from None
-        raise BridgeError(f"{path}: not a PyTorch checkpoint ({reason[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BridgeError(f"{path}: not a PyTorch checkpoint ({(lines or ['?'])[0]})") from None
+    except Exception as err:  # torch.load raises many types for damaged files
+        first = (str(err).strip().split(".")[0] or type(err).__name__).splitlines()[0]
         raise BridgeError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another format: {first})"
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format: {type(err).__name__}: {first})"
         ) from None
 
 
