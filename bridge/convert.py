@@ -363,9 +363,10 @@ def read_pt(path: str | os.PathLike) -> Any:
             ) from None
         raise BridgeError(f"{path}: not a PyTorch checkpoint ({(lines or ['?'])[0]})") from None
     except Exception as err:  # torch.load raises many types for damaged files
-        first = (str(err).strip().split(".")[0] or type(err).__name__).splitlines()[0]
+        first = (str(err).strip().split(".")[0] or "?").splitlines()[0]
         raise BridgeError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another format: {type(err).__name__}: {first})"
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format; "
+            f"{type(err).__name__}: {first})"
         ) from None
 
 
