@@ -157,7 +157,7 @@ def _nadaraya_watson(x: np.ndarray) -> np.ndarray:
     lags = np.arange(NW_WINDOW, dtype=np.float64)
     weights = (1.0 + lags**2 / (2.0 * NW_ALPHA * NW_BANDWIDTH**2)) ** (-NW_ALPHA)
     weights = weights[::-1] / weights.sum()  # oldest first, to match the window order
-    return _rolling(x, NW_WINDOW) @ weights
+    return (_rolling(x, NW_WINDOW) * weights).sum(axis=1)  # row sums, no BLAS: deterministic
 
 
 def _volume_profile(tp, low, high, close, volume):

@@ -96,6 +96,7 @@ class EnvParams:
     last_bar: jax.Array  # int32 scalar: last bar of the split (reaching it terminates)
     norm_center: jax.Array  # (13,) float32, the FeatureNorm used (for saving)
     norm_scale: jax.Array  # (13,) float32
+    window_means: jax.Array  # (T, 13) float32: mean of features[t-window+1 : t+1] (critic obs)
     episode_len: int = struct.field(pytree_node=False, default=256)
     window: int = struct.field(pytree_node=False, default=48)
     cost_bps: float = struct.field(pytree_node=False, default=1.0)
@@ -166,17 +167,22 @@ def make_env_params(
             f"[{lo}, {hi}] (warm-up {WARMUP_BARS} + window {window} - 1, and one next bar): "
             f"use more bars than {n}"
         )
+    normed = norm.apply(raw)
+    cums = np.cumsum(np.r_[np.zeros((1, NUM_FEATURES)), normed.astype(np.float64)], axis=0)
+    means = np.zeros_like(normed)
+    means[window - 1 :] = (cums[window:] - cums[: n - window + 1]) / window
     logc = np.log(bars.close)
     log_returns = np.r_[0.0, np.diff(logc)]
     interval = bars.interval_minutes
     return EnvParams(
-        features=jnp.asarray(norm.apply(raw)),
+        features=jnp.asarray(normed),
         log_returns=jnp.asarray(log_returns, dtype=jnp.float32),
         start_lo=jnp.asarray(lo, dtype=jnp.int32),
         start_hi=jnp.asarray(hi, dtype=jnp.int32),
         last_bar=jnp.asarray(s1 - 1, dtype=jnp.int32),
         norm_center=jnp.asarray(norm.center, dtype=jnp.float32),
         norm_scale=jnp.asarray(norm.scale, dtype=jnp.float32),
+        window_means=jnp.asarray(means, dtype=jnp.float32),
         episode_len=int(episode_len),
         window=int(window),
         cost_bps=float(cost_bps),
@@ -191,7 +197,9 @@ def observation_at(params: EnvParams, t) -> dict[str, jax.Array]:
     win = jax.lax.dynamic_slice(params.features, (start, 0), (params.window, NUM_FEATURES))
     chans = win.T  # (13, window)
     obs = {name: chans[a:b] for name, (a, b) in AGENT_FEATURES.items()}
-    obs["critic"] = jnp.concatenate([obs[name].mean(axis=1) for name in AGENTS])
+    # Each agent's window averaged over time, concatenated mlmi, nwrqk, mmd (= the feature
+    # order), read from the precomputed rolling means.
+    obs["critic"] = params.window_means[t]
     return obs
 
 
@@ -205,16 +213,20 @@ def positions_from_actions(actions) -> jax.Array:
     return jnp.mean(jnp.asarray(actions).astype(jnp.float32) - 1.0, axis=-1)
 
 
-def reset(key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvState]:
+def _reset_state(key: jax.Array, params: EnvParams) -> EnvState:
     t0 = jax.random.randint(key, (), params.start_lo, params.start_hi + 1, dtype=jnp.int32)
-    state = EnvState(
+    return EnvState(
         t=t0,
         start=t0,
         step_count=jnp.zeros((), jnp.int32),
         position=jnp.zeros((), jnp.float32),
         equity=jnp.ones((), jnp.float32),
     )
-    return observation_at(params, t0), state
+
+
+def reset(key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvState]:
+    state = _reset_state(key, params)
+    return observation_at(params, state.t), state
 
 
 def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
@@ -231,14 +243,15 @@ def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
         position=position,
         equity=(state.equity * jnp.exp(reward)).astype(jnp.float32),
     )
-    next_obs = observation_at(params, next_t)
     terminated = next_t >= params.last_bar
     truncated = (step_count >= params.episode_len) & ~terminated
     done = terminated | truncated
 
-    reset_obs, reset_state = reset(key, params)
+    reset_state = _reset_state(key, params)
     state_out = jax.tree_util.tree_map(lambda r, s: jnp.where(done, r, s), reset_state, next_state)
-    obs_out = jax.tree_util.tree_map(lambda r, s: jnp.where(done, r, s), reset_obs, next_obs)
+    obs_out = observation_at(params, state_out.t)
+    # Pre-reset observation for bootstrapping; XLA drops whatever the caller does not use.
+    next_obs = observation_at(params, next_t)
     info = {
         "position": position,
         "equity": next_state.equity,
