@@ -83,7 +83,7 @@ def _assert_prefix(bars: Bars, full: np.ndarray, t: int):
     np.testing.assert_array_equal(compute_features(bars[:t]), full[:t])
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, database=None)
 @given(t=st.integers(min_value=1, max_value=T))
 def test_causality_random_prefixes(t):
     _assert_prefix(BARS, FEATS, t)
