@@ -406,6 +406,7 @@ def synthetic_bars(
     base_vol: float = 2.5e-3,
     volatile_mult: float = 2.5,
     reversion: float = 0.05,
+    level_band: float = 0.25,
     return_regimes: bool = False,
 ):
     """A seeded regime-switching OHLCV series of ``n`` bars.
@@ -413,7 +414,10 @@ def synthetic_bars(
     A hidden Markov chain stays in its regime with probability ``persistence`` per bar (mean
     duration ``1 / (1 - persistence)`` bars) and otherwise jumps to one of the other two:
 
-    - trending: log return ``±trend_drift + N(0, base_vol)``, the sign drawn on entry;
+    - trending: log return ``±trend_drift + N(0, base_vol)``, the sign drawn on entry, except
+      that once the log price has left the band ``±level_band`` around its start, a new trend
+      heads back towards it (so the long-run drift is nil: holding a constant position earns
+      nothing systematic, and the structure left to learn is the trends themselves);
     - mean-reverting: the log price is pulled towards its level on entry,
       ``-reversion * (x - anchor) + N(0, base_vol)``;
     - volatile: ``N(0, volatile_mult * base_vol)``.
@@ -442,7 +446,7 @@ def synthetic_bars(
     for t in range(n):
         if jump[t]:
             regime = (regime + int(pick[t])) % 3
-            sign = direction[t]
+            sign = direction[t] if abs(x) <= level_band else -np.sign(x)
             anchor = x
         if regime == TREND:
             r = sign * trend_drift + noise[t]
