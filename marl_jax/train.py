@@ -37,6 +37,7 @@ from marl_jax.models.store import ModelStoreError, load_models
 DEFAULT_CONFIG = "configs/strategic_marl_v1.yaml"
 REPORT_METRICS = ("sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover")
 AGENT_INPUT_DIMS = {"mlmi": 4, "nwrqk": 6, "mmd": 3}
+PROGRESS_EVERY = 5  # updates per jitted chunk (a divisor of save_every, for exact resume)
 
 
 class TrainError(RuntimeError):
@@ -247,7 +248,8 @@ def to_floats(metrics: Mapping[str, Any], index: int) -> dict[str, float]:
 
 def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> TrainState:
     cfg, algo, out = run.cfg, run.algo, run.out
-    chunk = cfg.checkpoint.save_every
+    save_every = cfg.checkpoint.save_every
+    chunk = math.gcd(save_every, PROGRESS_EVERY)
     total = algo.num_updates
     steps_per_update = cfg.training.num_envs * cfg.training.rollout_len
     ckpt_dir = out / "checkpoints"
@@ -310,16 +312,17 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
                 k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "update"
             }
             step = int(state.update_step)
-            checkpointer.save(
-                step,
-                state,
-                config=config_dict,
-                norm=_norm_tree(run.norm),
-                metrics={**chunk_metrics, "update": step},
-                force=True,
-            )
-            checkpointer.wait_until_finished()
-            last_good = step
+            if step % save_every == 0 or step == total:
+                checkpointer.save(
+                    step,
+                    state,
+                    config=config_dict,
+                    norm=_norm_tree(run.norm),
+                    metrics={**chunk_metrics, "update": step},
+                    force=True,
+                )
+                checkpointer.wait_until_finished()
+                last_good = step
             if bar is not None:
                 bar.update(n)
                 bar.set_postfix(
