@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+# Exact float32 matmuls everywhere (the issue's tolerances assume them); set before any test runs.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE_CKPT_NAME = "strategic_marl_reference.pt"
@@ -62,3 +66,24 @@ def reference_io(shared_dir: Path) -> dict[str, np.ndarray]:
     for arr in arrays.values():
         arr.setflags(write=False)
     return arrays
+
+
+@pytest.fixture(scope="session")
+def fresh_variables():
+    """``fresh_variables(module, seed=0)``: ``init_variables(module, jax.random.key(seed))``.
+
+    Compiling the random initialisers is slow on CPU (seconds per model), so each module is
+    compiled once and each (module, seed) computed once per session. Treat the result as
+    read-only.
+    """
+    from marl_jax.models.registry import init_variables
+
+    init = jax.jit(init_variables, static_argnums=0)
+    cache: dict = {}
+
+    def get(module, seed: int = 0) -> dict:
+        if (module, seed) not in cache:
+            cache[(module, seed)] = init(module, jax.random.key(seed))
+        return cache[(module, seed)]
+
+    return get
