@@ -1,7 +1,8 @@
 """Full-size actors and critic: JAX/Flax vs the PyTorch reference, same weights, same inputs.
 
 For each model it times inference (eval mode, deterministic) and a training step's
-forward + backward (loss = sum of log-probs of given actions + sum of values), as the median
+forward + backward in training mode with dropout 0 (loss = sum of log-probs of given actions
++ sum of values; cuDNN's RNN backward needs training mode), as the median
 of ``--repeats`` runs after warm-up, with the device synchronised. Both sides run float32 at
 full matmul precision (TF32 off in PyTorch, ``highest`` in JAX); ``--tf32`` allows TF32 on
 both. PyTorch's LSTM/GRU use cuDNN on a GPU; JAX runs its own scans.
@@ -16,13 +17,13 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
-from bridge.convert import flax_to_torch, reference_module
+from bridge import torch_reference
+from bridge.convert import torch_to_flax
 from marl_jax.models.actors import AGENT_ORDER
-from marl_jax.models.registry import build_module, init_variables
+from marl_jax.models.registry import build_module, module_config
 
 
 def median_ms(fn, repeats: int, sync) -> float:
@@ -36,12 +37,12 @@ def median_ms(fn, repeats: int, sync) -> float:
     return statistics.median(times)
 
 
-def bench_model(name: str, args, device: str, torch_sync, rng) -> list[tuple[str, float, float]]:
-    """(mode, PyTorch ms, JAX ms) rows for one full-size model."""
-    module = build_module(name)
-    variables = init_variables(module, jax.random.key(0))
-    ref = reference_module(module).to_empty(device="cpu")
-    ref.load_state_dict(flax_to_torch(variables, module), strict=True)
+def bench_model(name: str, args, device: str, rng) -> dict:
+    """Timing thunks ``{mode: (pytorch_fn, jax_fn)}`` for one full-size model, same weights."""
+    module = build_module(name, {"dropout_rate": 0.0})
+    cls = getattr(torch_reference, type(module).__name__)
+    ref = cls(**module_config(module))  # PyTorch's own initialisation
+    variables = torch_to_flax(ref.state_dict(), module)
     ref = ref.to(device).eval()
     if name == "critic":
         x = rng.standard_normal((args.batch, module.state_dim)).astype(np.float32)
@@ -49,7 +50,7 @@ def bench_model(name: str, args, device: str, torch_sync, rng) -> list[tuple[str
         x = rng.standard_normal((args.batch, module.input_dim, args.seq_len)).astype(np.float32)
         x[:, 1] = np.abs(x[:, 1])
     actions = rng.integers(0, 3, args.batch)
-    xj, aj = jnp.asarray(x), jnp.asarray(actions, jnp.int32)
+    xj, aj = x, actions.astype(np.int32)
     xt = torch.from_numpy(x).to(device)
     at = torch.from_numpy(actions).to(device)
 
@@ -57,9 +58,13 @@ def bench_model(name: str, args, device: str, torch_sync, rng) -> list[tuple[str
         infer_j = jax.jit(lambda v, s: module.apply(v, s)["value"])
 
         def loss_j(p, s):
-            return module.apply({**variables, "params": p}, s)["value"].sum()
+            out, _ = module.apply(
+                {**variables, "params": p}, s, train=True, mutable=["batch_stats"]
+            )
+            return out["value"].sum()
 
         def infer_t():
+            ref.eval()
             with torch.no_grad():
                 return ref(xt)["value"]
 
@@ -69,10 +74,13 @@ def bench_model(name: str, args, device: str, torch_sync, rng) -> list[tuple[str
         infer_j = jax.jit(lambda v, s: module.apply(v, s, deterministic=True)["action_probs"])
 
         def loss_j(p, s):
-            out = module.apply({**variables, "params": p}, s, actions=aj)
+            out, _ = module.apply(
+                {**variables, "params": p}, s, actions=aj, train=True, mutable=["batch_stats"]
+            )
             return out["log_prob"].sum() + out["value"].sum()
 
         def infer_t():
+            ref.eval()
             with torch.no_grad():
                 return ref(xt, deterministic=True)["action_probs"]
 
@@ -83,24 +91,16 @@ def bench_model(name: str, args, device: str, torch_sync, rng) -> list[tuple[str
     grad_j = jax.jit(jax.grad(loss_j))
 
     def train_t():
+        ref.train()
         ref.zero_grad(set_to_none=True)
         loss = loss_t()
         loss.backward()
         return loss
 
-    rows = [
-        (
-            "inference",
-            median_ms(infer_t, args.repeats, torch_sync),
-            median_ms(lambda: infer_j(variables, xj), args.repeats, jax.block_until_ready),
-        ),
-        (
-            "fwd+bwd",
-            median_ms(train_t, args.repeats, torch_sync),
-            median_ms(lambda: grad_j(variables["params"], xj), args.repeats, jax.block_until_ready),
-        ),
-    ]
-    return rows
+    return {
+        "inference": (infer_t, lambda: infer_j(variables, xj)),
+        "fwd+bwd": (train_t, lambda: grad_j(variables["params"], xj)),
+    }
 
 
 def main() -> None:
@@ -127,8 +127,18 @@ def main() -> None:
     )
     print(f"{'model':7s} {'mode':10s} {'pytorch ms':>11s} {'jax ms':>9s} {'jax speed-up':>13s}")
     rng = np.random.default_rng(0)
-    for name in (*AGENT_ORDER, "critic"):
-        for mode, t_ms, j_ms in bench_model(name, args, device, torch_sync, rng):
+    thunks = {name: bench_model(name, args, device, rng) for name in (*AGENT_ORDER, "critic")}
+    # All PyTorch timings first, then all JAX ones: on a CPU, XLA's worker threads keep
+    # spinning after JAX work and would slow PyTorch's threads in the same process.
+    torch_ms = {
+        (name, mode): median_ms(fns[0], args.repeats, torch_sync)
+        for name, modes in thunks.items()
+        for mode, fns in modes.items()
+    }
+    for name, modes in thunks.items():
+        for mode, fns in modes.items():
+            t_ms = torch_ms[(name, mode)]
+            j_ms = median_ms(fns[1], args.repeats, jax.block_until_ready)
             print(f"{name:7s} {mode:10s} {t_ms:11.2f} {j_ms:9.2f} {t_ms / j_ms:12.2f}x")
 
 

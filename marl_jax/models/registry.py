@@ -44,14 +44,18 @@ def example_input(module: nn.Module, batch: int = 1) -> jax.Array:
     raise TypeError(f"not a Strategic MARL model: {type(module).__name__}")
 
 
+def _init(module: nn.Module, key: jax.Array) -> dict:
+    kwargs = {"deterministic": True} if isinstance(module, StrategicActor) else {}
+    return module.init({"params": key}, example_input(module), **kwargs)
+
+
+_jitted_init = jax.jit(_init, static_argnums=0)
+
+
 def init_variables(module: nn.Module, rng: jax.Array) -> dict:
-    """Fresh variables with PyTorch's default initialisation (jit-compiled ``init``)."""
-
-    def init(key: jax.Array) -> dict:
-        kwargs = {"deterministic": True} if isinstance(module, StrategicActor) else {}
-        return module.init({"params": key}, example_input(module), **kwargs)
-
-    return jax.jit(init)(rng)
+    """Fresh variables with PyTorch's default initialisation (``init`` compiled once per
+    module configuration)."""
+    return _jitted_init(module, rng)
 
 
 def abstract_variables(module: nn.Module) -> dict:
