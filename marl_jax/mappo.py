@@ -371,8 +371,8 @@ class MAPPO:
             )
             actor_params = {name: params[name] for name in AGENT_ORDER}
             actor_grads = {name: grads[name] for name in AGENT_ORDER}
-            metrics["actor_grad_norm"] = optax.global_norm(actor_grads)
-            metrics["critic_grad_norm"] = optax.global_norm(grads["critic"])
+            metrics["actor_grad_norm"] = optax.tree.norm(actor_grads)
+            metrics["critic_grad_norm"] = optax.tree.norm(grads["critic"])
             a_upd, actor_opt = self.actor_tx.update(actor_grads, actor_opt, actor_params)
             c_upd, critic_opt = self.critic_tx.update(grads["critic"], critic_opt, params["critic"])
             actor_params = jax.tree.map(lambda p, u: p - actor_lr * u, actor_params, a_upd)
@@ -481,7 +481,11 @@ class MAPPOTrainer:
 
         if not isinstance(training, Mapping):
             training = config_to_dict(Config(training=training))["training"]
-        data = {"training": dict(training), "seed": seed, "checkpoint": {"dir": checkpoint_dir}}
+        data = {
+            "training": dict(training),
+            "seed": seed,
+            "checkpoint": {"dir": str(checkpoint_dir)},
+        }
         if agents is not None:
             data["agents"] = {name: dict(cfg) for name, cfg in agents.items()}
         if critic is not None:

@@ -7,6 +7,8 @@ with a clear reason when the material is absent.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -15,6 +17,15 @@ import pytest
 
 # Exact float32 matmuls everywhere (the tolerances assume them); set before any test runs.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# One persistent compilation cache for the session, shared with the subprocesses the CLI tests
+# start (they compile the same tiny training programs): compile time dominates those tests.
+_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="marl-jax-test-xla-cache-")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE_CKPT_NAME = "strategic_marl_reference.pt"
