@@ -103,15 +103,7 @@ def plot_learning_curve(rows: Sequence[Mapping], path: Path) -> None:
     ax2.grid(alpha=0.3)
     ax2.legend(loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    evaluate.save_png_atomic(fig, path)
 
 
 # ----------------------------------------------------------------------------- setup

@@ -272,6 +272,13 @@ def plot_equity_curves(
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
+    return save_png_atomic(fig, path)
+
+
+def save_png_atomic(fig, path: str | os.PathLike) -> Path:
+    """Saves a matplotlib figure as PNG through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
