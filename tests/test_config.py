@@ -54,13 +54,17 @@ def test_v1_is_the_full_size_default():
 
 
 def test_quickstart_is_small_and_short():
-    cfg = load_config(QUICK)
-    assert cfg.agents.mlmi.hidden_dims == (32, 16, 8)
-    assert cfg.agents.mmd.hidden_dims == (16, 8, 8)
+    cfg, full = load_config(QUICK), load_config(V1)
+    for name in ("mlmi", "nwrqk", "mmd"):
+        small, big = getattr(cfg.agents, name), getattr(full.agents, name)
+        assert all(s < b for s, b in zip(small.hidden_dims, big.hidden_dims, strict=True)) or (
+            small.hidden_dims[0] < big.hidden_dims[0]
+        )
+        assert small.sequence_length == cfg.env.window  # the models see the env's window
     assert cfg.agents.nwrqk.kernel_sizes == (7, 9)  # untouched keys keep the agent's defaults
-    assert cfg.critic.hidden_dims == (64, 32, 16)
+    assert cfg.critic.hidden_dims[0] < full.critic.hidden_dims[0]
     t = cfg.training
-    assert 100 <= t.num_updates <= 200
+    assert 50 <= t.num_updates <= 200
     assert t.batch_size % t.num_minibatches == 0
 
 
