@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from torch_asserts import assert_identical
 
 from bridge import convert, torch_reference
 from bridge.convert import (
@@ -121,27 +122,6 @@ def assert_same_outputs(jax_out: Mapping, torch_out: Mapping, atol: float) -> No
             np.testing.assert_array_equal(a, b, err_msg=key)
         else:
             np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=key)
-
-
-def assert_identical(a, b, where: str = "") -> None:
-    """Recursively identical: same types, keys in the same order, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype)
-        assert torch.equal(a, b), where
-        assert a.contiguous().numpy().tobytes() == b.contiguous().numpy().tobytes(), where
-    elif isinstance(a, Mapping):
-        assert isinstance(b, Mapping), where
-        assert type(a) is type(b), (where, type(a), type(b))
-        assert list(a) == list(b), (where, list(a), list(b))
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list | tuple):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert type(a) is type(b) and a == b, (where, a, b)
 
 
 def assert_same_variables(a: Mapping, b: Mapping) -> None:

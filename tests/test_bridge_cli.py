@@ -6,11 +6,11 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import torch
+from torch_asserts import assert_identical
 
 from bridge.torch_reference import build_reference_models
 
@@ -32,25 +32,6 @@ def run_cli(*args: str | os.PathLike, timeout: float = 300) -> subprocess.Comple
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-
-
-def assert_identical(a, b, where: str = "") -> None:
-    """Recursively identical: same types, keys in the same order, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor), where
-        assert a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype)
-        assert a.contiguous().numpy().tobytes() == b.contiguous().numpy().tobytes(), where
-    elif isinstance(a, Mapping):
-        assert type(a) is type(b), (where, type(a), type(b))
-        assert list(a) == list(b), (where, list(a), list(b))
-        for key in a:
-            assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list | tuple):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert type(a) is type(b) and a == b, (where, a, b)
 
 
 def test_inspect_lists_models_and_parameter_counts(reference_ckpt_path):
