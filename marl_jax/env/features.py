@@ -4,7 +4,7 @@ Public API
 ----------
 ``FEATURE_NAMES``
     The 13 names in the original's order; the agents read slices of it:
-    ``AGENT_FEATURES = {"mlmi": (0, 4), "nwrqk": (4, 10), "mmd": (10, 13)}`` (start, stop).
+    ``AGENT_FEATURES = {name: feature_slice(name) for name in AGENT_NAMES}`` (start, stop).
 ``compute_features(bars) -> np.ndarray``
     ``(T, 13)`` float32. Row ``t`` depends on bars ``0..t`` only, so the features of ``bars[:t]``
     equal the first ``t`` rows of the features of ``bars``. Rows ``t < WARMUP_BARS``, where some
@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES, feature_slice
+
 from .data import Bars
 
 __all__ = [
@@ -45,23 +47,8 @@ __all__ = [
     "FeatureNorm",
 ]
 
-FEATURE_NAMES = (
-    "mlmi_value",
-    "mlmi_signal",
-    "momentum_20",
-    "momentum_50",
-    "nwrqk_pred",
-    "lvn_strength",
-    "fvg_size",
-    "price_distance",
-    "volume_imbalance",
-    "level_touches",
-    "mmd_score",
-    "volatility_30",
-    "volume_profile_skew",
-)
 NUM_FEATURES = len(FEATURE_NAMES)
-AGENT_FEATURES = {"mlmi": (0, 4), "nwrqk": (4, 10), "mmd": (10, 13)}
+AGENT_FEATURES = {name: feature_slice(name) for name in AGENT_NAMES}
 
 # Parameters (see docs/features.md).
 RSI_FAST = 5

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, AGENTS
 from marl_jax.models.components import (
     ACTIVATIONS,
     ConvBlock,
@@ -174,16 +175,18 @@ class StrategicActor(nn.Module):
 class MLMIActor(StrategicActor):
     """Momentum specialist: gelu/BatchNorm convs, 2-layer LSTM, 8 heads, gelu residual MLP."""
 
-    input_dim: int = 4
+    input_dim: int = AGENT_BY_NAME["mlmi"].input_dim
     hidden_dims: Sequence[int] = (256, 128, 64)
     conv_channels: Sequence[int] = (32, 64, 128)
     kernel_sizes: Sequence[int] = (3, 5)
+
+    attention_heads: ClassVar[int] = AGENT_BY_NAME["mlmi"].heads
 
 
 class NWRQKActor(StrategicActor):
     """Support/resistance specialist: three swish/LayerNorm convs, 3-layer BiLSTM."""
 
-    input_dim: int = 6
+    input_dim: int = AGENT_BY_NAME["nwrqk"].input_dim
     hidden_dims: Sequence[int] = (256, 128, 64)
     conv_channels: Sequence[int] = (32, 64, 128)
     kernel_sizes: Sequence[int] = (7, 9)
@@ -193,6 +196,7 @@ class NWRQKActor(StrategicActor):
     extra_conv_kernel: ClassVar[int | None] = 5
     rnn_layers: ClassVar[int] = 3
     bidirectional: ClassVar[bool] = True
+    attention_heads: ClassVar[int] = AGENT_BY_NAME["nwrqk"].heads
     head_activation: ClassVar[str] = "swish"
     output_head_halves: ClassVar[bool] = False
 
@@ -200,7 +204,7 @@ class NWRQKActor(StrategicActor):
 class MMDActor(StrategicActor):
     """Regime specialist: relu/InstanceNorm convs, 2-layer GRU, 4 heads, volatility adjust."""
 
-    input_dim: int = 3
+    input_dim: int = AGENT_BY_NAME["mmd"].input_dim
     hidden_dims: Sequence[int] = (128, 64, 32)
     conv_channels: Sequence[int] = (16, 32, 64)
     kernel_sizes: Sequence[int] = (5, 7)
@@ -208,15 +212,13 @@ class MMDActor(StrategicActor):
     conv_activation: ClassVar[str] = "relu"
     conv_norm: ClassVar[str] = "instance"
     rnn_type: ClassVar[str] = "gru"
-    attention_heads: ClassVar[int] = 4
+    attention_heads: ClassVar[int] = AGENT_BY_NAME["mmd"].heads
     residual_outputs: ClassVar[bool] = False
     output_head_halves: ClassVar[bool] = False
     volatility_adjusted: ClassVar[bool] = True
 
 
-AGENT_ORDER: tuple[str, ...] = ("mlmi", "nwrqk", "mmd")
+AGENT_ORDER: tuple[str, ...] = AGENT_NAMES
 ACTOR_CLASSES: dict[str, type[StrategicActor]] = {
-    "mlmi": MLMIActor,
-    "nwrqk": NWRQKActor,
-    "mmd": MMDActor,
+    agent.name: globals()[agent.model] for agent in AGENTS
 }

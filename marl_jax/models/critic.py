@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marl_jax.models.actors import AGENT_ORDER
+from marl_jax.agents import AGENT_NAMES as AGENT_ORDER
+from marl_jax.agents import CRITIC_STATE_DIM
 from marl_jax.models.components import LayerNorm, Linear, ResidualBlock, uniform_init
 
 Array = jax.Array
@@ -65,8 +66,8 @@ class CentralizedCritic(nn.Module):
     entry per given agent state (the first ``n_agents``), computed from the shared features.
     """
 
-    state_dim: int = 13
-    n_agents: int = 3
+    state_dim: int = CRITIC_STATE_DIM
+    n_agents: int = len(AGENT_ORDER)
     hidden_dims: Sequence[int] = (512, 256, 128)
     dropout_rate: float = 0.1
     use_layer_norm: bool = True

@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marl_jax.models.actors import ACTOR_CLASSES, AGENT_ORDER, StrategicActor
+from marl_jax.agents import MODEL_NAMES
+from marl_jax.models.actors import ACTOR_CLASSES, StrategicActor
 from marl_jax.models.critic import CentralizedCritic
 
-MODEL_NAMES: tuple[str, ...] = (*AGENT_ORDER, "critic")
 MODEL_CLASSES: dict[str, type[nn.Module]] = {**ACTOR_CLASSES, "critic": CentralizedCritic}
 
 
