@@ -1,10 +1,12 @@
-"""Configuration: YAML -> frozen, validated dataclasses, with dotted overrides.
+"""Configuration: YAML -> frozen, validated pydantic models, with dotted overrides.
 
 A config file has the original system's sections: ``agents.mlmi``, ``agents.nwrqk``,
 ``agents.mmd`` (the actor constructor arguments), ``critic``, ``training``, ``env`` and
 ``checkpoint``, plus a top-level ``seed``. Every key has a default, so a file only needs
 the keys it changes; an unknown key, a wrong type or an impossible value raises
-:class:`ConfigError` with one line naming the dotted key, the file, and what to do.
+:class:`ConfigError` with one line naming the file, the override if one set the key, the
+dotted key, and what to do. ``python -m marl_jax.config schema`` prints the JSON Schema
+(committed as ``configs/schema.json`` for editors).
 
 Training defaults follow the published MAPPO settings (Yu et al. 2022, "The Surprising
 Effectiveness of PPO in Cooperative Multi-Agent Games", and its reference implementation
@@ -16,18 +18,35 @@ recommends 5 to 10 on hard tasks; we use 5). Learning-rate decay is off by defau
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import json
 import math
 import os
 import re
-import tempfile
+import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Self
 
 import yaml
+from annotated_types import Ge
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, CRITIC_ATTENTION_HEADS, CRITIC_STATE_DIM
+from marl_jax.errors import MarlJaxError
+from marl_jax.run.files import atomic_write_text
 
 __all__ = [
     "AgentConfig",
@@ -42,103 +61,262 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "main",
     "parse_override",
     "save_config",
+    "schema_text",
 ]
 
-AGENT_NAMES = ("mlmi", "nwrqk", "mmd")
-# Features each agent sees (fixed by the environment) and attention heads per actor.
-_AGENT_INPUT_DIMS = {"mlmi": 4, "nwrqk": 6, "mmd": 3}
-_AGENT_HEADS = {"mlmi": 8, "nwrqk": 8, "mmd": 4}
-_CRITIC_ATTENTION_HEADS = 4
 
-
-class ConfigError(ValueError):
+class ConfigError(MarlJaxError, ValueError):
     """A bad configuration; the message is one line naming the key and the file."""
 
 
-# --------------------------------------------------------------------------- dataclasses
+# --------------------------------------------------------------------------- value types
+# YAML gives bools, ints, floats, strings, lists and dicts. A bool is not a number, a string
+# is not a number, and an integral float (``total_timesteps: 2e6``) is an integer.
 
 
-@dataclass(frozen=True)
-class AgentConfig:
+def _wrong_type() -> PydanticCustomError:
+    return PydanticCustomError("config_type", "wrong type")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type()
+    if isinstance(value, float):
+        if not value.is_integer():  # also rejects inf and nan
+            raise _wrong_type()
+        return int(value)
+    return value
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type()
+    try:
+        return float(value)
+    except OverflowError:  # a huge int; rejected as not finite
+        return math.inf if value > 0 else -math.inf
+
+
+def _list(value: Any) -> Any:
+    if not isinstance(value, list | tuple):
+        raise _wrong_type()
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_int)]
+Float = Annotated[float, BeforeValidator(_float)]
+Bool = Annotated[bool, Strict()]
+Name = Annotated[str, Strict(), Field(pattern=r"\S")]  # a non-blank string
+Sizes = Annotated[tuple[Annotated[int, Ge(1), BeforeValidator(_int)], ...], BeforeValidator(_list)]
+
+
+def _rule(key: str, problem: str, hint: str) -> PydanticCustomError:
+    """A cross-field error on ``key`` (relative to the model that raises it)."""
+    return PydanticCustomError(
+        "config_rule", "{key}: {problem}; {hint}", {"key": key, "problem": problem, "hint": hint}
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_section_is_default(cls, data: Any) -> Any:
+        """``training:`` with nothing under it (YAML null) means the defaults."""
+        if isinstance(data, dict):
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in cls.model_fields and _is_model(cls.model_fields[k]))
+            }
+        return data
+
+
+def _is_model(field: FieldInfo) -> bool:
+    tp = field.annotation
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _no_required(schema: dict[str, Any]) -> None:
+    schema.pop("required", None)
+
+
+class AgentConfig(_Section):
     """Constructor arguments of one actor (MLMIActor, NWRQKActor or MMDActor)."""
 
-    input_dim: int
-    hidden_dims: tuple[int, ...]
-    conv_channels: tuple[int, ...]
-    kernel_sizes: tuple[int, ...]
-    action_dim: int = 3
-    dropout_rate: float = 0.1
-    temperature_init: float = 1.0
-    sequence_length: int = 48
+    # In a file every key is optional: missing keys take that agent's defaults.
+    model_config = ConfigDict(json_schema_extra=_no_required)
+
+    input_dim: Int = Field(ge=1, description="features the agent sees (fixed by the env)")
+    hidden_dims: Sizes = Field(min_length=1, description="hidden layer sizes")
+    conv_channels: Sizes = Field(min_length=2, description="temporal conv channels")
+    kernel_sizes: Sizes = Field(min_length=2, description="temporal conv kernel sizes")
+    action_dim: Int = Field(3, ge=2, description="actions: bearish, neutral, bullish")
+    dropout_rate: Float = Field(0.1, ge=0, lt=1, description="dropout probability")
+    temperature_init: Float = Field(1.0, gt=0, description="initial softmax temperature")
+    sequence_length: Int = Field(48, ge=1, description="bars per observation window")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.hidden_dims[-1] < 2:
+            raise _rule(
+                "hidden_dims",
+                f"the last size feeds heads of width h//2, got {self.hidden_dims[-1]}",
+                "use 2 or more",
+            )
+        return self
 
     def to_kwargs(self) -> dict[str, Any]:
         """The model constructor's keyword arguments, sequences as lists."""
-        return _to_plain(self)
+        return self.model_dump(mode="json")
 
 
-def _mlmi() -> AgentConfig:
-    return AgentConfig(4, (256, 128, 64), (32, 64, 128), (3, 5))
+_AGENT_LAYERS: dict[str, dict[str, tuple[int, ...]]] = {
+    "mlmi": {"hidden_dims": (256, 128, 64), "conv_channels": (32, 64, 128), "kernel_sizes": (3, 5)},
+    "nwrqk": {
+        "hidden_dims": (256, 128, 64),
+        "conv_channels": (32, 64, 128),
+        "kernel_sizes": (7, 9),
+    },
+    "mmd": {"hidden_dims": (128, 64, 32), "conv_channels": (16, 32, 64), "kernel_sizes": (5, 7)},
+}
 
 
-def _nwrqk() -> AgentConfig:
-    return AgentConfig(6, (256, 128, 64), (32, 64, 128), (7, 9))
+def _default_agent(name: str) -> AgentConfig:
+    return AgentConfig(input_dim=AGENT_BY_NAME[name].input_dim, **_AGENT_LAYERS[name])
 
 
-def _mmd() -> AgentConfig:
-    return AgentConfig(3, (128, 64, 32), (16, 32, 64), (5, 7))
+class AgentsConfig(_Section):
+    """The three actors; a partial section keeps that agent's other defaults."""
 
+    mlmi: AgentConfig = Field(_default_agent("mlmi"), description="MLMI momentum actor")
+    nwrqk: AgentConfig = Field(_default_agent("nwrqk"), description="NW-RQK level actor")
+    mmd: AgentConfig = Field(_default_agent("mmd"), description="MMD regime actor")
 
-@dataclass(frozen=True)
-class AgentsConfig:
-    mlmi: AgentConfig = field(default_factory=_mlmi)
-    nwrqk: AgentConfig = field(default_factory=_nwrqk)
-    mmd: AgentConfig = field(default_factory=_mmd)
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_agent_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name in AGENT_NAMES:
+            if isinstance(out.get(name), dict):
+                out[name] = {**_default_agent(name).model_dump(), **out[name]}
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for name, agent in self.items():
+            spec = AGENT_BY_NAME[name]
+            if agent.input_dim != spec.input_dim:
+                raise _rule(
+                    f"{name}.input_dim",
+                    f"the environment gives {name} {spec.input_dim} features, "
+                    f"got {agent.input_dim}",
+                    f"set it to {spec.input_dim}",
+                )
+            if agent.hidden_dims[0] % spec.heads:
+                raise _rule(
+                    f"{name}.hidden_dims",
+                    f"hidden_dims[0]={agent.hidden_dims[0]} must be divisible by the "
+                    f"{spec.heads} attention heads",
+                    f"use a multiple of {spec.heads}",
+                )
+        return self
 
     def items(self) -> list[tuple[str, AgentConfig]]:
         """``[(name, AgentConfig)]`` in the canonical order mlmi, nwrqk, mmd."""
         return [(n, getattr(self, n)) for n in AGENT_NAMES]
 
 
-@dataclass(frozen=True)
-class CriticConfig:
+class CriticConfig(_Section):
     """Constructor arguments of CentralizedCritic."""
 
-    state_dim: int = 13
-    n_agents: int = 3
-    hidden_dims: tuple[int, ...] = (512, 256, 128)
-    dropout_rate: float = 0.1
-    use_layer_norm: bool = True
+    state_dim: Int = Field(CRITIC_STATE_DIM, description="all agents' features, concatenated")
+    n_agents: Int = Field(len(AGENT_NAMES), description="number of actors")
+    hidden_dims: Sizes = Field(
+        (512, 256, 128),
+        min_length=1,
+        description=f"hidden sizes; the last a multiple of {CRITIC_ATTENTION_HEADS}",
+    )
+    dropout_rate: Float = Field(0.1, ge=0, lt=1, description="dropout probability")
+    use_layer_norm: Bool = Field(True, description="layer norm after each hidden layer")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.state_dim != CRITIC_STATE_DIM:
+            raise _rule(
+                "state_dim",
+                f"the critic sees the {CRITIC_STATE_DIM} concatenated agent features, "
+                f"got {self.state_dim}",
+                f"set it to {CRITIC_STATE_DIM}",
+            )
+        if self.n_agents != len(AGENT_NAMES):
+            raise _rule("n_agents", f"got {self.n_agents}", f"set it to {len(AGENT_NAMES)}")
+        if self.hidden_dims[-1] % CRITIC_ATTENTION_HEADS:
+            raise _rule(
+                "hidden_dims",
+                f"the last size must be a multiple of {CRITIC_ATTENTION_HEADS} "
+                f"(attention heads), got {self.hidden_dims[-1]}",
+                "use e.g. 16 or 128",
+            )
+        return self
 
     def to_kwargs(self) -> dict[str, Any]:
-        return _to_plain(self)
+        """The model constructor's keyword arguments, sequences as lists."""
+        return self.model_dump(mode="json")
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(_Section):
     """MAPPO. Floats stay plain Python floats; the trainer may trace them for sweeps."""
 
-    num_envs: int = 16
-    rollout_len: int = 128
-    total_timesteps: int = 2_000_000
-    update_epochs: int = 5
-    num_minibatches: int = 1
-    clip_eps: float = 0.2
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    ent_coef: float = 0.01
-    value_loss_coef: float = 1.0
-    max_grad_norm: float = 10.0
-    actor_lr: float = 5e-4
-    critic_lr: float = 5e-4
-    adam_eps: float = 1e-5
-    anneal_lr: bool = False
-    use_valuenorm: bool = True
-    use_clipped_value_loss: bool = True
-    use_huber_loss: bool = True
-    huber_delta: float = 10.0
-    normalize_advantages: bool = True
+    num_envs: Int = Field(16, ge=1, description="parallel environments")
+    rollout_len: Int = Field(128, ge=1, description="steps per environment per update")
+    total_timesteps: Int = Field(2_000_000, ge=1, description="environment steps in all")
+    update_epochs: Int = Field(5, ge=1, description="passes over each batch")
+    num_minibatches: Int = Field(1, ge=1, description="minibatches per epoch")
+    clip_eps: Float = Field(0.2, gt=0, description="PPO ratio clip")
+    gamma: Float = Field(0.99, ge=0, le=1, description="discount factor")
+    gae_lambda: Float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    ent_coef: Float = Field(0.01, ge=0, description="entropy bonus coefficient")
+    value_loss_coef: Float = Field(1.0, ge=0, description="value loss coefficient")
+    max_grad_norm: Float = Field(10.0, gt=0, description="gradient-norm clip")
+    actor_lr: Float = Field(5e-4, gt=0, description="actor Adam learning rate")
+    critic_lr: Float = Field(5e-4, gt=0, description="critic Adam learning rate")
+    adam_eps: Float = Field(1e-5, gt=0, description="Adam epsilon")
+    anneal_lr: Bool = Field(False, description="decay both learning rates linearly to 0")
+    use_valuenorm: Bool = Field(True, description="normalise value targets (ValueNorm)")
+    use_clipped_value_loss: Bool = Field(True, description="clip the value loss like PPO")
+    use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")
+    huber_delta: Float = Field(10.0, gt=0, description="Huber loss delta")
+    normalize_advantages: Bool = Field(True, description="normalise advantages per batch")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.batch_size % self.num_minibatches:
+            raise _rule(
+                "num_minibatches",
+                f"num_envs*rollout_len={self.batch_size} is not divisible by "
+                f"{self.num_minibatches}",
+                "pick a divisor of num_envs*rollout_len",
+            )
+        if self.total_timesteps < self.batch_size:
+            raise _rule(
+                "total_timesteps",
+                f"{self.total_timesteps} is less than one update "
+                f"(num_envs*rollout_len={self.batch_size})",
+                f"use at least {self.batch_size}",
+            )
+        return self
 
     @property
     def batch_size(self) -> int:
@@ -147,6 +325,7 @@ class TrainingConfig:
 
     @property
     def minibatch_size(self) -> int:
+        """Transitions per minibatch: ``batch_size // num_minibatches``."""
         return self.batch_size // self.num_minibatches
 
     @property
@@ -155,21 +334,38 @@ class TrainingConfig:
         return self.total_timesteps // self.batch_size
 
 
-@dataclass(frozen=True)
-class EnvConfig:
+class EnvConfig(_Section):
     """Market environment and data. ``data_path`` null means synthetic bars."""
 
-    episode_len: int = 256
-    cost_bps: float = 1.0
-    window: int = 48
-    interval_minutes: int = 30
-    train_frac: float = 0.7
-    val_frac: float = 0.15
-    test_frac: float = 0.15
-    data_path: str | None = None
-    synthetic_n_bars: int = 20_000
-    synthetic_seed: int = 0
-    norm_clip: float = 10.0
+    episode_len: Int = Field(256, ge=1, description="bars per episode")
+    cost_bps: Float = Field(1.0, ge=0, description="cost per unit of position change, bps")
+    window: Int = Field(48, ge=1, description="bars each agent sees")
+    interval_minutes: Int = Field(30, ge=1, description="bar length in minutes")
+    train_frac: Float = Field(0.7, gt=0, lt=1, description="training split, by time")
+    val_frac: Float = Field(0.15, ge=0, lt=1, description="validation split, by time")
+    test_frac: Float = Field(0.15, gt=0, lt=1, description="test split, by time")
+    data_path: Name | None = Field(None, description="CSV/Parquet bar file; null = synthetic")
+    synthetic_n_bars: Int = Field(20_000, ge=1, description="bars of synthetic data")
+    synthetic_seed: Int = Field(0, ge=0, description="seed of the synthetic data")
+    norm_clip: Float = Field(10.0, gt=0, description="clip normalised features to +-this")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        total = self.train_frac + self.val_frac + self.test_frac
+        if total > 1.0 + 1e-9:
+            raise _rule(
+                "test_frac",
+                f"train_frac + val_frac + test_frac = {total:g} exceeds 1",
+                "make the three fractions sum to at most 1",
+            )
+        if self.synthetic_n_bars <= self.window + self.episode_len:
+            raise _rule(
+                "synthetic_n_bars",
+                f"{self.synthetic_n_bars} bars cannot hold a window plus an episode "
+                f"({self.window}+{self.episode_len})",
+                "use more bars",
+            )
+        return self
 
     @property
     def split_fractions(self) -> tuple[float, float, float]:
@@ -177,22 +373,26 @@ class EnvConfig:
         return (self.train_frac, self.val_frac, self.test_frac)
 
 
-@dataclass(frozen=True)
-class CheckpointConfig:
-    dir: str = "checkpoints"
-    save_every: int = 10
-    max_to_keep: int = 5
-    best_metric: str = "average_reward"
+class CheckpointConfig(_Section):
+    """Where and how often checkpoints are written."""
+
+    dir: Name = Field("checkpoints", description="folder, relative to the run's --out folder")
+    save_every: Int = Field(10, ge=1, description="updates between checkpoints")
+    max_to_keep: Int = Field(5, ge=1, description="latest checkpoints kept, plus the best")
+    best_metric: Name = Field("average_reward", description="metric of the best (higher wins)")
 
 
-@dataclass(frozen=True)
-class Config:
-    agents: AgentsConfig = field(default_factory=AgentsConfig)
-    critic: CriticConfig = field(default_factory=CriticConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    seed: int = 0
+class Config(_Section):
+    """A whole run's configuration."""
+
+    agents: AgentsConfig = Field(default_factory=AgentsConfig, description="the three actors")
+    critic: CriticConfig = Field(default_factory=CriticConfig, description="centralised critic")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="MAPPO")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="market environment and data")
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="checkpointing"
+    )
+    seed: Int = Field(0, ge=0, description="seed of the run")
 
 
 # --------------------------------------------------------------------------- YAML
@@ -237,28 +437,81 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        msg = str(e).replace("\n", " ")
+        msg = " ".join(str(e).split())
         raise ConfigError(f"override {item!r}: value is not valid YAML ({msg})") from None
     return key, value
 
 
-# --------------------------------------------------------------------------- building
+# --------------------------------------------------------------------------- errors
 
 
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [_to_plain(x) for x in obj]
-    return obj
+class _Ctx:
+    """Where values came from, for error messages."""
+
+    def __init__(self, source: str, overridden: dict[str, str]):
+        self.source = source
+        self.overridden = overridden
+
+    def where(self, key: str) -> str:
+        for k, item in self.overridden.items():
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"{self.source} (override {item!r})"
+        return self.source
+
+    def error(self, key: str, problem: str, hint: str) -> ConfigError:
+        return ConfigError(" ".join(f"{self.where(key)}: {key}: {problem}; {hint}".split()))
 
 
-def config_to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict (lists, not tuples) that ``config_from_dict`` reads back equal."""
-    return _to_plain(cfg)
+_MISSING = object()
+
+
+def _resolve(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel], FieldInfo | None]:
+    """The dotted key parts of an error location, the model holding the key, and its field.
+
+    The field is None for a section or an unknown key; list indices are dropped, so an error
+    in one entry of ``hidden_dims`` is reported on ``hidden_dims``.
+    """
+    model: type[BaseModel] = Config
+    parts: list[str] = []
+    for part in loc:
+        if not isinstance(part, str) or part not in model.model_fields:
+            parts.append(str(part))
+            return parts, model, None
+        parts.append(part)
+        field = model.model_fields[part]
+        if not _is_model(field):
+            return parts, model, field
+        model = typing.cast(type[BaseModel], field.annotation)
+    return parts, model, None
+
+
+def _lookup(tree: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def _default_text(parts: list[str]) -> str:
+    obj: Any = _DEFAULT
+    for part in parts:
+        obj = getattr(obj, part, None)
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    elif isinstance(obj, tuple):
+        obj = list(obj)
+    return _yaml_scalar(obj)
+
+
+def _unwrap(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
 
 
 def _type_name(tp: Any) -> str:
+    tp = _unwrap(tp)
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     if tp in names:
         return names[tp]
@@ -271,109 +524,96 @@ def _type_name(tp: Any) -> str:
     return str(tp)
 
 
-_NOT = object()
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, int | float) else str(x)
 
 
-def _coerce(value: Any, tp: Any) -> Any:
-    """Return ``value`` converted to ``tp`` or ``_NOT`` when it has the wrong type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            out = _coerce(value, a)
-            if out is not _NOT:
-                return out
-        return _NOT
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            return _NOT
-        elem = typing.get_args(tp)[0]
-        out = tuple(_coerce(v, elem) for v in value)
-        return _NOT if any(v is _NOT for v in out) else out
-    if tp is bool:
-        return value if isinstance(value, bool) else _NOT
-    if tp is int:
-        if isinstance(value, bool):
-            return _NOT
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)  # e.g. total_timesteps: 2e6
-        return _NOT
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return _NOT
-        return float(value)
-    if tp is str:
-        return value if isinstance(value, str) else _NOT
-    raise TypeError(f"unsupported config field type {tp!r}")
+def _bound_text(metadata: Sequence[Any], integer: bool) -> str:
+    """``metadata``'s bounds in words: ``in [0, 1)``, ``> 0``, ``at least 1``..."""
+    b = {k: getattr(m, k) for m in metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
+    lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
+    hi = (b["le"], "]") if "le" in b else (b["lt"], ")") if "lt" in b else None
+    if lo and hi:
+        return f"in {lo[0]}{_num(lo[1])}, {_num(hi[0])}{hi[1]}"
+    if lo:
+        if lo[0] == "(":
+            return f"> {_num(lo[1])}"
+        return f"at least {_num(lo[1])}" if integer else f">= {_num(lo[1])}"
+    if hi:
+        return f"<= {_num(hi[0])}" if hi[1] == "]" else f"< {_num(hi[0])}"
+    return "in range"
 
 
-class _Ctx:
-    """Where values came from, for error messages."""
-
-    def __init__(self, source: str, overridden: dict[str, str]):
-        self.source = source
-        self.overridden = overridden
-
-    def where(self, key: str) -> str:
-        for k, item in self.overridden.items():
-            if key == k or key.startswith(k + "."):
-                return f"{self.source} (override {item!r})"
-        return self.source
-
-    def error(self, key: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)}: {key}: {problem}; {fix}")
-
-
-def _build(default: Any, data: Any, prefix: str, ctx: _Ctx) -> Any:
-    cls = type(default)
-    if not isinstance(data, dict):
-        raise ctx.error(
-            prefix, f"expected a mapping of keys, got {data!r}", "write it as a YAML section"
-        )
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    changes: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ctx.error(path, "unknown key", f"remove it or use one of: {', '.join(names)}")
-        current = getattr(default, key)
-        if dataclasses.is_dataclass(current):
-            changes[key] = _build(current, {} if value is None else value, path, ctx)
-            continue
-        out = _coerce(value, hints[key])
-        if out is _NOT:
-            raise ctx.error(
-                path,
-                f"expected {_type_name(hints[key])}, got {value!r}",
-                f"fix the value (default: {_yaml_scalar(_to_plain(current))})",
+def _explain(err: Any, tree: Any) -> tuple[str, str, str]:
+    """``(dotted key, problem, hint)`` for one pydantic error dict."""
+    kind: str = err["type"]
+    parts, model, field = _resolve(err["loc"])
+    key = ".".join(parts)
+    value = _lookup(tree, parts)
+    if value is _MISSING:
+        value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "config_rule":
+        return ".".join([*parts, ctx["key"]]), ctx["problem"], ctx["hint"]
+    if kind in ("extra_forbidden", "invalid_key"):
+        return key, "unknown key", f"remove it or use one of: {', '.join(model.model_fields)}"
+    if field is None:  # a section that is not a mapping
+        return key, f"expected a mapping of keys, got {value!r}", "write it as a YAML section"
+    shown = _default_text(parts)
+    default = f"default: {shown}"
+    element = len(err["loc"]) > len(parts)  # one entry of a list
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        if element:
+            item = typing.get_args(_unwrap(field.annotation))[0]
+            bound = _bound_text(typing.get_args(item)[1:], integer=True)
+            return (
+                key,
+                f"every entry must be {bound}, got {value!r}",
+                f"use e.g. the default {shown}",
             )
-        changes[key] = out
-    return dataclasses.replace(default, **changes)
+        bound = _bound_text(field.metadata, integer=_unwrap(field.annotation) is int)
+        return key, f"must be {bound}, got {value!r}", f"use e.g. the default {shown}"
+    if kind == "too_short":
+        n = ctx["min_length"]
+        entries = "entry" if n == 1 else "entries"
+        return key, f"needs at least {n} {entries}, got {value!r}", f"give {n} or more ({default})"
+    if kind == "finite_number":
+        return key, f"must be a finite number, got {value!r}", f"fix the value ({default})"
+    if kind == "string_pattern_mismatch":
+        return key, f"must not be blank, got {value!r}", f"fix the value ({default})"
+    if kind == "missing":
+        return key, "missing key", f"add it ({default})"
+    expected = _type_name(field.annotation)
+    return key, f"expected {expected}, got {value!r}", f"fix the value ({default})"
+
+
+def _translate(e: ValidationError, tree: Any, ctx: _Ctx) -> ConfigError:
+    """The first of pydantic's errors as one :class:`ConfigError` line."""
+    key, problem, hint = _explain(e.errors()[0], tree)
+    return ctx.error(key, problem, hint)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (lists, not tuples) that ``config_from_dict`` reads back equal."""
+    return cfg.model_dump(mode="json")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any, ctx: _Ctx) -> None:
+    """Set ``tree[a][b]... = value`` for ``key = "a.b..."``, checking each part is a key."""
     parts = key.split(".")
-    node: Any = tree
-    schema: Any = Config()
+    node = tree
+    model: type[BaseModel] | None = Config
     for i, part in enumerate(parts):
         path = ".".join(parts[: i + 1])
-        if not dataclasses.is_dataclass(schema) or part not in {
-            f.name for f in dataclasses.fields(schema)
-        }:
-            names = (
-                ", ".join(f.name for f in dataclasses.fields(schema))
-                if dataclasses.is_dataclass(schema)
-                else "none"
-            )
-            raise ctx.error(path, "unknown key", f"use one of: {names}")
-        schema = getattr(schema, part)
+        if model is None:
+            raise ctx.error(path, "unknown key", f"{'.'.join(parts[:i])} is a value, not a section")
+        if part not in model.model_fields:
+            raise ctx.error(path, "unknown key", f"use one of: {', '.join(model.model_fields)}")
+        field = model.model_fields[part]
+        model = typing.cast(type[BaseModel], field.annotation) if _is_model(field) else None
         if i == len(parts) - 1:
             node[part] = value
         else:
@@ -384,13 +624,23 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any, ctx: _Ctx) -> None:
             node = child
 
 
+def _deep_copy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x
+
+
 def config_from_dict(
     data: dict[str, Any] | None,
-    overrides: typing.Sequence[str] = (),
+    overrides: Sequence[str] = (),
     source: str = "<dict>",
 ) -> Config:
     """Build and validate a :class:`Config` from a nested dict plus dotted overrides."""
-    tree: dict[str, Any] = _deep_copy(data or {})
+    tree = _deep_copy(data if data is not None else {})
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (agents, ...)")
     overridden: dict[str, str] = {}
     ctx = _Ctx(source, overridden)
     for item in overrides:
@@ -400,20 +650,13 @@ def config_from_dict(
             raise ConfigError(f"{source}: {e}") from None
         overridden[key] = item
         _set_dotted(tree, key, value, ctx)
-    cfg = _build(Config(), tree, "", ctx)
-    _validate(cfg, ctx)
-    return cfg
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise _translate(e, tree, ctx) from None
 
 
-def _deep_copy(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _deep_copy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deep_copy(v) for v in x]
-    return x
-
-
-def load_config(path: str | os.PathLike[str], overrides: typing.Sequence[str] = ()) -> Config:
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config, apply ``key.path=value`` overrides, validate, return it frozen."""
     p = Path(path)
     try:
@@ -435,233 +678,33 @@ def load_config(path: str | os.PathLike[str], overrides: typing.Sequence[str] = 
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
-    """Write ``cfg`` as YAML atomically (temp file in the same folder, then ``os.replace``)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``cfg`` as YAML atomically; returns the path."""
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_text(path, text)
 
 
-# --------------------------------------------------------------------------- validation
+_DEFAULT = Config()
 
 
-def _validate(cfg: Config, ctx: _Ctx) -> None:
-    def need(ok: bool, key: str, problem: str, fix: str) -> None:
-        if not ok:
-            raise ctx.error(key, problem, fix)
+# --------------------------------------------------------------------------- schema
 
-    def positive_ints(values: tuple[int, ...], key: str, min_len: int) -> None:
-        need(
-            len(values) >= min_len,
-            key,
-            f"needs at least {min_len} entries, got {list(values)}",
-            f"give {min_len} or more sizes",
-        )
-        need(
-            all(v > 0 for v in values),
-            key,
-            f"sizes must be positive, got {list(values)}",
-            "use positive integers",
-        )
 
-    for name, a in cfg.agents.items():
-        k = f"agents.{name}"
-        need(
-            a.input_dim == _AGENT_INPUT_DIMS[name],
-            f"{k}.input_dim",
-            f"the environment gives {name} {_AGENT_INPUT_DIMS[name]} features, got {a.input_dim}",
-            f"set it to {_AGENT_INPUT_DIMS[name]}",
-        )
-        positive_ints(a.hidden_dims, f"{k}.hidden_dims", 1)
-        heads = _AGENT_HEADS[name]
-        need(
-            a.hidden_dims[0] % heads == 0,
-            f"{k}.hidden_dims",
-            f"hidden_dims[0]={a.hidden_dims[0]} must be divisible by the {heads} attention heads",
-            f"use a multiple of {heads}",
-        )
-        need(
-            a.hidden_dims[-1] >= 2,
-            f"{k}.hidden_dims",
-            f"the last size feeds heads of width h//2, got {a.hidden_dims[-1]}",
-            "use 2 or more",
-        )
-        positive_ints(a.conv_channels, f"{k}.conv_channels", 2)
-        positive_ints(a.kernel_sizes, f"{k}.kernel_sizes", 2)
-        need(
-            a.action_dim >= 2,
-            f"{k}.action_dim",
-            f"got {a.action_dim}",
-            "use 3 (bearish, neutral, bullish)",
-        )
-        need(
-            0.0 <= a.dropout_rate < 1.0,
-            f"{k}.dropout_rate",
-            f"got {a.dropout_rate}",
-            "use a rate in [0, 1)",
-        )
-        need(
-            a.temperature_init > 0,
-            f"{k}.temperature_init",
-            f"got {a.temperature_init}",
-            "use a positive temperature such as 1.0",
-        )
-        need(
-            a.sequence_length > 0,
-            f"{k}.sequence_length",
-            f"got {a.sequence_length}",
-            "use a positive length such as 48",
-        )
+def schema_text() -> str:
+    """The JSON Schema of a config file, as committed in ``configs/schema.json``."""
+    return json.dumps(Config.model_json_schema(), indent=2) + "\n"
 
-    c = cfg.critic
-    total = sum(_AGENT_INPUT_DIMS.values())
-    need(
-        c.state_dim == total,
-        "critic.state_dim",
-        f"the critic sees the {total} concatenated agent features, got {c.state_dim}",
-        f"set it to {total}",
-    )
-    need(
-        c.n_agents == len(AGENT_NAMES),
-        "critic.n_agents",
-        f"got {c.n_agents}",
-        f"set it to {len(AGENT_NAMES)}",
-    )
-    positive_ints(c.hidden_dims, "critic.hidden_dims", 1)
-    need(
-        c.hidden_dims[-1] % _CRITIC_ATTENTION_HEADS == 0 and c.hidden_dims[-1] >= 4,
-        "critic.hidden_dims",
-        f"the last size must be a multiple of {_CRITIC_ATTENTION_HEADS} (attention heads), "
-        f"got {c.hidden_dims[-1]}",
-        "use e.g. 16 or 128",
-    )
-    need(
-        0.0 <= c.dropout_rate < 1.0,
-        "critic.dropout_rate",
-        f"got {c.dropout_rate}",
-        "use a rate in [0, 1)",
-    )
 
-    t = cfg.training
-    for key in ("num_envs", "rollout_len", "update_epochs", "num_minibatches"):
-        v = getattr(t, key)
-        need(v >= 1, f"training.{key}", f"must be at least 1, got {v}", "use a positive integer")
-    need(
-        t.batch_size % t.num_minibatches == 0,
-        "training.num_minibatches",
-        f"num_envs*rollout_len={t.batch_size} is not divisible by {t.num_minibatches}",
-        "pick a divisor of num_envs*rollout_len",
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m marl_jax.config schema``: print the JSON Schema of a config file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m marl_jax.config", description="Tools for marl-jax config files."
     )
-    need(
-        t.total_timesteps >= t.batch_size,
-        "training.total_timesteps",
-        f"{t.total_timesteps} is less than one update (num_envs*rollout_len={t.batch_size})",
-        f"use at least {t.batch_size}",
-    )
-    for key in ("actor_lr", "critic_lr", "adam_eps", "clip_eps", "max_grad_norm", "huber_delta"):
-        v = getattr(t, key)
-        need(
-            math.isfinite(v) and v > 0,
-            f"training.{key}",
-            f"must be > 0, got {v}",
-            "use a positive finite number",
-        )
-    for key in ("gamma", "gae_lambda"):
-        v = getattr(t, key)
-        need(
-            0.0 <= v <= 1.0,
-            f"training.{key}",
-            f"must be in [0, 1], got {v}",
-            "use e.g. 0.99 for gamma, 0.95 for gae_lambda",
-        )
-    for key in ("ent_coef", "value_loss_coef"):
-        v = getattr(t, key)
-        need(
-            math.isfinite(v) and v >= 0,
-            f"training.{key}",
-            f"must be >= 0, got {v}",
-            "use a non-negative coefficient",
-        )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("schema", help="print the JSON Schema (configs/schema.json)")
+    parser.parse_args(argv)
+    sys.stdout.write(schema_text())
+    return 0
 
-    e = cfg.env
-    for key in ("episode_len", "window", "interval_minutes", "synthetic_n_bars"):
-        v = getattr(e, key)
-        need(v >= 1, f"env.{key}", f"must be at least 1, got {v}", "use a positive integer")
-    need(
-        math.isfinite(e.cost_bps) and e.cost_bps >= 0,
-        "env.cost_bps",
-        f"must be >= 0, got {e.cost_bps}",
-        "use a cost in basis points such as 1.0",
-    )
-    for key in ("train_frac", "test_frac"):
-        v = getattr(e, key)
-        need(
-            0.0 < v < 1.0,
-            f"env.{key}",
-            f"must be in (0, 1), got {v}",
-            "use fractions like 0.7/0.15/0.15",
-        )
-    need(
-        0.0 <= e.val_frac < 1.0,
-        "env.val_frac",
-        f"must be in [0, 1), got {e.val_frac}",
-        "use fractions like 0.7/0.15/0.15",
-    )
-    s = e.train_frac + e.val_frac + e.test_frac
-    need(
-        s <= 1.0 + 1e-9,
-        "env.test_frac",
-        f"train_frac + val_frac + test_frac = {s:g} exceeds 1",
-        "make the three fractions sum to at most 1",
-    )
-    need(
-        math.isfinite(e.norm_clip) and e.norm_clip > 0,
-        "env.norm_clip",
-        f"must be > 0, got {e.norm_clip}",
-        "use e.g. 10.0",
-    )
-    need(
-        e.synthetic_n_bars > e.window + e.episode_len,
-        "env.synthetic_n_bars",
-        f"{e.synthetic_n_bars} bars cannot hold a window plus an episode "
-        f"({e.window}+{e.episode_len})",
-        "use more bars",
-    )
-    need(
-        e.data_path is None or e.data_path.strip() != "",
-        "env.data_path",
-        "empty path",
-        "give a file path or null for synthetic bars",
-    )
 
-    k = cfg.checkpoint
-    need(k.dir.strip() != "", "checkpoint.dir", "empty path", "give a folder name")
-    need(
-        k.save_every >= 1,
-        "checkpoint.save_every",
-        f"got {k.save_every}",
-        "use a positive number of updates",
-    )
-    need(
-        k.max_to_keep >= 1,
-        "checkpoint.max_to_keep",
-        f"got {k.max_to_keep}",
-        "keep at least 1 checkpoint",
-    )
-    need(
-        k.best_metric.strip() != "",
-        "checkpoint.best_metric",
-        "empty name",
-        "use a metric name such as average_reward",
-    )
-    need(cfg.seed >= 0, "seed", f"got {cfg.seed}", "use a non-negative integer")
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,28 @@
-"""Tests for marl_jax.config: loading, overrides, validation, round trip."""
+"""Tests for marl_jax.config: loading, overrides, validation, round trip, JSON Schema."""
 
-import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 
+from marl_jax import agents
 from marl_jax.config import (
     AGENT_NAMES,
+    AgentConfig,
     Config,
     ConfigError,
+    TrainingConfig,
     config_from_dict,
     config_to_dict,
     load_config,
+    main,
+    parse_override,
     save_config,
+    schema_text,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,10 +112,78 @@ def test_overrides():
     assert load_config(QUICK, ["env.data_path=null"]).env.data_path is None
 
 
-def test_frozen():
+def test_models_are_frozen_pydantic_models():
     cfg = load_config(QUICK)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert isinstance(cfg, pydantic.BaseModel) and isinstance(cfg.training, pydantic.BaseModel)
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.training.gamma = 0.5  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        cfg.seed = 3  # type: ignore[misc]
+    assert hash(cfg) == hash(load_config(QUICK))  # frozen models hash by value
+    assert isinstance(cfg.agents.mlmi.hidden_dims, tuple)  # sequences stay tuples
+
+
+def test_extra_keys_are_forbidden():
+    with pytest.raises(pydantic.ValidationError, match="extra"):
+        TrainingConfig(bogus=1)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({"critic": {"hidden_dims": [16], "heads": 4}}, source="run.yaml")
+    assert str(ei.value) == (
+        "run.yaml: critic.heads: unknown key; remove it or use one of: "
+        "state_dim, n_agents, hidden_dims, dropout_rate, use_layer_norm"
+    )
+
+
+def test_model_validator_error_is_one_line_naming_the_key():
+    data = {"agents": {"nwrqk": {"hidden_dims": [36, 16, 8]}}}
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict(data, source="run.yaml")
+    assert str(ei.value) == (
+        "run.yaml: agents.nwrqk.hidden_dims: hidden_dims[0]=36 must be divisible by the "
+        "8 attention heads; use a multiple of 8"
+    )
+    assert ei.value.__cause__ is None and ei.value.__suppress_context__  # no pydantic chain
+    with pytest.raises(ConfigError) as ei:
+        config_from_dict({}, ["training.num_minibatches=3"], source="run.yaml")
+    assert str(ei.value).startswith(
+        "run.yaml (override 'training.num_minibatches=3'): training.num_minibatches: "
+    )
+
+
+def test_agent_facts_come_from_the_agent_table():
+    cfg = Config()
+    for name, agent in cfg.agents.items():
+        assert agent.input_dim == agents.AGENT_BY_NAME[name].input_dim
+        assert agent.hidden_dims[0] % agents.AGENT_BY_NAME[name].heads == 0
+    assert cfg.critic.state_dim == agents.CRITIC_STATE_DIM
+    assert cfg.critic.n_agents == len(agents.AGENT_NAMES)
+    assert cfg.critic.hidden_dims[-1] % agents.CRITIC_ATTENTION_HEADS == 0
+    assert AGENT_NAMES is agents.AGENT_NAMES
+
+
+def test_strict_types():
+    assert config_from_dict({"training": {"total_timesteps": 2e6}}).training.total_timesteps == (
+        2_000_000
+    )
+    assert type(config_from_dict({"training": {"gamma": 1}}).training.gamma) is float
+    for section, key, value in [
+        ("training", "num_envs", True),  # a bool is not an int
+        ("training", "gamma", False),
+        ("training", "gamma", "0.9"),  # a string is not a number
+        ("training", "num_envs", 16.5),
+        ("training", "anneal_lr", 0),
+        ("checkpoint", "dir", 5),
+        ("agents", "mlmi", {"hidden_dims": "256"}),
+    ]:
+        with pytest.raises(ConfigError, match="expected"):
+            config_from_dict({section: {key: value}})
+
+
+def test_null_sections_and_partial_agents_take_defaults():
+    assert config_from_dict({"training": None, "agents": {"mmd": None}}) == Config()
+    cfg = config_from_dict({"agents": {"mmd": {"hidden_dims": [8, 8]}}})
+    assert cfg.agents.mmd.kernel_sizes == (5, 7) and cfg.agents.mmd.input_dim == 3
+    assert AgentConfig(input_dim=3, hidden_dims=(8,), conv_channels=(4, 4), kernel_sizes=(3, 3))
 
 
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):
@@ -150,7 +227,8 @@ BAD_OVERRIDES = [
     ("training.num_envs=0", "training.num_envs", "at least 1"),
     ("training.total_timesteps=10", "training.total_timesteps", "less than one update"),
     ("agents.mlmi.kernel_sizes=[3]", "agents.mlmi.kernel_sizes", "at least 2"),
-    ("agents.nwrqk.hidden_dims=[32, 0, 8]", "agents.nwrqk.hidden_dims", "positive"),
+    ("agents.nwrqk.hidden_dims=[32, 0, 8]", "agents.nwrqk.hidden_dims", "at least 1"),
+    ("agents.mlmi.hidden_dims=[32, 16, 1]", "agents.mlmi.hidden_dims", "2 or more"),
     ("agents.mlmi.hidden_dims=[]", "agents.mlmi.hidden_dims", "at least 1"),
     ("agents.mlmi.hidden_dims=[30, 16, 8]", "agents.mlmi.hidden_dims", "divisible"),
     ("agents.mmd.input_dim=4", "agents.mmd.input_dim", "set it to 3"),
@@ -162,7 +240,13 @@ BAD_OVERRIDES = [
     ("env.norm_clip=0", "env.norm_clip", "> 0"),
     ("env.cost_bps=-1", "env.cost_bps", ">= 0"),
     ("checkpoint.max_to_keep=0", "checkpoint.max_to_keep", "at least 1"),
-    ("checkpoint.save_every=0", "checkpoint.save_every", "positive"),
+    ("checkpoint.save_every=0", "checkpoint.save_every", "at least 1"),
+    ("checkpoint.dir=''", "checkpoint.dir", "blank"),
+    ("critic.n_agents=2", "critic.n_agents", "set it to 3"),
+    ("training.max_grad_norm=.inf", "training.max_grad_norm", "finite"),
+    ("env.synthetic_n_bars=100", "env.synthetic_n_bars", "more bars"),
+    ("env.data_path=5", "env.data_path", "a string or null"),
+    ("seed=-1", "seed", "at least 0"),
 ]
 
 
@@ -175,6 +259,41 @@ def test_bad_values_name_key_and_file(override, key, phrase):
     assert str(QUICK) in msg and key in msg and phrase in msg, msg
     assert ";" in msg  # says what to do
     assert isinstance(ei.value, ValueError)
+    assert f"(override {override!r})" in msg or "unknown key" in msg
+
+
+def test_bound_and_type_errors_give_the_bound_and_the_default():
+    with pytest.raises(ConfigError) as ei:
+        load_config(QUICK, ["training.gamma=1.5"])
+    assert str(ei.value) == (
+        f"{QUICK} (override 'training.gamma=1.5'): training.gamma: must be in [0, 1], got 1.5; "
+        "use e.g. the default 0.99"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_config(QUICK, ["training.num_envs=many"])
+    assert str(ei.value).endswith(
+        "training.num_envs: expected an integer, got 'many'; fix the value (default: 16)"
+    )
+
+
+def test_unknown_override_keys_list_the_valid_ones():
+    with pytest.raises(ConfigError) as ei:
+        load_config(QUICK, ["training.nope=1"])
+    msg = str(ei.value)
+    assert "(override 'training.nope=1'): training.nope: unknown key" in msg
+    assert "num_envs" in msg and "normalize_advantages" in msg
+    with pytest.raises(ConfigError, match="agents.foo: unknown key; use one of: mlmi, nwrqk, mmd"):
+        load_config(QUICK, ["agents.foo.input_dim=4"])
+    with pytest.raises(ConfigError, match="training.gamma is a value, not a section"):
+        load_config(QUICK, ["training.gamma.x=1"])
+
+
+def test_parse_override():
+    assert parse_override("training.actor_lr=5e-4") == ("training.actor_lr", 5e-4)
+    assert parse_override(" seed = 3") == ("seed", 3)
+    assert parse_override("env.data_path=") == ("env.data_path", None)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_override("agents.mlmi.hidden_dims=[1,")
 
 
 @pytest.mark.parametrize(
@@ -184,6 +303,9 @@ def test_bad_values_name_key_and_file(override, key, phrase):
         ("trainig:\n  gamma: 0.9\n", "trainig", "unknown key"),
         ("training:\n  gamma: high\n", "training.gamma", "expected a number"),
         ("training: 5\n", "training", "mapping"),
+        ("agents:\n  bogus: {}\n", "agents.bogus", "unknown key"),
+        ("training:\n  use_huber_loss: yes please\n", "training.use_huber_loss", "true or false"),
+        ("[1, 2]\n", "top level", "mapping"),
         ("agents:\n  mlmi:\n    kernel_sizes: [3]\n", "agents.mlmi.kernel_sizes", "at least 2"),
         ("training:\n  gamma: [0.9\n", "line", "not valid YAML"),
     ],
@@ -209,3 +331,29 @@ def test_empty_file_gives_defaults(tmp_path):
     p = tmp_path / "empty.yaml"
     p.write_text("")
     assert load_config(p) == Config()
+
+
+SCHEMA = ROOT / "configs" / "schema.json"
+
+
+def test_committed_schema_is_current():
+    assert SCHEMA.read_text() == schema_text(), (
+        "configs/schema.json is stale: run `python -m marl_jax.config schema > configs/schema.json`"
+    )
+    schema = json.loads(SCHEMA.read_text())
+    assert set(schema["properties"]) == set(Config.model_fields)
+    assert schema["additionalProperties"] is False
+    for path in (V1, QUICK):
+        assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=./schema.json"
+
+
+def test_schema_command(capsys):
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().out == schema_text()
+    assert schema_text().endswith("}\n") and schema_text().startswith('{\n  "')
+
+
+def test_import_is_cheap():
+    code = "import sys, marl_jax.config; print([m for m in ('jax', 'torch') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
