@@ -12,59 +12,76 @@ Keys are renamed by rule and tensors transposed by layer kind:
 
 The expected keys, their order, shapes and dtypes come from ``bridge.torch_reference`` built
 on the ``meta`` device with the same configuration, so every problem in a state dict is found
-and reported at once before anything is converted or written.
+and reported at once before anything is converted or written. Reading ``.pt`` files, the
+configuration inference and the state-dict checks need no JAX and live in ``bridge.pt_file``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from bridge import TORCH_MISSING
+
+try:
+    import torch
+except ImportError:
+    raise ImportError(TORCH_MISSING) from None
 
 import flax.linen as nn
 import jax
 import numpy as np
-import torch
 
 from bridge import torch_reference
-from marl_jax.models.actors import AGENT_ORDER, StrategicActor
+from bridge.pt_file import (
+    AGENT_ORDER,
+    BN_NAMES,
+    MIN_TORCH,
+    STATE_DICTS_KEY,
+    BridgeError,
+    checkpoint_state_dicts,
+    infer_config,
+    read_pt,
+    state_dict_problems,
+)
+from bridge.pt_file import raise_problems as _raise_problems
+from marl_jax.models.actors import StrategicActor
 from marl_jax.models.critic import CentralizedCritic
 from marl_jax.models.registry import abstract_variables, build_module, module_config
+from marl_jax.run.files import atomic_write_with
 
-MIN_TORCH = (2, 10)
-STATE_DICTS_KEY = "model_state_dicts"
-BN_NAMES = {
-    "running_mean": "mean",
-    "running_var": "var",
-    "num_batches_tracked": "num_batches_tracked",
-}
+__all__ = [
+    "MIN_TORCH",
+    "STATE_DICTS_KEY",
+    "BridgeError",
+    "StrategicCheckpoint",
+    "atomic_torch_save",
+    "checkpoint_from_data",
+    "checkpoint_to_dict",
+    "flax_slot",
+    "flax_to_torch",
+    "infer_config",
+    "load_pt_checkpoint",
+    "new_checkpoint",
+    "read_pt",
+    "reference_module",
+    "save_pt_checkpoint",
+    "state_dict_problems",
+    "template_state_dict",
+    "to_host",
+    "torch_to_flax",
+]
+
 BN_TORCH_NAMES = {v: k for k, v in BN_NAMES.items()}
 RNN_LEAF = re.compile(r"^(weight|bias)_(ih|hh)_l\d+(_reverse)?$")
 TOP_LEVEL_PARAMS = ("temperature", "volatility_adjust")
 BUFFER_MODULES = ("agent_attention",)
-
-
-class BridgeError(ValueError):
-    """A checkpoint or state dict that cannot be converted; the message is one line."""
-
-
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split("+")[0].split(".")[:2]
-    return int(major), int(minor)
-
-
-if _torch_version() < MIN_TORCH:
-    raise ImportError(
-        f"bridge needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} for safe weights_only loading; "
-        f"found {torch.__version__}. Run: pip install 'torch>=2.10'"
-    )
 
 
 # ----------------------------------------------------------------------------- key mapping
@@ -157,36 +174,6 @@ def template_state_dict(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return reference_module(module).state_dict()
 
 
-def state_dict_problems(
-    state_dict: Mapping[str, Any], template: Mapping[str, torch.Tensor]
-) -> list[str]:
-    """Every missing key, unexpected key, shape or dtype mismatch and non-finite tensor."""
-    problems = []
-    for key, expected in template.items():
-        if key not in state_dict:
-            problems.append(f"missing {key} (expected {tuple(expected.shape)})")
-            continue
-        found = state_dict[key]
-        if not isinstance(found, torch.Tensor):
-            problems.append(f"{key}: expected a tensor, found {type(found).__name__}")
-        elif tuple(found.shape) != tuple(expected.shape):
-            problems.append(
-                f"{key}: expected shape {tuple(expected.shape)}, found {tuple(found.shape)}"
-            )
-        elif found.dtype != expected.dtype:
-            problems.append(f"{key}: expected dtype {expected.dtype}, found {found.dtype}")
-        elif found.is_floating_point() and not bool(torch.isfinite(found).all()):
-            bad = int((~torch.isfinite(found)).sum())
-            problems.append(f"{key}: {bad} NaN/Inf values")
-    problems += [f"unexpected {key}" for key in state_dict if key not in template]
-    return problems
-
-
-def _raise_problems(problems: list[str], where: str) -> None:
-    if problems:
-        raise BridgeError(f"{where}: {len(problems)} problem(s): " + "; ".join(problems))
-
-
 # ----------------------------------------------------------------------------- module level
 
 
@@ -264,59 +251,6 @@ def flax_to_torch(variables: Mapping, module: nn.Module) -> OrderedDict[str, tor
     return state_dict
 
 
-# ----------------------------------------------------------------------------- config inference
-
-
-def _shape(state_dict: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in state_dict or not isinstance(state_dict[key], torch.Tensor):
-        raise BridgeError(f"{where}: missing {key}, needed to infer the model configuration")
-    return tuple(state_dict[key].shape)
-
-
-def infer_config(name: str, state_dict: Mapping[str, torch.Tensor], where: str = "") -> dict:
-    """Constructor arguments of model ``name`` inferred from its tensor shapes.
-
-    Sizes that leave no trace in the tensors (dropout, the unused third MLMI/MMD conv channel
-    count, sequence length) keep their defaults.
-    """
-    where = where or name
-    defaults = module_config(build_module(name))
-    if name == "critic":
-        first = _shape(state_dict, "feature_extractor.0.weight", where)
-        use_ln = "feature_extractor.1.weight" in state_dict
-        index, hidden = (4 if use_ln else 3), [first[0]]
-        while f"feature_extractor.{index}.fc1.weight" in state_dict:
-            hidden.append(_shape(state_dict, f"feature_extractor.{index}.fc1.weight", where)[0])
-            index += 1
-        n_agents = 0
-        while f"agent_value_heads.{n_agents}.weight" in state_dict:
-            n_agents += 1
-        return {
-            **defaults,
-            "state_dim": first[1],
-            "n_agents": n_agents,
-            "hidden_dims": hidden,
-            "use_layer_norm": use_ln,
-        }
-    conv0 = _shape(state_dict, "conv_layers.0.conv.weight", where)
-    conv1 = _shape(state_dict, "conv_layers.1.conv.weight", where)
-    channels = [conv0[0], conv1[0], defaults["conv_channels"][-1]]
-    if "conv_layers.2.conv.weight" in state_dict:
-        channels[-1] = _shape(state_dict, "conv_layers.2.conv.weight", where)[0]
-    hidden = [_shape(state_dict, "feature_proj.weight", where)[0]]
-    layer_key = "output_layers.{}.0.weight" if name == "mmd" else "output_layers.{}.fc1.weight"
-    while layer_key.format(len(hidden) - 1) in state_dict:
-        hidden.append(_shape(state_dict, layer_key.format(len(hidden) - 1), where)[0])
-    return {
-        **defaults,
-        "input_dim": conv0[1],
-        "hidden_dims": hidden,
-        "action_dim": _shape(state_dict, "output_head.3.weight", where)[0],
-        "conv_channels": channels,
-        "kernel_sizes": [conv0[2], conv1[2]],
-    }
-
-
 # ----------------------------------------------------------------------------- checkpoint level
 
 
@@ -343,60 +277,21 @@ class StrategicCheckpoint:
         return {name: module_config(module) for name, module in self.modules.items()}
 
 
-def read_pt(path: str | os.PathLike) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        if lines and lines[0].lower().startswith("weights only load failed"):
-            detail = next(
-                (line for line in lines if "unsupported" in line.lower()), "a disallowed object"
-            )
-            raise BridgeError(
-                f"{path}: refused: the file holds pickled code or objects that safe loading "
-                f"(weights_only=True) does not allow ({detail.rstrip('.')}); nothing was "
-                "executed. Re-save it with plain tensors, dicts, lists, strings and numbers"
-            ) from None
-        raise BridgeError(f"{path}: not a PyTorch checkpoint ({(lines or ['?'])[0]})") from None
-    except Exception as err:  # torch.load raises many types for damaged files
-        first = (str(err).strip().split(".")[0] or "?").splitlines()[0]
-        raise BridgeError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another format; "
-            f"{type(err).__name__}: {first})"
-        ) from None
-
-
 def load_pt_checkpoint(path: str | os.PathLike) -> StrategicCheckpoint:
     """Loads an original-format ``.pt`` checkpoint into Flax variables and modules."""
     path = Path(path)
-    data = read_pt(path)
-    if not isinstance(data, dict) or STATE_DICTS_KEY not in data:
-        raise BridgeError(
-            f"{path}: not a Strategic MARL checkpoint: expected a dict with a "
-            f"'{STATE_DICTS_KEY}' entry"
-        )
-    dicts = data[STATE_DICTS_KEY]
-    agents_sd = dicts.get("agents") if isinstance(dicts, dict) else None
-    if not isinstance(agents_sd, dict) or not isinstance(dicts.get("critic"), dict):
-        raise BridgeError(
-            f"{path}: '{STATE_DICTS_KEY}' must hold an 'agents' dict and a 'critic' state dict"
-        )
-    unknown = [name for name in agents_sd if name not in AGENT_ORDER]
-    if unknown:
-        raise BridgeError(
-            f"{path}: unknown agent(s) {unknown} in {STATE_DICTS_KEY}.agents; expected "
-            f"{list(AGENT_ORDER)}"
-        )
+    return checkpoint_from_data(read_pt(path), path)
+
+
+def checkpoint_from_data(data: Any, path: str | os.PathLike) -> StrategicCheckpoint:
+    """Converts the dict loaded from ``path`` (see :func:`read_pt`) to a checkpoint.
+
+    Every problem of every model is reported at once, in one ``BridgeError`` naming ``path``.
+    """
     modules: dict[str, nn.Module] = {}
     agents: dict[str, dict] = {}
     problems: list[str] = []
-    named = [(name, agents_sd[name], f"agents.{name}") for name in agents_sd]
-    named.append(("critic", dicts["critic"], "critic"))
-    for name, sd, label in named:
+    for name, sd, label in checkpoint_state_dicts(data, path):
         try:
             module = build_module(name, infer_config(name, sd, label))
             variables = torch_to_flax(sd, module, where=label)
@@ -436,17 +331,21 @@ def checkpoint_to_dict(ckpt: StrategicCheckpoint) -> dict:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
+    """``torch.save`` into a temporary file beside ``path``, then rename: never half-written.
+
+    The file is fsynced and gets the umask's mode (``marl_jax.run.files.atomic_write_with``).
+    A failed write leaves ``path`` as it was and raises a one-line ``BridgeError``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+
+    def write(fh: IO[bytes]) -> None:
+        torch.save(obj, fh)
+
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write_with(path, write)
+    except Exception as err:  # disk full, unpicklable objects, ...: one line naming the file
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise BridgeError(f"{path}: cannot write ({type(err).__name__}: {first})") from err
 
 
 def save_pt_checkpoint(ckpt: StrategicCheckpoint, path: str | os.PathLike) -> None:
