@@ -21,7 +21,7 @@ import numpy as np
 from marl_jax.config import load_config
 from marl_jax.env import evaluate, market
 from marl_jax.mappo import HyperParams, make_train
-from marl_jax.train import env_params_for, load_market
+from marl_jax.run.setup import env_params_for, load_market
 
 TRACED = {"actor_lr", "critic_lr", "ent_coef", "clip_eps", "gamma", "gae_lambda", "value_loss_coef"}
 

@@ -16,7 +16,7 @@ import jax
 
 from marl_jax.config import load_config
 from marl_jax.mappo import MAPPO
-from marl_jax.train import env_params_for, load_market
+from marl_jax.run.setup import env_params_for, load_market
 
 
 def main() -> None:

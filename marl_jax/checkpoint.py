@@ -14,7 +14,9 @@ retention and atomicity, nothing hand-rolled:
   ``best_fn`` also gives ``best_step()``.
 - Each step folder holds the items ``state`` (the training pytree, ``StandardSave``, exact
   dtypes), ``norm`` (normalisation statistics pytree, ``StandardSave``; omitted when empty)
-  and ``meta`` (``JsonSave``: the resolved config and the metrics).
+  and ``meta`` (``JsonSave``: the resolved config and the metrics). A training run also saves
+  the model items (``variables``, ``models``; see :mod:`marl_jax.models.store`), so every
+  step is a model directory that ``--init-from`` and ``bridge to-pt`` read directly.
 - Atomicity: Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it
   into place only when every item is written (plus a ``commit_success`` marker where renames
   are not atomic). Unfinalised folders are never listed by ``latest_step()``/``all_steps()``
@@ -22,15 +24,16 @@ retention and atomicity, nothing hand-rolled:
 - Saves are asynchronous by default (the next training chunk overlaps the write);
   ``restore``, ``close`` and the original-style API wait for pending writes first.
 
-``CheckpointManager`` on top reproduces the original PyTorch system's class
-(``save_checkpoint(agents, critic, metrics, is_best)``, ``load_best_checkpoint()``).
+The original PyTorch system's ``CheckpointManager`` is in :mod:`marl_jax.compat`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-__all__ = ["CheckpointManager", "TrainCheckpointer"]
+__all__ = ["TrainCheckpointer"]
 
 _SCORE = "score"
 
@@ -67,6 +70,19 @@ def _score(metrics: Mapping[str, Any], best_metric: str, is_best: bool) -> float
     return v if not math.isnan(v) else -math.inf
 
 
+@contextlib.contextmanager
+def _quiet_absl(enabled: bool) -> Iterator[None]:
+    """Raises the absl logger's level to ERROR for the duration, when ``enabled``."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    if enabled:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _rank(tracked: Mapping[str, Any]) -> float:
     return float(tracked.get(_SCORE, -math.inf))
 
@@ -82,6 +98,7 @@ class TrainCheckpointer:
             writes any step, e.g. the final one).
         async_save: write in a background thread (call ``wait_until_finished`` or
             ``close`` before reading the files from another process).
+        read_only: open an existing folder to read: nothing is created, cleaned or deleted.
     """
 
     def __init__(
@@ -92,6 +109,7 @@ class TrainCheckpointer:
         save_every: int = 1,
         *,
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
@@ -112,11 +130,13 @@ class TrainCheckpointer:
             best_mode="max",
             preservation_policy=preservation,
             save_decision_policy=ocm.FixedIntervalPolicy(save_every),
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
-            create=True,
+            create=not read_only,
+            read_only=read_only,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet_absl(read_only):  # a read-only open warns that it is read-only, twice
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     # ------------------------------------------------------------------ queries
 
@@ -147,6 +167,7 @@ class TrainCheckpointer:
         config: Mapping[str, Any],
         norm: Any,
         metrics: Mapping[str, Any],
+        models: Mapping[str, Any] | None = None,
         is_best: bool = False,
         force: bool = False,
     ) -> bool:
@@ -154,6 +175,7 @@ class TrainCheckpointer:
 
         ``state_pytree`` and ``norm`` are pytrees of arrays/scalars saved with their exact
         dtypes; ``config`` and ``metrics`` must be JSON-like (arrays become numbers/lists).
+        ``models`` are extra Orbax items saved in the same step (``store.model_items``).
         """
         metrics_json = _to_json(dict(metrics))
         items: dict[str, Any] = {
@@ -168,6 +190,7 @@ class TrainCheckpointer:
         }
         if jax.tree.leaves(norm):
             items["norm"] = ocp.args.StandardSave(norm)
+        items.update(models or {})
         tracked = {_SCORE: _score(metrics_json, self.best_metric, is_best)}
         return self._manager.save(
             step, args=ocp.args.Composite(**items), metrics=tracked, force=force
@@ -205,6 +228,12 @@ class TrainCheckpointer:
         norm = out["norm"] if meta.get("has_norm", False) else {}
         return out["state"], meta["config"], norm, meta["metrics"]
 
+    def restore_item(self, step: int, name: str, target: Any = None) -> Any:
+        """One pytree item (e.g. ``variables``) of ``step``, shaped like ``target`` if given."""
+        self.wait_until_finished()
+        args = ocp.args.Composite(**{name: ocp.args.StandardRestore(target)})
+        return self._manager.restore(step, args=args)[name]
+
     def wait_until_finished(self) -> None:
         """Block until pending asynchronous saves are finalised on disk."""
         self._manager.wait_until_finished()
@@ -218,74 +247,3 @@ class TrainCheckpointer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class CheckpointManager:
-    """The original system's checkpoint API, stored as Orbax checkpoints.
-
-    ``save_checkpoint`` writes a new step (0, 1, 2, ... continuing after any existing
-    steps) holding ``{"agents": {name: variables}, "critic": variables}`` and the metrics.
-    The latest ``max_checkpoints`` are kept, plus the best: the latest save flagged
-    ``is_best=True`` if any, else the highest ``metrics[best_metric]``.
-    """
-
-    def __init__(
-        self,
-        checkpoint_dir: str | os.PathLike[str],
-        max_checkpoints: int = 5,
-        best_metric: str = "average_reward",
-    ):
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.max_checkpoints = max_checkpoints
-        self.best_metric = best_metric
-        self._ckpt = TrainCheckpointer(
-            checkpoint_dir, max_to_keep=max_checkpoints, best_metric=best_metric, async_save=False
-        )
-
-    def save_checkpoint(
-        self,
-        agents: Mapping[str, Any],
-        critic: Any,
-        metrics: Mapping[str, Any],
-        is_best: bool = False,
-    ) -> str:
-        """Save the agents' and critic's Flax variables; returns the step folder path."""
-        latest = self._ckpt.latest_step()
-        step = 0 if latest is None else latest + 1
-        state = {"agents": dict(agents), "critic": critic}
-        self._ckpt.save(
-            step,
-            state,
-            config={"best_metric": self.best_metric, "is_best": is_best},
-            norm={},
-            metrics=metrics,
-            is_best=is_best,
-            force=True,
-        )
-        self._ckpt.wait_until_finished()
-        return str(self._ckpt.step_path(step))
-
-    def load_best_checkpoint(self) -> dict[str, Any] | None:
-        """``{"agents", "critic", "metrics", "step"}`` of the best checkpoint, or None."""
-        step = self._ckpt.best_step()
-        if step is None:
-            return None
-        return self.load_checkpoint(step)
-
-    def load_checkpoint(self, step: int | None = None) -> dict[str, Any]:
-        """Like ``load_best_checkpoint`` for a given step (default: the latest)."""
-        state, _, _, metrics = self._ckpt.restore(step)
-        if step is None:
-            step = self._ckpt.latest_step()
-        return {
-            "agents": state["agents"],
-            "critic": state["critic"],
-            "metrics": metrics,
-            "step": step,
-        }
-
-    def list_checkpoints(self) -> list[int]:
-        return self._ckpt.all_steps()
-
-    def close(self) -> None:
-        self._ckpt.close()

@@ -1,10 +1,25 @@
 """MAPPO for the three Strategic MARL actors and the centralized critic, as one XLA program.
 
-``make_train(config, env_params)`` returns a pure ``train(rng, init=None, hparams=None)``:
-``lax.scan`` over updates; each update is a rollout (``lax.scan`` over ``rollout_len`` steps
-of ``num_envs`` vmapped environments), GAE, then ``update_epochs`` x ``num_minibatches``
-shuffled minibatch steps. ``jax.vmap(train)`` over rngs (and over :class:`HyperParams`)
-runs several seeds or hyperparameter settings in one program.
+Read top to bottom: the states (:class:`HyperParams`, :class:`TrainState`, :class:`Transition`,
+:class:`Batch`), the optimizer, then :class:`MAPPO`'s pure pieces (``init``, ``rollout``,
+``loss``, ``advantages``, ``learn``, ``update``, ``run``) and :func:`make_train`, which returns
+them as :class:`TrainFns`. ``TrainFns.train(rng, init=None, hparams=None)`` is ``lax.scan`` over
+updates; each update is a rollout (``lax.scan`` over ``rollout_len`` steps of ``num_envs``
+vmapped environments), GAE, then ``update_epochs`` x ``num_minibatches`` shuffled minibatch
+steps. ``jax.vmap(train)`` over rngs (and over :class:`HyperParams`) runs several seeds or
+hyperparameter settings in one program. Nothing here touches the disk: see
+:mod:`marl_jax.run`.
+
+Optimizer: each model (the three actors and the critic) has its own optax state, so each
+policy's gradient is clipped by its own global norm (``max_grad_norm``) as in MAPPO's
+reference code: a large NWRQK gradient does not shrink the MLMI or MMD steps. The learning
+rate lives in the optimizer state (``optax.inject_hyperparams``), set from the traced
+:class:`HyperParams` at ``init``, so it can be vmapped and changed between chunks. With
+``anneal_lr`` it is multiplied by ``optax.linear_schedule(1, 0, N)`` over the
+``N = num_updates * update_epochs * num_minibatches`` minibatch steps of the configured run.
+When a resumed run raises ``total_timesteps``, ``N`` grows: the step counter carries on, so the
+factor continues from ``1 - done / N_new`` (a step up from where it was) and reaches 0 at the
+new end.
 
 Training mode rule: rollouts and losses both run the models in **eval mode**
 (``train=False``): no dropout, BatchNorm normalises with its running statistics. The
@@ -18,8 +33,8 @@ the environment's feature table, so the rollout buffer holds a few numbers per s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,9 +42,9 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from marl_jax.config import Config
+from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
+from marl_jax.config import Config, TrainingConfig
 from marl_jax.env import market
-from marl_jax.models.actors import AGENT_ORDER
 from marl_jax.models.registry import build_module, init_variables
 from marl_jax.ppo import (
     ValueNormState,
@@ -44,7 +59,7 @@ from marl_jax.ppo import (
 )
 
 Array = jax.Array
-MODEL_NAMES = (*AGENT_ORDER, "critic")
+AGENT_ORDER = AGENT_NAMES
 
 
 @struct.dataclass
@@ -84,8 +99,7 @@ class TrainState:
 
     params: dict  # model name -> trainable params
     constants: dict  # model name -> {'batch_stats', 'buffers'} (not trained)
-    actor_opt_state: Any
-    critic_opt_state: Any
+    opt_state: dict  # model name -> optax state (own gradient clip, injected learning rate)
     value_norm: ValueNormState
     env_state: market.EnvState  # batched over num_envs
     hparams: HyperParams
@@ -144,6 +158,34 @@ def build_modules(config: Config) -> dict[str, nn.Module]:
     return modules
 
 
+def make_optimizer(training: TrainingConfig, num_updates: int) -> optax.GradientTransformation:
+    """One model's optimizer: clip its gradient's global norm, Adam with an injected learning
+    rate (set per model at init), and the linear anneal when ``anneal_lr``."""
+    parts = [
+        optax.clip_by_global_norm(training.max_grad_norm),
+        optax.inject_hyperparams(optax.adam)(learning_rate=1.0, eps=training.adam_eps),
+    ]
+    if training.anneal_lr:
+        steps = num_updates * training.update_epochs * training.num_minibatches
+        parts.append(optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, steps)))
+    return optax.chain(*parts)
+
+
+def learning_rates(hparams: HyperParams) -> dict[str, Array]:
+    """Each model's learning rate: ``actor_lr`` for the actors, ``critic_lr`` for the critic."""
+    return {
+        name: hparams.critic_lr if name == "critic" else hparams.actor_lr for name in MODEL_NAMES
+    }
+
+
+def with_learning_rates(opt_state: dict, rates: Mapping[str, Array]) -> dict:
+    """``opt_state`` with each model's injected learning rate replaced."""
+    return {
+        name: optax.tree_utils.tree_set(state, learning_rate=jnp.asarray(rates[name], jnp.float32))
+        for name, state in opt_state.items()
+    }
+
+
 class MAPPO:
     """The pure pieces of training: ``init``, ``rollout``, ``learn``, ``update``, ``run``."""
 
@@ -154,12 +196,7 @@ class MAPPO:
         self.num_envs = t.num_envs
         self.rollout_len = t.rollout_len
         self.num_updates = max(1, t.total_timesteps // (t.num_envs * t.rollout_len))
-        self.actor_tx = optax.chain(
-            optax.clip_by_global_norm(t.max_grad_norm), optax.scale_by_adam(eps=t.adam_eps)
-        )
-        self.critic_tx = optax.chain(
-            optax.clip_by_global_norm(t.max_grad_norm), optax.scale_by_adam(eps=t.adam_eps)
-        )
+        self.tx = make_optimizer(t, self.num_updates)
 
     # ------------------------------------------------------------------ state
 
@@ -181,18 +218,18 @@ class MAPPO:
             else:
                 variables = init_variables(self.modules[name], jax.random.wrap_key_data(key))
             params[name], constants[name] = split_variables(variables)
-        actor_params = {name: params[name] for name in AGENT_ORDER}
+        hparams = hparams if hparams is not None else HyperParams.from_config(self.config)
+        opt_state = {name: self.tx.init(params[name]) for name in MODEL_NAMES}
         _, env_state = jax.vmap(market.reset, in_axes=(0, None))(
             jax.random.split(env_rng, self.num_envs), env_params
         )
         return TrainState(
             params=params,
             constants=constants,
-            actor_opt_state=self.actor_tx.init(actor_params),
-            critic_opt_state=self.critic_tx.init(params["critic"]),
+            opt_state=with_learning_rates(opt_state, learning_rates(hparams)),
             value_norm=valuenorm_init(),
             env_state=env_state,
-            hparams=hparams if hparams is not None else HyperParams.from_config(self.config),
+            hparams=hparams,
             rng=rng,
             update_step=jnp.zeros((), jnp.int32),
         )
@@ -357,42 +394,33 @@ class MAPPO:
         n_mb = t.num_minibatches
         if size % n_mb:
             raise ValueError(f"batch of {size} transitions does not split into {n_mb} minibatches")
-        if t.anneal_lr:
-            frac = 1.0 - state.update_step.astype(jnp.float32) / self.num_updates
-        else:
-            frac = jnp.ones((), jnp.float32)
-        actor_lr, critic_lr = hp.actor_lr * frac, hp.critic_lr * frac
         rng, perm_rng = jax.random.split(state.rng)
 
         def minibatch_step(carry, mb: Batch):
-            params, actor_opt, critic_opt = carry
+            params, opt_state = carry
             grads, metrics = jax.grad(self.loss, has_aux=True)(
                 params, state.constants, mb, env_params, hp
             )
-            actor_params = {name: params[name] for name in AGENT_ORDER}
-            actor_grads = {name: grads[name] for name in AGENT_ORDER}
-            metrics["actor_grad_norm"] = optax.tree.norm(actor_grads)
-            metrics["critic_grad_norm"] = optax.tree.norm(grads["critic"])
-            a_upd, actor_opt = self.actor_tx.update(actor_grads, actor_opt, actor_params)
-            c_upd, critic_opt = self.critic_tx.update(grads["critic"], critic_opt, params["critic"])
-            actor_params = jax.tree.map(lambda p, u: p - actor_lr * u, actor_params, a_upd)
-            critic_params = jax.tree.map(lambda p, u: p - critic_lr * u, params["critic"], c_upd)
-            return ({**actor_params, "critic": critic_params}, actor_opt, critic_opt), metrics
+            new_params, new_opt = {}, {}
+            for name in MODEL_NAMES:
+                metrics[f"{name}/grad_norm"] = optax.tree.norm(grads[name])
+                updates, new_opt[name] = self.tx.update(grads[name], opt_state[name], params[name])
+                new_params[name] = optax.apply_updates(params[name], updates)
+            return (new_params, new_opt), metrics
 
         def epoch(carry, key):
             perm = jax.random.permutation(key, size)
             shuffled = jax.tree.map(lambda x: x[perm].reshape(n_mb, -1, *x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, shuffled)
 
-        carry = (state.params, state.actor_opt_state, state.critic_opt_state)
-        (params, actor_opt, critic_opt), metrics = jax.lax.scan(
+        carry = (state.params, state.opt_state)
+        (params, opt_state), metrics = jax.lax.scan(
             epoch, carry, jax.random.split(perm_rng, t.update_epochs)
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         new_state = state.replace(
             params=params,
-            actor_opt_state=actor_opt,
-            critic_opt_state=critic_opt,
+            opt_state=opt_state,
             value_norm=value_norm,
             rng=rng,
             update_step=state.update_step + 1,
@@ -429,10 +457,37 @@ def rollout_metrics(traj: Transition) -> dict[str, Array]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainFns:
+    """The pure functions of a training run (each may be jitted or vmapped).
+
+    ``init(rng, env_params, init=None, hparams=None) -> TrainState``;
+    ``update(state, env_params) -> (state, metrics)``: one MAPPO update;
+    ``run(state, env_params, num_updates) -> (state, metrics stacked over updates)``
+    (``num_updates`` static); ``train(rng, init=None, hparams=None)``: ``init`` then ``run``
+    over the configured number of updates, on the ``env_params`` given to :func:`make_train`.
+    Calling the object calls ``train``.
+    """
+
+    algo: MAPPO
+    init: Callable[..., TrainState]
+    update: Callable[..., tuple[TrainState, dict[str, Array]]]
+    run: Callable[..., tuple[TrainState, dict[str, Array]]]
+    train: Callable[..., tuple[TrainState, dict[str, Array]]]
+
+    def __call__(
+        self,
+        rng: Array,
+        init: Mapping[str, Mapping] | None = None,
+        hparams: HyperParams | None = None,
+    ) -> tuple[TrainState, dict[str, Array]]:
+        return self.train(rng, init, hparams)
+
+
 def make_train(
     config: Config, env_params: market.EnvParams, modules: Mapping[str, nn.Module] | None = None
-) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
-    """A pure ``train(rng, init=None, hparams=None) -> (TrainState, metrics)``.
+) -> TrainFns:
+    """The pure functions of MAPPO training for ``config`` (see :class:`TrainFns`).
 
     ``init`` maps model name to Flax variables to start from (e.g. a converted ``.pt``);
     ``hparams`` overrides the config's numeric hyperparameters (traced, vmappable).
@@ -445,8 +500,7 @@ def make_train(
         state = algo.init(rng, env_params, init, hparams)
         return algo.run(state, env_params, algo.num_updates)
 
-    train.algo = algo
-    return train
+    return TrainFns(algo=algo, init=algo.init, update=algo.update, run=algo.run, train=train)
 
 
 @struct.dataclass
@@ -455,84 +509,3 @@ class Experience:
 
     transitions: Transition
     env_params: market.EnvParams
-
-
-class MAPPOTrainer:
-    """The original's training-loop API over the pure functions of :class:`MAPPO`.
-
-    ``MAPPOTrainer(config['training'])`` takes the original's ``training`` section (a dict or
-    a :class:`~marl_jax.config.TrainingConfig`); ``env`` in :meth:`collect_experience` is a
-    :class:`~marl_jax.env.market.EnvParams`. ``init`` maps model name to Flax variables to
-    start from (e.g. ``load_pt_checkpoint(...)``'s agents and critic).
-    """
-
-    def __init__(
-        self,
-        training: Mapping[str, Any] | Any,
-        *,
-        agents: Mapping[str, Mapping[str, Any]] | None = None,
-        critic: Mapping[str, Any] | None = None,
-        checkpoint_dir: str = "checkpoints",
-        seed: int = 0,
-        init: Mapping[str, Mapping] | None = None,
-    ):
-        from marl_jax.checkpoint import CheckpointManager
-        from marl_jax.config import config_from_dict, config_to_dict
-
-        if not isinstance(training, Mapping):
-            training = config_to_dict(Config(training=training))["training"]
-        data = {
-            "training": dict(training),
-            "seed": seed,
-            "checkpoint": {"dir": str(checkpoint_dir)},
-        }
-        if agents is not None:
-            data["agents"] = {name: dict(cfg) for name, cfg in agents.items()}
-        if critic is not None:
-            data["critic"] = dict(critic)
-        self.config = config_from_dict(data, source="MAPPOTrainer(training=...)")
-        self.algo = MAPPO(self.config)
-        self.state: TrainState | None = None
-        self._init = init
-        self._rollout = jax.jit(self.algo.rollout, static_argnums=2)
-        self._learn = jax.jit(self.algo.learn)
-        self.checkpoints = CheckpointManager(
-            checkpoint_dir, max_checkpoints=5, best_metric="average_reward"
-        )
-        self._best = -float("inf")
-
-    def collect_experience(self, env: market.EnvParams, n_steps: int) -> Experience:
-        """Runs the agents in ``num_envs`` copies of ``env`` for ``n_steps`` steps."""
-        if self.state is None:
-            self.state = jax.jit(self.algo.init)(jax.random.key(self.config.seed), env, self._init)
-        self.state, traj = self._rollout(self.state, env, int(n_steps))
-        return Experience(transitions=traj, env_params=env)
-
-    def update_agents(self, experiences: Experience) -> dict[str, float]:
-        """GAE and PPO epochs on the collected experience; returns the metrics."""
-        if self.state is None:
-            raise RuntimeError("update_agents: call collect_experience first")
-        self.state, metrics = self._learn(
-            self.state, experiences.transitions, experiences.env_params
-        )
-        metrics = {**metrics, **rollout_metrics(experiences.transitions)}
-        return {name: float(value) for name, value in metrics.items()}
-
-    def variables(self) -> dict[str, dict]:
-        """Flax variables of the actors and the critic, by model name."""
-        if self.state is None:
-            raise RuntimeError("no training state yet: call collect_experience first")
-        return {name: self.algo.variables(self.state, name) for name in MODEL_NAMES}
-
-    def save_checkpoint(self, metrics: Mapping[str, float]) -> str:
-        """Saves the models and metrics (Orbax); the best ``average_reward`` is kept."""
-        variables = self.variables()
-        score = float(metrics.get("average_reward", -float("inf")))
-        is_best = score > self._best
-        self._best = max(self._best, score)
-        return self.checkpoints.save_checkpoint(
-            agents={name: variables[name] for name in AGENT_ORDER},
-            critic=variables["critic"],
-            metrics=dict(metrics),
-            is_best=is_best,
-        )

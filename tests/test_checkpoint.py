@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marl_jax.checkpoint import CheckpointManager, TrainCheckpointer
+from marl_jax.checkpoint import TrainCheckpointer
+from marl_jax.compat import CheckpointManager
 
 
 def make_state(seed: int = 0):

@@ -13,11 +13,11 @@ from marl_jax.env.evaluate import (
     evaluate_policy,
     evaluate_split,
     periods_per_year_for,
-    plot_equity_curves,
     run_baseline,
     simulate,
 )
 from marl_jax.env.market import make_env_params
+from marl_jax.run.plots import plot_equity_curves
 
 BARS = synthetic_bars(2500, seed=4)
 
@@ -83,7 +83,8 @@ def test_evaluate_split_and_atomic_plot(tmp_path, params):
         return np.repeat(np.where(up, 2, 0)[:, None], 3, axis=1)
 
     png = tmp_path / "plots" / "equity.png"
-    metrics, base, curves = evaluate_split(policy, params, plot_path=png)
+    metrics, base, curves = evaluate_split(policy, params)
+    plot_equity_curves(curves, png)
     assert set(base) == set(BASELINES)
     for m in (metrics, *base.values()):
         assert {"total_log_return", "sharpe", "max_drawdown", "hit_rate", "turnover"} <= set(m)

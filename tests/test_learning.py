@@ -11,7 +11,7 @@ import numpy as np
 from marl_jax.config import load_config
 from marl_jax.env import evaluate, market
 from marl_jax.mappo import make_train
-from marl_jax.train import env_params_for, load_market
+from marl_jax.run.setup import env_params_for, load_market
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 SEEDS = (0, 1, 2)

@@ -5,27 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from tiny_config import TINY
 
+from marl_jax.compat import MAPPOTrainer
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.mappo import MAPPO, Batch, HyperParams, MAPPOTrainer, make_train
-
-TINY = {
-    "agents": {
-        name: {"hidden_dims": [8, 8, 8], "conv_channels": [4, 4, 4], "sequence_length": 8}
-        for name in ("mlmi", "nwrqk", "mmd")
-    },
-    "critic": {"hidden_dims": [16, 8, 8]},
-    "training": {
-        "num_envs": 4,
-        "rollout_len": 8,
-        "total_timesteps": 64,
-        "update_epochs": 2,
-        "num_minibatches": 2,
-    },
-    "env": {"window": 8, "episode_len": 16, "synthetic_n_bars": 1500},
-}
+from marl_jax.mappo import MAPPO, Batch, HyperParams, make_train
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +107,51 @@ def test_hyperparameters_are_traced_and_vmappable(cfg, vtrain):
     )
 
 
+def test_each_policy_is_clipped_on_its_own(cfg, env_params):
+    """A huge NWRQK gradient leaves the other models' steps exactly as they were."""
+
+    class Loud(MAPPO):
+        def loss(self, params, constants, batch, env_params, hp):
+            total, metrics = super().loss(params, constants, batch, env_params, hp)
+            extra = sum(x.sum() for x in jax.tree.leaves(params["nwrqk"]))
+            return total + 1e6 * extra, metrics
+
+    quiet, loud = MAPPO(cfg), Loud(cfg)
+    state = jax.jit(quiet.init)(jax.random.key(0), env_params)
+    state, traj = jax.jit(quiet.rollout)(state, env_params)
+    after_quiet, m_quiet = jax.jit(quiet.learn)(state, traj, env_params)
+    after_loud, m_loud = jax.jit(loud.learn)(state, traj, env_params)
+    assert float(m_loud["nwrqk/grad_norm"]) > 1e3 * float(m_quiet["nwrqk/grad_norm"])
+    for name in ("mlmi", "mmd", "critic"):
+        assert leaves_equal(after_quiet.params[name], after_loud.params[name]), name
+    assert not leaves_equal(after_quiet.params["nwrqk"], after_loud.params["nwrqk"])
+
+
+def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
+    annealed = config_from_dict(
+        {**TINY, "training": {**TINY["training"], "anneal_lr": True, "actor_lr": 1e-3}}
+    )
+    algo = MAPPO(annealed)
+    state = jax.jit(algo.init)(jax.random.key(0), env_params)
+    lr = optax.tree_utils.tree_get(state.opt_state["mlmi"], "learning_rate")
+    assert float(lr) == pytest.approx(1e-3)
+    assert float(optax.tree_utils.tree_get(state.opt_state["critic"], "learning_rate")) == (
+        pytest.approx(annealed.training.critic_lr)
+    )
+    # The anneal factor reaches 0 after the run's last minibatch step.
+    t = annealed.training
+    schedule_steps = algo.num_updates * t.update_epochs * t.num_minibatches
+    tx_state = state.opt_state["mlmi"][-1]
+    assert int(tx_state.count) == 0 and schedule_steps == 8
+
+
 def test_mappo_trainer_runs_the_original_loop(cfg, env_params, tmp_path):
     trainer = MAPPOTrainer(
-        TINY["training"], agents=TINY["agents"], critic=TINY["critic"], checkpoint_dir=tmp_path
+        TINY["training"],
+        agents=TINY["agents"],
+        critic=TINY["critic"],
+        checkpoint={"dir": str(tmp_path / "ignored"), "max_to_keep": 1},
+        checkpoint_dir=tmp_path,
     )
     rewards = []
     for episode in range(2):
@@ -134,4 +163,23 @@ def test_mappo_trainer_runs_the_original_loop(cfg, env_params, tmp_path):
         assert episode + 1 == int(trainer.state.update_step)
     best = trainer.checkpoints.load_best_checkpoint()
     assert best["metrics"]["average_reward"] == pytest.approx(max(rewards))
+    # checkpoint.max_to_keep=1 keeps the latest plus the best; checkpoint_dir wins over dir.
+    assert trainer.checkpoints.list_checkpoints() == sorted({1, best["step"]})
+    assert not (tmp_path / "ignored").exists()
+    assert set(best["agents"]) == {"mlmi", "nwrqk", "mmd"}
+
+
+def test_mappo_trainer_ranks_by_the_configured_metric(cfg, env_params, tmp_path):
+    trainer = MAPPOTrainer(
+        TINY["training"],
+        agents=TINY["agents"],
+        critic=TINY["critic"],
+        checkpoint={"dir": str(tmp_path), "best_metric": "rank_me"},
+    )
+    experiences = trainer.collect_experience(env_params, n_steps=8)
+    metrics = trainer.update_agents(experiences)
+    for score in (1.0, 5.0, 2.0):
+        trainer.save_checkpoint({**metrics, "rank_me": score})
+    best = trainer.checkpoints.load_best_checkpoint()
+    assert best["metrics"]["rank_me"] == 5.0
     assert set(best["agents"]) == {"mlmi", "nwrqk", "mmd"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -15,28 +16,17 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from tiny_config import tiny
 
 from marl_jax import train as train_cli
 from marl_jax.checkpoint import TrainCheckpointer
+from marl_jax.run import loop as run_loop
+from marl_jax.run.rundir import RunLock
+from marl_jax.run.sources import load_models_from
+
+TINY = tiny(training={"total_timesteps": 8 * 32})
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = {
-    "agents": {
-        name: {"hidden_dims": [8, 8, 8], "conv_channels": [4, 4, 4], "sequence_length": 8}
-        for name in ("mlmi", "nwrqk", "mmd")
-    },
-    "critic": {"hidden_dims": [16, 8, 8]},
-    "training": {
-        "num_envs": 4,
-        "rollout_len": 8,
-        "total_timesteps": 8 * 32,
-        "update_epochs": 2,
-        "num_minibatches": 2,
-    },
-    "env": {"window": 8, "episode_len": 16, "synthetic_n_bars": 1500},
-    "checkpoint": {"save_every": 2},
-}
 
 
 def write_config(path: Path, data: dict) -> Path:
@@ -61,10 +51,21 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
-def final_state(run_dir: Path):
-    with TrainCheckpointer(run_dir / "checkpoints") as ckpt:
+def final_state(run_dir: Path, checkpoints: str = "checkpoints"):
+    """The latest step's training state (without the models), config and metrics, and the
+    models that the step embeds."""
+    with TrainCheckpointer(run_dir / checkpoints) as ckpt:
         state, config, _, metrics = ckpt.restore()
-    return state, config, metrics
+    _, bundle = load_models_from(f"{run_dir}:latest")
+    return {**state, "agents": bundle.agents, "critic": bundle.critic}, config, metrics
+
+
+def write_config_and_run(tmp_path: Path, name: str, data: dict, *extra: str) -> Path:
+    config = write_config(tmp_path / f"{name}.yaml", data)
+    out = tmp_path / name
+    args = ["--config", str(config), "--out", str(out), "--no-progress", *extra]
+    assert train_cli.main(args) == 0
+    return out
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
@@ -114,13 +115,29 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 
 def test_report_has_policy_and_baselines(tmp_path):
-    config = write_config(
-        tmp_path / "tiny.yaml", {**TINY, "training": {**TINY["training"], "total_timesteps": 64}}
-    )
-    assert (
-        train_cli.main(["--config", str(config), "--out", str(tmp_path / "r"), "--no-progress"])
-        == 0
-    )
+    old_umask = os.umask(0o022)
+    try:
+        data = {
+            **TINY,
+            "training": {**TINY["training"], "total_timesteps": 64},
+            "checkpoint": {"save_every": 2, "dir": "my_ckpts"},
+        }
+        write_config_and_run(tmp_path, "r", data)
+    finally:
+        os.umask(old_umask)
+    # checkpoint.dir names the checkpoint folder inside the run directory.
+    assert (tmp_path / "r" / "my_ckpts" / "2").is_dir()
+    assert not (tmp_path / "r" / "checkpoints").exists()
+    # Results get the umask's mode (readable by others), not a temporary file's 0600.
+    for name in (
+        "report.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "learning_curve.png",
+        "equity_curve.png",
+        "strategic_marl.pt",
+    ):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     keys = {"sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover"}
     assert set(report["policy"]) == keys
@@ -164,7 +181,7 @@ def test_resume_without_a_run_and_reuse_of_a_run_dir_are_refused(tmp_path, capsy
 
 def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     config = write_config(tmp_path / "tiny.yaml", TINY)
-    real_to_floats = train_cli.to_floats
+    real_to_floats = run_loop.to_floats
     calls = {"n": 0}
 
     def poisoned(metrics, index):
@@ -174,7 +191,7 @@ def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path, capsys, 
             row["loss"] = float("nan")
         return row
 
-    monkeypatch.setattr(train_cli, "to_floats", poisoned)
+    monkeypatch.setattr(run_loop, "to_floats", poisoned)
     out = tmp_path / "nan"
     code = train_cli.main(["--config", str(config), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip()
@@ -226,8 +243,7 @@ def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path,
         module = ckpt.modules[name]
         x = rng.standard_normal((3, module.input_dim, 48)).astype(np.float32)
         x[:, 1] = np.abs(x[:, 1]) + 0.1
-        variables = {"params": state["params"][name], **state["constants"][name]}
-        ours = module.apply(variables, x, deterministic=True)
+        ours = module.apply(state["agents"][name], x, deterministic=True)
         with torch.no_grad():
             theirs = model(torch.from_numpy(x), deterministic=True)
         for key in ("action_probs", "logits", "value", "log_prob"):
@@ -237,3 +253,96 @@ def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path,
     critic.load_state_dict(exported["model_state_dicts"]["critic"], strict=True)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["agents"]["nwrqk"]["hidden_dims"] == [256, 128, 64]
+
+
+def test_a_run_can_be_made_longer_and_equals_a_straight_run(tmp_path, capsys):
+    """--resume --total-timesteps raises the length; the result is the straight longer run."""
+    short = {**TINY, "training": {**TINY["training"], "total_timesteps": 64}}
+    long = {**TINY, "training": {**TINY["training"], "total_timesteps": 128}}
+    extended = write_config_and_run(tmp_path, "extended", short)
+    args = ["--out", str(extended), "--resume", "--no-progress"]
+    assert train_cli.main([*args, "--total-timesteps", "32"]) != 0
+    assert "only be made longer" in capsys.readouterr().err
+    assert train_cli.main([*args, "--total-timesteps", "128"]) == 0
+    straight = write_config_and_run(tmp_path, "straight", long)
+    e_state, e_config, _ = final_state(extended)
+    s_state, s_config, _ = final_state(straight)
+    assert e_config == s_config and e_config["training"]["total_timesteps"] == 128
+    assert int(e_state["update_step"]) == 4
+    for x, y in zip(jax.tree.leaves(e_state), jax.tree.leaves(s_state), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    rows = (extended / "metrics.jsonl").read_text().splitlines()
+    assert rows == (straight / "metrics.jsonl").read_text().splitlines()
+
+
+def test_a_run_directory_in_use_is_refused_with_the_owner_pid(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "busy"
+    with RunLock(out):
+        code = train_cli.main(["--config", str(config), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err
+    assert f"pid {os.getpid()}" in err and str(out) in err
+    assert not (out / "config.yaml").exists()
+
+
+def _short_bars(tmp_path: Path) -> Path:
+    start = datetime.datetime(2024, 1, 1)
+    rows = ["time,open,high,low,close,volume"]
+    for i in range(60):  # fewer rows than the feature warm-up
+        when = start + datetime.timedelta(minutes=30 * i)
+        rows.append(f"{when:%Y-%m-%d %H:%M},1,1.1,0.9,{1 + 0.01 * (i % 3)},5")
+    path = tmp_path / "short.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _no_close_column(tmp_path: Path) -> Path:
+    path = tmp_path / "noclose.csv"
+    path.write_text("time,open,high,low,volume\n2024-01-01 00:00,1,1,1,1\n")
+    return path
+
+
+BROKEN = {
+    "config file missing": lambda t, c: ["--config", str(t / "nope.yaml")],
+    "config not YAML": lambda t, c: ["--config", str(_text(t / "bad.yaml", "a: [1, 2"))],
+    "config not a mapping": lambda t, c: ["--config", str(_text(t / "list.yaml", "- 1\n"))],
+    "unknown key": lambda t, c: ["--config", c, "--set", "training.nope=1"],
+    "wrong type": lambda t, c: ["--config", c, "--set", "training.num_envs=many"],
+    "override without =": lambda t, c: ["--config", c, "--set", "training.num_envs"],
+    "out of bounds": lambda t, c: ["--config", c, "--set", "training.gamma=1.5"],
+    "data file missing": lambda t, c: ["--config", c, "--data", str(t / "none.csv")],
+    "bars fewer than warm-up": lambda t, c: ["--config", c, "--data", str(_short_bars(t))],
+    "data without close": lambda t, c: ["--config", c, "--data", str(_no_close_column(t))],
+    "init-from missing": lambda t, c: ["--config", c, "--init-from", str(t / "none.pt")],
+    "init-from plain folder": lambda t, c: ["--config", c, "--init-from", str(t)],
+    "init-from damaged pt": lambda t, c: [
+        "--config",
+        c,
+        "--init-from",
+        str(_text(t / "damaged.pt", "not a zip")),
+    ],
+    "resume without a run": lambda t, c: ["--resume"],
+    "out is a file": lambda t, c: ["--config", c, "--out", str(_text(t / "file", "x"))],
+}
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_input_gives_one_line_and_non_zero_exit(case, tmp_path, capsys):
+    config = str(write_config(tmp_path / "tiny.yaml", TINY))
+    args = BROKEN[case](tmp_path, config)
+    if "--out" not in args:
+        args = [*args, "--out", str(tmp_path / "run")]
+    code = train_cli.main([*args, "--no-progress"])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, (case, err)
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    print(f"{case}: {err}")
+    assert not (tmp_path / "run").exists()  # nothing written, not even the lock
+    assert case != "bars fewer than warm-up" or "warm-up" in err or "normalisation" in err, err

@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from marl_jax.errors import MarlJaxError
+
 __all__ = [
     "Bars",
     "DataError",
@@ -74,7 +76,7 @@ _ALIASES = {
 _TIME_NAMES = ("timestamp", "datetime", "date_time", "time_stamp", "dt", "time", "date")
 
 
-class DataError(ValueError):
+class DataError(MarlJaxError, ValueError):
     """A bar file (or bar array) breaks a rule. ``str(err)`` is one line: file, row and rule."""
 
     def __init__(self, source: str, row: int | str | None, rule: str):

@@ -1,4 +1,5 @@
-"""Run a policy or the baselines over a whole split; metrics and an equity-curve PNG.
+"""Run a policy or the baselines over a whole split: metrics and equity curves (no plotting;
+:mod:`marl_jax.run.plots` draws them).
 
 Public API
 ----------
@@ -11,16 +12,15 @@ split_fractions=(0.7, 0.15, 0.15), periods_per_year=None, batch_size=8192) -> di
     params and ``split``, ``norm``, ``cost_bps`` are ignored; given ``Bars``, params are built
     with :func:`~marl_jax.env.market.make_env_params` (``norm=None`` fits on the train split).
 ``evaluate_split(policy_fn, bars_or_params, split="test", norm=None, cost_bps=1.0, *,
-plot_path=None, seed=0, ...) -> (metrics, baseline_metrics, curves)``
+seed=0, ...) -> (metrics, baseline_metrics, curves)``
     The policy and every baseline; ``curves`` maps ``"policy"`` and each baseline name to its
-    equity curve (``N + 1`` values starting at 1); writes the PNG when ``plot_path`` is given.
+    equity curve (``N + 1`` values starting at 1).
 ``run_policy`` / ``run_baseline`` / ``simulate`` return an :class:`EvalRun` (positions,
 rewards, pnl, equity, metrics) for finer control.
 ``BASELINES = ("buy_and_hold", "flat", "random", "momentum")``
     Positions 1; 0; the mean of three uniform random actions minus 1; the sign of the last
     ``MOMENTUM_LOOKBACK`` (20) bars' log return.
 ``compute_metrics(rewards, positions, pnl, periods_per_year) -> dict``
-``plot_equity_curves(curves, path, title=None) -> Path`` (atomic: temp file, then os.replace).
 
 A split of ``EnvParams`` is evaluated at every bar ``t`` in ``[start_lo, last_bar)``: at each
 bar the position is set and the reward is exactly the environment's,
@@ -39,11 +39,8 @@ trade nearly round the clock): 12096 for 30-minute bars.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +62,6 @@ __all__ = [
     "evaluate_policy",
     "evaluate_baselines",
     "evaluate_split",
-    "plot_equity_curves",
 ]
 
 BASELINES = ("buy_and_hold", "flat", "random", "momentum")
@@ -239,52 +235,9 @@ def evaluate_split(
     periods_per_year: float | None = None,
     batch_size: int = 8192,
     seed: int = 0,
-    plot_path: str | os.PathLike | None = None,
-    title: str | None = None,
 ) -> tuple[dict, dict[str, dict], dict[str, np.ndarray]]:
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
     run = run_policy(policy_fn, params, periods_per_year=periods_per_year, batch_size=batch_size)
     baselines = evaluate_baselines(params, periods_per_year=periods_per_year, seed=seed)
     curves = {"policy": run.equity, **{k: v.equity for k, v in baselines.items()}}
-    if plot_path is not None:
-        plot_equity_curves(curves, plot_path, title=title or f"equity, {split} split")
     return run.metrics, {k: v.metrics for k, v in baselines.items()}, curves
-
-
-def plot_equity_curves(
-    curves: dict[str, np.ndarray], path: str | os.PathLike, title: str | None = None
-) -> Path:
-    """Write a PNG of the equity curves; the file appears complete or not at all."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(9, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, curve in curves.items():
-        curve = np.asarray(curve, dtype=np.float64)
-        ax.plot(np.arange(len(curve)), curve, label=name, lw=2.0 if name == "policy" else 1.0)
-    ax.set_xlabel("bar")
-    ax.set_ylabel("equity")
-    ax.set_title(title or "equity curves")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    return save_png_atomic(fig, path)
-
-
-def save_png_atomic(fig, path: str | os.PathLike) -> Path:
-    """Saves a matplotlib figure as PNG through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -56,6 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from marl_jax.agents import AGENT_NAMES
+
 from .data import Bars, canonical_split, split_bounds
 from .features import (
     AGENT_FEATURES,
@@ -80,7 +82,7 @@ __all__ = [
     "positions_from_actions",
 ]
 
-AGENTS = ("mlmi", "nwrqk", "mmd")
+AGENTS = AGENT_NAMES
 NUM_ACTIONS = 3
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -118,15 +120,16 @@ def fit_normalisation(
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     *,
     features: np.ndarray | None = None,
+    clip: float = 10.0,
 ) -> FeatureNorm:
     """Fit the feature normalisation on the training split only (pass ``bars`` or raw
-    ``features``)."""
+    ``features``); normalised values are clipped to ``[-clip, clip]``."""
     if features is None:
         if bars is None:
             raise ValueError("fit_normalisation needs bars or features")
         features = compute_features(bars)
     lo, hi = split_bounds(len(features), split_fractions)["train"]
-    return FeatureNorm.fit(features, lo, hi)
+    return FeatureNorm.fit(features, lo, hi, clip=clip)
 
 
 def get_normalisation(params: EnvParams) -> FeatureNorm:
@@ -148,8 +151,13 @@ def make_env_params(
     norm: FeatureNorm | None = None,
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     features: np.ndarray | None = None,
+    norm_clip: float = 10.0,
 ) -> EnvParams:
-    """Build the environment for one split of ``bars`` (see the module docstring)."""
+    """Build the environment for one split of ``bars`` (see the module docstring).
+
+    Without ``norm``, the normalisation is fitted on the training split and clips to
+    ``[-norm_clip, norm_clip]``; a given ``norm`` keeps its own clip.
+    """
     if episode_len < 1 or window < 1:
         raise ValueError("episode_len and window must be >= 1")
     n = len(bars)
@@ -157,7 +165,7 @@ def make_env_params(
     if raw.shape != (n, NUM_FEATURES):
         raise ValueError(f"features have shape {raw.shape}, expected ({n}, {NUM_FEATURES})")
     if norm is None:
-        norm = fit_normalisation(split_fractions=split_fractions, features=raw)
+        norm = fit_normalisation(split_fractions=split_fractions, features=raw, clip=norm_clip)
     s0, s1 = split_bounds(n, split_fractions)[canonical_split(split)]
     lo = max(s0, WARMUP_BARS + window - 1)
     hi = s1 - 2

@@ -1,0 +1,95 @@
+"""Training checkpoint steps: the training state plus an embedded model directory.
+
+A step saves the models as ``variables`` + ``models`` (the model-directory items of
+:mod:`marl_jax.models.store`) and the rest of the :class:`~marl_jax.mappo.TrainState`
+(optimizer states, ValueNorm, environments, hyperparameters, rng, step) as ``state``; nothing
+is stored twice. ``restore_state`` joins them back into a ``TrainState`` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
+from marl_jax.checkpoint import TrainCheckpointer
+from marl_jax.env.features import FeatureNorm
+from marl_jax.mappo import MAPPO, TrainState
+from marl_jax.models.store import VARIABLES_ITEM, model_items
+
+__all__ = ["model_variables", "norm_tree", "restore_state", "save_step"]
+
+_MODEL_FIELDS = ("params", "constants")
+
+
+def model_variables(algo: MAPPO, state: TrainState) -> dict[str, Any]:
+    """``{'agents': {name: variables}, 'critic': variables}`` of ``state``."""
+    return {
+        "agents": {name: algo.variables(state, name) for name in AGENT_NAMES},
+        "critic": algo.variables(state, "critic"),
+    }
+
+
+def _rest(state: TrainState) -> dict[str, Any]:
+    return {
+        field: getattr(state, field)
+        for field in state.__dataclass_fields__
+        if field not in _MODEL_FIELDS
+    }
+
+
+def norm_tree(norm: FeatureNorm) -> dict[str, np.ndarray]:
+    """The feature normalisation as a pytree of float64 arrays (saved with each step)."""
+    return {
+        "center": np.asarray(norm.center, np.float64),
+        "scale": np.asarray(norm.scale, np.float64),
+        "clip": np.asarray(norm.clip, np.float64),
+    }
+
+
+def save_step(
+    checkpointer: TrainCheckpointer,
+    algo: MAPPO,
+    state: TrainState,
+    *,
+    config: Mapping[str, Any],
+    norm: FeatureNorm,
+    metrics: Mapping[str, Any],
+) -> int:
+    """Saves ``state`` as step ``state.update_step`` (forced) and waits until it is on disk."""
+    step = int(state.update_step)
+    variables = jax.tree.map(np.asarray, model_variables(algo, state))
+    metadata = {
+        "trained_updates": step,
+        "feature_normalisation": json.dumps(norm.to_dict()),
+    }
+    checkpointer.save(
+        step,
+        _rest(state),
+        config=config,
+        norm=norm_tree(norm),
+        metrics=metrics,
+        models=model_items(variables["agents"], variables["critic"], algo.modules, metadata),
+        force=True,
+    )
+    checkpointer.wait_until_finished()
+    return step
+
+
+def restore_state(
+    checkpointer: TrainCheckpointer, algo: MAPPO, target: TrainState, step: int | None = None
+) -> tuple[TrainState, dict[str, Any]]:
+    """``(state, metrics)`` of ``step`` (default: the latest), shaped like ``target``."""
+    rest, _, _, metrics = checkpointer.restore(step, target=_rest(target))
+    step = int(rest["update_step"]) if step is None else step
+    variables = checkpointer.restore_item(step, VARIABLES_ITEM, model_variables(algo, target))
+    by_model = {**variables["agents"], "critic": variables["critic"]}
+    params = {name: by_model[name]["params"] for name in MODEL_NAMES}
+    constants = {
+        name: {k: v for k, v in by_model[name].items() if k != "params"} for name in MODEL_NAMES
+    }
+    return target.replace(params=params, constants=constants, **rest), metrics

@@ -1,0 +1,191 @@
+"""Resolving a run: its config, market, starting models and run directory (owned by a lock)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, MODEL_NAMES
+from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
+from marl_jax.env import data as bar_data
+from marl_jax.env import market
+from marl_jax.env.features import FeatureNorm
+from marl_jax.mappo import MAPPO
+from marl_jax.models.registry import module_config
+from marl_jax.run.rundir import RunDir, RunError, RunLock
+from marl_jax.run.sources import load_models_from
+
+__all__ = ["Run", "RunSpec", "env_params_for", "load_init", "load_market", "prepare"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What a user asks for (the train CLI's flags)."""
+
+    out: str
+    config: str = "configs/strategic_marl_v1.yaml"
+    overrides: Sequence[str] = ()
+    data: str | None = None
+    resume: bool = False
+    init_from: str | None = None
+    seed: int | None = None
+    total_timesteps: int | None = None
+
+
+@dataclasses.dataclass
+class Run:
+    """A resolved run: config, directory (locked), market, algorithm and starting models."""
+
+    cfg: Config
+    dir: RunDir
+    lock: RunLock
+    bars: bar_data.Bars
+    norm: FeatureNorm
+    train_params: market.EnvParams
+    algo: MAPPO
+    init: dict | None
+
+    @property
+    def out(self) -> Path:
+        return self.dir.root
+
+
+def load_market(cfg: Config) -> bar_data.Bars:
+    """The configured bar file, or the embedded synthetic market."""
+    if cfg.env.data_path:
+        path = Path(cfg.env.data_path)
+        if not path.is_file():
+            raise RunError(f"{path}: data file not found (set --data or env.data_path)")
+        return bar_data.load_bars(path, interval_minutes=cfg.env.interval_minutes)
+    return bar_data.synthetic_bars(
+        cfg.env.synthetic_n_bars,
+        seed=cfg.env.synthetic_seed,
+        interval_minutes=cfg.env.interval_minutes,
+    )
+
+
+def env_params_for(
+    cfg: Config, bars: bar_data.Bars, split: str, norm: FeatureNorm | None
+) -> market.EnvParams:
+    """The environment of one split; ``norm=None`` fits it on the training split."""
+    where = cfg.env.data_path or f"synthetic market ({cfg.env.synthetic_n_bars} bars)"
+    try:
+        return market.make_env_params(
+            bars,
+            split,
+            episode_len=cfg.env.episode_len,
+            cost_bps=cfg.env.cost_bps,
+            window=cfg.env.window,
+            norm=norm,
+            split_fractions=cfg.env.split_fractions,
+            norm_clip=cfg.env.norm_clip,
+        )
+    except ValueError as err:
+        raise RunError(f"{where}: {err}") from None
+
+
+def load_init(spec: str) -> tuple[dict[str, dict], dict[str, dict], str]:
+    """Variables, model configs and a description of any model source (see ``sources``)."""
+    source, bundle = load_models_from(spec)
+    missing = [name for name in MODEL_NAMES if name not in bundle.modules]
+    if missing:
+        raise RunError(f"--init-from {spec}: the checkpoint has no {', '.join(missing)} model")
+    variables = {name: jax.tree.map(np.asarray, bundle.agents[name]) for name in AGENT_NAMES}
+    variables["critic"] = jax.tree.map(np.asarray, bundle.critic)
+    configs = {name: module_config(m) for name, m in bundle.modules.items()}
+    return variables, configs, source.description
+
+
+def config_with_models(cfg: Config, configs: Mapping[str, Mapping], source: str) -> Config:
+    """``cfg`` with its model sections replaced by a checkpoint's configurations."""
+    data = config_to_dict(cfg)
+    for name in AGENT_NAMES:
+        given = configs[name]["input_dim"]
+        if given != AGENT_BY_NAME[name].input_dim:
+            raise RunError(
+                f"--init-from {source}: agent {name} takes {given} features, but the market "
+                f"serves {AGENT_BY_NAME[name].input_dim}"
+            )
+        data["agents"][name] = dict(configs[name])
+    data["critic"] = dict(configs["critic"])
+    return config_from_dict(data, source=source)
+
+
+def _resolve_config(spec: RunSpec, run_dir: RunDir) -> Config:
+    if spec.resume:
+        if not run_dir.config.is_file():
+            raise RunError(f"--resume: {run_dir.config} not found; start the run without --resume")
+        if spec.overrides or spec.init_from or spec.data or spec.seed is not None:
+            raise RunError(
+                "--resume continues a run as configured: drop --set/--init-from/--data/--seed "
+                "(only --total-timesteps may raise the run's length)"
+            )
+        cfg = load_config(run_dir.config)
+        if spec.total_timesteps is not None:
+            now = cfg.training.total_timesteps
+            if spec.total_timesteps < now:
+                raise RunError(
+                    f"--total-timesteps {spec.total_timesteps}: the run is configured for {now}; "
+                    "a resumed run can only be made longer"
+                )
+            data = config_to_dict(cfg)
+            data["training"]["total_timesteps"] = spec.total_timesteps
+            cfg = config_from_dict(data, source=f"{run_dir.config} (--total-timesteps)")
+        return cfg
+    if run_dir.holds_a_run():
+        raise RunError(
+            f"{run_dir.root} already holds a run; continue it with --resume or choose another --out"
+        )
+    overrides = list(spec.overrides)
+    if spec.data:
+        overrides.append(f"env.data_path={spec.data}")
+    if spec.seed is not None:
+        overrides.append(f"seed={spec.seed}")
+    if spec.total_timesteps is not None:
+        overrides.append(f"training.total_timesteps={spec.total_timesteps}")
+    return load_config(spec.config, overrides)
+
+
+def prepare(spec: RunSpec) -> Run:
+    """Resolves everything the run needs and locks its directory; one-line errors.
+
+    Nothing is written before the config is valid; a run directory that this call created is
+    removed again when setting up fails.
+    """
+    root = Path(spec.out)
+    if root.exists() and not root.is_dir():
+        raise RunError(f"--out {root}: exists and is not a folder; choose another --out")
+    # The checkpoint folder name comes from the run's own config once it has one.
+    probe = RunDir(root)
+    if probe.config.is_file():
+        probe = RunDir(root, load_config(probe.config).checkpoint.dir)
+    cfg = _resolve_config(spec, probe)
+    created = not root.exists()
+    lock = RunLock(root).acquire()
+    try:
+        init = None
+        if spec.init_from:
+            init, model_configs, described = load_init(spec.init_from)
+            cfg = config_with_models(cfg, model_configs, spec.init_from)
+            print(f"init from {described}")
+        run_dir = RunDir(root, cfg.checkpoint.dir)
+        if not spec.resume and run_dir.holds_a_run():
+            raise RunError(
+                f"{root} already holds a run; continue it with --resume or choose another --out"
+            )
+        bars = load_market(cfg)
+        train_params = env_params_for(cfg, bars, "train", None)
+        norm = market.get_normalisation(train_params)
+        return Run(cfg, run_dir, lock, bars, norm, train_params, MAPPO(cfg), init)
+    except BaseException:
+        lock.release()
+        if created:
+            lock.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
