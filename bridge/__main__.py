@@ -248,7 +248,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_to_orbax(args: argparse.Namespace) -> int:
     from bridge.convert import atomic_torch_save, load_pt_checkpoint
-    from marl_jax.models.store import save_models
+    from marl_jax.run.modeldir import save_models
 
     ckpt = load_pt_checkpoint(args.file)
     sidecar = {"metadata": ckpt.metadata, "extra": ckpt.extra, "key_order": ckpt.key_order}

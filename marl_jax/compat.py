@@ -15,10 +15,10 @@ from typing import Any
 import jax
 
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
-from marl_jax.checkpoint import TrainCheckpointer
 from marl_jax.config import Config, config_from_dict, config_to_dict
 from marl_jax.env import market
 from marl_jax.mappo import MAPPO, Experience, TrainState, rollout_metrics
+from marl_jax.run.checkpointer import TrainCheckpointer
 
 __all__ = ["CheckpointManager", "Experience", "MAPPOTrainer"]
 

@@ -241,9 +241,9 @@ def run_dir(tmp_path_factory):
     """``(RUN, {step: {model: torch state dict}})``: a run directory with checkpoint steps 2
     (the best) and 4 (the latest) of small models, as training writes them."""
     from bridge.convert import torch_to_flax
-    from marl_jax.checkpoint import TrainCheckpointer
     from marl_jax.models.registry import build_module
-    from marl_jax.models.store import model_items
+    from marl_jax.run.checkpointer import TrainCheckpointer
+    from marl_jax.run.modeldir import model_items
 
     run = tmp_path_factory.mktemp("runs") / "run"
     run.mkdir()

@@ -19,8 +19,8 @@ import yaml
 from tiny_config import tiny
 
 from marl_jax import train as train_cli
-from marl_jax.checkpoint import TrainCheckpointer
 from marl_jax.run import loop as run_loop
+from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.sources import load_models_from
 

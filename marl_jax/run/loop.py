@@ -13,13 +13,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from marl_jax.checkpoint import TrainCheckpointer
 from marl_jax.config import config_to_dict, save_config
 from marl_jax.mappo import TrainState
-from marl_jax.run.checkpoints import restore_state, save_step
+from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.rundir import RunError
 from marl_jax.run.setup import Run
+from marl_jax.run.steps import restore_state, save_step
 
 __all__ = ["PROGRESS_EVERY", "read_metrics_log", "to_floats", "train_loop"]
 

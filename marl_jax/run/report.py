@@ -12,11 +12,11 @@ import numpy as np
 from marl_jax.agents import AGENT_NAMES
 from marl_jax.env import evaluate
 from marl_jax.mappo import MAPPO, TrainState
-from marl_jax.run.checkpoints import model_variables
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.loop import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.setup import Run, env_params_for
+from marl_jax.run.steps import model_variables
 
 __all__ = ["REPORT_METRICS", "export_pt", "format_report", "greedy_policy", "write_report"]
 

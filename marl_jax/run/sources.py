@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from marl_jax.errors import MarlJaxError
-from marl_jax.models.store import ModelBundle, ModelStoreError, is_model_dir, load_models
+from marl_jax.run.modeldir import ModelBundle, ModelStoreError, is_model_dir, load_models
 from marl_jax.run.rundir import CONFIG, RunDir
 
 __all__ = ["ModelSource", "SourceError", "load_models_from", "resolve_source"]
@@ -49,7 +49,7 @@ def _run_checkpoint_dir(run: Path) -> Path:
 
 
 def _pick_step(run: Path, pick: str, spec: str) -> ModelSource:
-    from marl_jax.checkpoint import TrainCheckpointer
+    from marl_jax.run.checkpointer import TrainCheckpointer
 
     ckpt_dir = _run_checkpoint_dir(run)
     if not ckpt_dir.is_dir():

@@ -1,7 +1,7 @@
 """Training checkpoint steps: the training state plus an embedded model directory.
 
 A step saves the models as ``variables`` + ``models`` (the model-directory items of
-:mod:`marl_jax.models.store`) and the rest of the :class:`~marl_jax.mappo.TrainState`
+:mod:`marl_jax.run.modeldir`) and the rest of the :class:`~marl_jax.mappo.TrainState`
 (optimizer states, ValueNorm, environments, hyperparameters, rng, step) as ``state``; nothing
 is stored twice. ``restore_state`` joins them back into a ``TrainState`` exactly.
 """
@@ -16,10 +16,10 @@ import jax
 import numpy as np
 
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
-from marl_jax.checkpoint import TrainCheckpointer
 from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO, TrainState
-from marl_jax.models.store import VARIABLES_ITEM, model_items
+from marl_jax.run.checkpointer import TrainCheckpointer
+from marl_jax.run.modeldir import VARIABLES_ITEM, model_items
 
 __all__ = ["model_variables", "norm_tree", "restore_state", "save_step"]
 

@@ -15,7 +15,7 @@ retention and atomicity, nothing hand-rolled:
 - Each step folder holds the items ``state`` (the training pytree, ``StandardSave``, exact
   dtypes), ``norm`` (normalisation statistics pytree, ``StandardSave``; omitted when empty)
   and ``meta`` (``JsonSave``: the resolved config and the metrics). A training run also saves
-  the model items (``variables``, ``models``; see :mod:`marl_jax.models.store`), so every
+  the model items (``variables``, ``models``; see :mod:`marl_jax.run.modeldir`), so every
   step is a model directory that ``--init-from`` and ``bridge to-pt`` read directly.
 - Atomicity: Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it
   into place only when every item is written (plus a ``commit_success`` marker where renames
@@ -175,7 +175,7 @@ class TrainCheckpointer:
 
         ``state_pytree`` and ``norm`` are pytrees of arrays/scalars saved with their exact
         dtypes; ``config`` and ``metrics`` must be JSON-like (arrays become numbers/lists).
-        ``models`` are extra Orbax items saved in the same step (``store.model_items``).
+        ``models`` are extra Orbax items saved in the same step (``modeldir.model_items``).
         """
         metrics_json = _to_json(dict(metrics))
         items: dict[str, Any] = {

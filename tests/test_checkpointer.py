@@ -1,4 +1,4 @@
-"""Tests for marl_jax.checkpoint: exact round trips, retention, atomicity, original API."""
+"""Tests for marl_jax.run.checkpointer: exact round trips, retention, atomicity, original API."""
 
 import shutil
 from pathlib import Path
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marl_jax.checkpoint import TrainCheckpointer
 from marl_jax.compat import CheckpointManager
+from marl_jax.run.checkpointer import TrainCheckpointer
 
 
 def make_state(seed: int = 0):
