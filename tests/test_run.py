@@ -135,3 +135,24 @@ def test_a_folder_of_another_kind_is_a_one_line_error(tmp_path):
     (tmp_path / "something").mkdir()
     with pytest.raises(SourceError, match="not a run directory"):
         resolve_source(str(tmp_path / "something"))
+
+
+# ----------------------------------------------------------------------------- compilation cache
+
+
+def test_the_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from marl_jax.run.cache import cache_dir
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("MARL_JAX_NO_COMPILATION_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "marl-jax" / "xla"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "marl-jax" / "xla"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert cache_dir() == tmp_path / "jax"
+    monkeypatch.setenv("MARL_JAX_NO_COMPILATION_CACHE", "1")
+    assert cache_dir() is None
+    monkeypatch.setenv("MARL_JAX_NO_COMPILATION_CACHE", "0")
+    assert cache_dir() == tmp_path / "jax"
