@@ -8,6 +8,14 @@ full matmul precision (TF32 off in PyTorch, ``highest`` in JAX); ``--tf32`` allo
 both. PyTorch's LSTM/GRU use cuDNN on a GPU; JAX runs its own scans.
 
     python benchmarks/models.py --batch 256 --repeats 20
+
+``--joint`` prints instead a CPU table of the joint decision (the three actors' greedy actions
+and the critic's value, eval mode) at batches 1 and 256 (``--joint-batches``): JAX, one jitted
+function, against the PyTorch reference models in eager mode under ``torch.no_grad()``, with
+the same weights (PyTorch's initialisation, converted), on the CPU, PyTorch first then JAX,
+median of ``--repeats`` runs after 3 warm-up runs each.
+
+    python benchmarks/models.py --joint
 """
 
 from __future__ import annotations
@@ -103,14 +111,90 @@ def bench_model(name: str, args, device: str, rng) -> dict:
     }
 
 
+def joint_decision(args) -> None:
+    """CPU table: the joint decision, JAX jitted vs PyTorch eager, same weights and inputs."""
+    cpu = jax.devices("cpu")[0]
+    names = (*AGENT_ORDER, "critic")
+    modules = {name: build_module(name) for name in names}  # full size, the original defaults
+    refs, variables = {}, {}
+    for name, module in modules.items():
+        cls = getattr(torch_reference, type(module).__name__)
+        refs[name] = cls(**module_config(module)).eval()  # PyTorch's own initialisation
+        variables[name] = jax.device_put(torch_to_flax(refs[name].state_dict(), module), cpu)
+
+    @jax.jit
+    def decide_j(variables, obs):
+        actions = [
+            modules[name].apply(variables[name], obs[name], deterministic=True)["action"]
+            for name in AGENT_ORDER
+        ]
+        value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]
+        return jax.numpy.stack(actions, -1), value
+
+    def decide_t(obs):
+        with torch.no_grad():
+            actions = [refs[name](obs[name], deterministic=True)["action"] for name in AGENT_ORDER]
+            return torch.stack(actions, -1), refs["critic"](obs["critic"])["value"]
+
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for batch in args.joint_batches:
+        obs = {}
+        for name in AGENT_ORDER:
+            module = modules[name]
+            x = rng.standard_normal((batch, module.input_dim, args.seq_len)).astype(np.float32)
+            x[:, 1] = np.abs(x[:, 1])  # MMD reads channel 1 as a (positive) volatility
+            obs[name] = x
+        obs["critic"] = np.concatenate([obs[n].mean(-1) for n in AGENT_ORDER], axis=-1)
+        inputs[batch] = obs
+
+    print(
+        f"Joint decision (3 actors + critic, eval mode, greedy actions + value), full-size "
+        f"models, sequence {args.seq_len}, on the CPU: JAX {jax.__version__} jitted vs PyTorch "
+        f"{torch.__version__} eager ({torch.get_num_threads()} threads); median of "
+        f"{args.repeats} runs after 3 warm-up runs"
+    )
+    # PyTorch first, then JAX: see main().
+    torch_ms, torch_out = {}, {}
+    for batch, obs in inputs.items():
+        obs_t = {k: torch.from_numpy(v) for k, v in obs.items()}
+        torch_ms[batch] = median_ms(lambda o=obs_t: decide_t(o), args.repeats, lambda out: out)
+        torch_out[batch] = decide_t(obs_t)
+    print("| batch | PyTorch eager ms | JAX jit ms | JAX speed-up | actions equal | value diff |")
+    print("|---|---|---|---|---|---|")
+    for batch, obs in inputs.items():
+        obs_j = jax.device_put(obs, cpu)
+        sync = jax.block_until_ready
+        j_ms = median_ms(lambda o=obs_j: decide_j(variables, o), args.repeats, sync)
+        actions_j, value_j = decide_j(variables, obs_j)
+        actions_t, value_t = torch_out[batch]
+        same = np.array_equal(np.asarray(actions_j), actions_t.numpy())
+        diff = float(np.abs(np.asarray(value_j) - value_t.numpy()).max())
+        t_ms = torch_ms[batch]
+        print(
+            f"| {batch} | {t_ms:.2f} | {j_ms:.2f} | {t_ms / j_ms:.2f}x | "
+            f"{'yes' if same else 'NO'} | {diff:.1e} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--joint", action="store_true", help="the CPU joint-decision table only")
+    ap.add_argument(
+        "--joint-batches",
+        type=lambda s: [int(b) for b in s.split(",")],
+        default=[1, 256],
+        help="comma-separated batch sizes of --joint (default 1,256)",
+    )
     args = ap.parse_args()
     jax.config.update("jax_default_matmul_precision", "default" if args.tf32 else "highest")
+    if args.joint:
+        joint_decision(args)
+        return
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,6 +5,20 @@ is reported separately), for a config and optional ``--set`` overrides.
 
     python benchmarks/train.py --config configs/quickstart.yaml --updates 10
     python benchmarks/train.py --config configs/strategic_marl_v1.yaml --set training.num_envs=256
+
+``--vs-torch`` compares one marl-jax update with one update of the plain PyTorch MAPPO of
+``benchmarks/train_torch.py`` (same models and initial weights, same environment logic in
+NumPy, same rollout length, epochs, minibatches and losses), in this process, one after the
+other: first PyTorch (one warm-up update, then ``--updates`` timed), then JAX (``algo.update``
+compiled ahead of time and timed separately, one warm-up update, then ``--updates`` timed).
+PyTorch goes first because on a CPU XLA's worker threads keep spinning for a while after JAX
+work and would slow PyTorch's threads (see ``benchmarks/models.py``). The ratio is PyTorch
+time / JAX time: above 1, marl-jax is faster.
+
+    python benchmarks/train.py --config configs/quickstart.yaml --vs-torch
+    python benchmarks/train.py --config configs/strategic_marl_v1.yaml --set training.num_envs=16 \\
+        --set training.rollout_len=8 --set training.update_epochs=2 \\
+        --set training.num_minibatches=2 --vs-torch
 """
 
 from __future__ import annotations
@@ -19,15 +33,84 @@ from marl_jax.mappo import MAPPO
 from marl_jax.run.setup import env_params_for, load_market
 
 
+def vs_torch(args, cfg, params) -> None:
+    """Time ``args.updates`` PyTorch updates, then as many JAX updates; print the table."""
+    import torch
+    import train_torch
+
+    algo, state = train_torch.jax_initial_state(cfg, params)
+    trainer = train_torch.TorchMAPPO(cfg, params, train_torch.torch_state_dicts(algo, state))
+    n = args.updates
+
+    start = time.perf_counter()
+    trainer.update()
+    torch_warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(n):
+        torch_metrics = trainer.update()
+    torch_s = (time.perf_counter() - start) / n
+
+    start = time.perf_counter()
+    update = jax.jit(algo.update).lower(state, params).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    state, _ = update(state, params)
+    jax.block_until_ready(state)
+    jax_warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(n):
+        state, jax_metrics = update(state, params)
+    jax.block_until_ready(state)
+    jax_s = (time.perf_counter() - start) / n
+
+    t = cfg.training
+    steps = t.num_envs * t.rollout_len
+    name = " ".join([args.config, *(f"--set {s}" for s in args.set)])
+    print(
+        f"{name}\nJAX {jax.__version__} on {jax.devices()[0].platform}; PyTorch "
+        f"{torch.__version__} on cpu with {torch.get_num_threads()} threads; "
+        f"{t.num_envs} envs x {t.rollout_len} steps, {t.update_epochs} epochs x "
+        f"{t.num_minibatches} minibatches; {n} timed updates each after one warm-up update"
+    )
+    print(
+        f"warm-up update: PyTorch {torch_warm:.2f} s; JAX compile {compile_s:.1f} s "
+        f"(ahead of time), then {jax_warm:.2f} s; last update's loss: PyTorch "
+        f"{torch_metrics['loss']:.4g}, JAX {float(jax_metrics['loss']):.4g}"
+    )
+    print(
+        "| config | JAX ms/update | PyTorch ms/update | ratio (PyTorch / JAX) "
+        "| JAX env steps/s | PyTorch env steps/s | JAX compile s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.config.rsplit('/', 1)[-1]}: {t.num_envs} x {t.rollout_len}, "
+        f"{t.update_epochs} x {t.num_minibatches} | {jax_s * 1e3:.0f} | {torch_s * 1e3:.0f} "
+        f"| {torch_s / jax_s:.2f}x | {steps / jax_s:,.0f} | {steps / torch_s:,.0f} "
+        f"| {compile_s:.1f} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--updates", type=int, default=10)
+    ap.add_argument(
+        "--updates", type=int, default=None, help="timed updates (default 10; 5 with --vs-torch)"
+    )
+    ap.add_argument(
+        "--vs-torch",
+        action="store_true",
+        help="compare with the plain PyTorch MAPPO of benchmarks/train_torch.py",
+    )
     args = ap.parse_args()
+    if args.updates is None:
+        args.updates = 5 if args.vs_torch else 10
     cfg = load_config(args.config, args.set)
     bars = load_market(cfg)
     params = env_params_for(cfg, bars, "train", None)
+    if args.vs_torch:
+        vs_torch(args, cfg, params)
+        return
     algo = MAPPO(cfg)
     state = jax.jit(algo.init)(jax.random.key(0), params)
     run = jax.jit(algo.run, static_argnums=2)
