@@ -299,6 +299,10 @@ class TrainingConfig(_Section):
     use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")
     huber_delta: Float = Field(10.0, gt=0, description="Huber loss delta")
     normalize_advantages: Bool = Field(True, description="normalise advantages per batch")
+    unroll_learn: Bool = Field(
+        True,
+        description="unroll the epoch x minibatch loop: faster updates, longer compile",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -21,6 +21,11 @@ When a resumed run raises ``total_timesteps``, ``N`` grows: the step counter car
 factor continues from ``1 - done / N_new`` (a step up from where it was) and reaches 0 at the
 new end.
 
+Loops: ``training.unroll_learn`` (on by default) unrolls the epoch x minibatch loop of the learn
+step. On the CPU an XLA while loop around a large model's gradient costs about as much as the
+gradient again (``benchmarks/RESULTS.md``: 1.55x faster full-size updates unrolled); the price
+is a longer compile, which the quickstart config avoids by turning it off.
+
 Training mode rule: rollouts and losses both run the models in **eval mode**
 (``train=False``): no dropout, BatchNorm normalises with its running statistics. The
 probability ratio then compares like with like (the rollout's log-probabilities are exactly
@@ -411,11 +416,11 @@ class MAPPO:
         def epoch(carry, key):
             perm = jax.random.permutation(key, size)
             shuffled = jax.tree.map(lambda x: x[perm].reshape(n_mb, -1, *x.shape[1:]), flat)
-            return jax.lax.scan(minibatch_step, carry, shuffled)
+            return jax.lax.scan(minibatch_step, carry, shuffled, unroll=t.unroll_learn)
 
         carry = (state.params, state.opt_state)
         (params, opt_state), metrics = jax.lax.scan(
-            epoch, carry, jax.random.split(perm_rng, t.update_epochs)
+            epoch, carry, jax.random.split(perm_rng, t.update_epochs), unroll=t.unroll_learn
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         new_state = state.replace(

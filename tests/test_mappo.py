@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tiny_config import TINY
+from tiny_config import TINY, tiny
 
 from marl_jax.compat import MAPPOTrainer
 from marl_jax.config import config_from_dict
@@ -143,6 +143,28 @@ def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
     schedule_steps = algo.num_updates * t.update_epochs * t.num_minibatches
     tx_state = state.opt_state["mlmi"][-1]
     assert int(tx_state.count) == 0 and schedule_steps == 8
+
+
+def test_unrolling_the_learn_loop_changes_the_program_not_the_result(cfg, env_params):
+    unrolled_cfg = config_from_dict(tiny(training={"unroll_learn": True}))
+    rolled, unrolled = MAPPO(cfg), MAPPO(unrolled_cfg)
+    state = jax.jit(rolled.init)(jax.random.key(0), env_params)
+    state, traj = jax.jit(rolled.rollout)(state, env_params)
+    programs = {
+        name: jax.jit(algo.learn).lower(state, traj, env_params).as_text()
+        for name, algo in (("rolled", rolled), ("unrolled", unrolled))
+    }
+    # The epoch and minibatch loops are while loops only when rolled.
+    assert programs["unrolled"].count("stablehlo.while") < programs["rolled"].count(
+        "stablehlo.while"
+    )
+    after_rolled, m_rolled = jax.jit(rolled.learn)(state, traj, env_params)
+    after_unrolled, m_unrolled = jax.jit(unrolled.learn)(state, traj, env_params)
+    for x, y in zip(
+        jax.tree.leaves(after_rolled.params), jax.tree.leaves(after_unrolled.params), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(m_rolled["loss"]), float(m_unrolled["loss"]), rtol=1e-5)
 
 
 def test_mappo_trainer_runs_the_original_loop(cfg, env_params, tmp_path):

@@ -17,6 +17,7 @@ TINY: dict[str, Any] = {
         "total_timesteps": 64,
         "update_epochs": 2,
         "num_minibatches": 2,
+        "unroll_learn": False,  # compiles faster; test_mappo checks the unrolled loop
     },
     "env": {"window": 8, "episode_len": 16, "synthetic_n_bars": 1500},
     "checkpoint": {"save_every": 2},
