@@ -14,7 +14,7 @@ Optimizer: each model (the three actors and the critic) has its own optax state,
 policy's gradient is clipped by its own global norm (``max_grad_norm``) as in MAPPO's
 reference code: a large NWRQK gradient does not shrink the MLMI or MMD steps. The learning
 rate lives in the optimizer state (``optax.inject_hyperparams``), set from the traced
-:class:`HyperParams` at ``init``, so it can be vmapped and changed between chunks. With
+:class:`HyperParams` at ``init``, so it can be vmapped and changed between updates. With
 ``anneal_lr`` it is multiplied by ``optax.linear_schedule(1, 0, N)`` over the
 ``N = num_updates * update_epochs * num_minibatches`` minibatch steps of the configured run.
 When a resumed run raises ``total_timesteps``, ``N`` grows: the step counter carries on, so the

@@ -1,6 +1,6 @@
 """``python -m marl_jax.train``: train the Strategic MARL agents with MAPPO (argument parsing).
 
-The work is done by :mod:`marl_jax.run`: training runs in jitted chunks; a checkpoint is
+The work is done by :mod:`marl_jax.run`: training runs one jitted update at a time; a checkpoint is
 written every ``checkpoint.save_every`` updates, so ``--resume`` continues bit-identically from
 the latest one. At the end the run directory holds ``config.yaml``, the checkpoints,
 ``metrics.jsonl``, ``learning_curve.png``, ``report.json``, ``equity_curve.png`` and

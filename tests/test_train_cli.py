@@ -184,8 +184,8 @@ def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path, capsys, 
     real_to_floats = run_loop.to_floats
     calls = {"n": 0}
 
-    def poisoned(metrics, index):
-        row = real_to_floats(metrics, index)
+    def poisoned(metrics):
+        row = real_to_floats(metrics)
         calls["n"] += 1
         if calls["n"] == 5:  # one row per update: update 5 gets a NaN loss
             row["loss"] = float("nan")

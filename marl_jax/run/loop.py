@@ -1,5 +1,10 @@
-"""The chunked training loop: jitted chunks of updates, checkpoints, ``metrics.jsonl``, the
-progress bar, TensorBoard, and the stop on a non-finite metric."""
+"""The training loop: one jitted update at a time, checkpoints, ``metrics.jsonl``, the progress
+bar, TensorBoard, and the stop on a non-finite metric.
+
+Updates are dispatched one by one rather than as a ``lax.scan`` over updates: on the CPU an
+XLA while loop around a full-size update costs about half an update again
+(``benchmarks/RESULTS.md``), while the dispatch from Python costs nothing in comparison.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,7 @@ from marl_jax.run.rundir import RunError
 from marl_jax.run.setup import Run
 from marl_jax.run.steps import restore_state, save_step
 
-__all__ = ["PROGRESS_EVERY", "read_metrics_log", "to_floats", "train_loop"]
-
-PROGRESS_EVERY = 5  # updates per jitted chunk (a divisor of save_every, for exact resume)
+__all__ = ["read_metrics_log", "to_floats", "train_loop"]
 
 
 def read_metrics_log(path: Path, up_to: int | None = None) -> list[dict]:
@@ -41,9 +44,9 @@ def read_metrics_log(path: Path, up_to: int | None = None) -> list[dict]:
     return rows
 
 
-def to_floats(metrics: Mapping[str, Any], index: int) -> dict[str, float]:
-    """Row ``index`` of metrics stacked over updates, as Python floats."""
-    return {k: float(np.asarray(v)[index]) for k, v in metrics.items()}
+def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """One update's metrics as Python floats."""
+    return {k: float(np.asarray(v)) for k, v in metrics.items()}
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -76,7 +79,6 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     when ``resume``); checkpoints every ``checkpoint.save_every`` updates and at the end."""
     cfg, algo = run.cfg, run.algo
     save_every = cfg.checkpoint.save_every
-    chunk = math.gcd(save_every, PROGRESS_EVERY)
     total = algo.num_updates
     steps_per_update = cfg.training.num_envs * cfg.training.rollout_len
     checkpointer = _checkpointer(run)
@@ -93,21 +95,21 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
         atomic_write_text(metrics_path, "")
     save_config(cfg, run.dir.config)
 
-    run_chunk = jax.jit(algo.run, static_argnums=2)
+    update = jax.jit(algo.update)
     writer = _tensorboard_writer(run.dir.tensorboard) if tensorboard else None
     bar = _progress(total, int(state.update_step), progress)
     config_dict = config_to_dict(cfg)
     last_good = checkpointer.latest_step()
+    since_save: list[dict] = []
     try:
         while int(state.update_step) < total:
-            done = int(state.update_step)
-            n = min(chunk - done % chunk, total - done)
             started = time.perf_counter()
-            new_state, metrics = run_chunk(state, run.train_params, n)
+            new_state, metrics = update(state, run.train_params)
             jax.block_until_ready(new_state)
             elapsed = time.perf_counter() - started
-            rows = [{"update": done + i + 1, **to_floats(metrics, i)} for i in range(n)]
-            bad = [k for r in rows for k, v in r.items() if not math.isfinite(v)]
+            step = int(new_state.update_step)
+            row = {"update": step, **to_floats(metrics)}
+            bad = sorted(k for k, v in row.items() if not math.isfinite(v))
             if bad:
                 where = (
                     f"the last good checkpoint is step {last_good} in "
@@ -116,38 +118,38 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
                     else "no checkpoint was written yet"
                 )
                 raise RunError(
-                    f"non-finite {sorted(set(bad))[0]} in updates {done + 1}-{done + n}; "
-                    f"stopped, {where}. Lower the learning rates or check the data"
+                    f"non-finite {bad[0]} in update {step}; stopped, {where}. Lower the "
+                    "learning rates or check the data"
                 )
             state = new_state
+            row["env_steps"] = step * steps_per_update
             with metrics_path.open("a") as fh:
-                for row in rows:
-                    row["env_steps"] = row["update"] * steps_per_update
-                    fh.write(json.dumps(row) + "\n")
+                fh.write(json.dumps(row) + "\n")
             if writer is not None:
-                for row in rows:
-                    for key, value in row.items():
-                        writer.add_scalar(key, value, row["update"])
-            chunk_metrics = {
-                k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "update"
-            }
-            step = int(state.update_step)
+                for key, value in row.items():
+                    writer.add_scalar(key, value, step)
+            since_save.append(row)
             if step % save_every == 0 or step == total:
+                means = {
+                    k: float(np.mean([r[k] for r in since_save]))
+                    for k in since_save[0]
+                    if k != "update"
+                }
                 save_step(
                     checkpointer,
                     algo,
                     state,
                     config=config_dict,
                     norm=run.norm,
-                    metrics={**chunk_metrics, "update": step},
+                    metrics={**means, "update": step},
                 )
-                last_good = step
+                last_good, since_save = step, []
             if bar is not None:
-                bar.update(n)
+                bar.update(1)
                 bar.set_postfix(
                     env_steps=f"{step * steps_per_update:,}",
-                    sps=f"{n * steps_per_update / elapsed:,.0f}",
-                    avg_reward=f"{chunk_metrics['average_reward'] * 1e4:+.2f}bp",
+                    sps=f"{steps_per_update / elapsed:,.0f}",
+                    avg_reward=f"{row['average_reward'] * 1e4:+.2f}bp",
                 )
     finally:
         if bar is not None:
