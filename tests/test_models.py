@@ -717,3 +717,26 @@ def test_modules_are_the_registry_classes():
         assert isinstance(module, CentralizedCritic if name == "critic" else StrategicActor)
     with pytest.raises(ValueError, match="unknown model"):
         build_module("nope")
+
+
+def test_lstm_gates_match_plain_activations_and_their_derivatives():
+    from marl_jax.models.components import lstm_gates
+
+    def plain(gates):
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+    gates = jax.random.normal(jax.random.key(0), (5, 4 * 6)) * 3.0
+    weights = jax.random.normal(jax.random.key(1), (4, 5, 6))
+
+    def score(fn, x):
+        return sum((w * a).sum() for w, a in zip(weights, fn(x), strict=True))
+
+    for ours, theirs in zip(lstm_gates(gates), plain(gates), strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(lambda x: score(lstm_gates, x))(gates)),
+        np.asarray(jax.grad(lambda x: score(plain, x))(gates)),
+        rtol=1e-6,
+        atol=1e-7,
+    )

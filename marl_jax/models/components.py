@@ -195,6 +195,37 @@ class PositionalEncoding(nn.Module):
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
+@jax.custom_jvp
+def lstm_gates(gates: Array) -> tuple[Array, Array, Array, Array]:
+    """The activated LSTM gates ``(i, f, g, o)`` of ``gates`` ``(..., 4H)`` (PyTorch's order).
+
+    One sigmoid and one tanh over the whole contiguous block, then slices: faster on the CPU
+    than activating four strided slices. The derivative reuses the activations
+    (``a(1-a)``, ``1-a^2``), so the backward pass computes no transcendental functions.
+    """
+    hidden = gates.shape[-1] // 4
+    sig, tnh = jax.nn.sigmoid(gates), jnp.tanh(gates)
+    return (
+        sig[..., :hidden],
+        sig[..., hidden : 2 * hidden],
+        tnh[..., 2 * hidden : 3 * hidden],
+        sig[..., 3 * hidden :],
+    )
+
+
+@lstm_gates.defjvp
+def _lstm_gates_jvp(primals, tangents):
+    (gates,), (d_gates,) = primals, tangents
+    i, f, g, o = lstm_gates(gates)
+    di, df, dg, do = jnp.split(d_gates, 4, axis=-1)
+    return (i, f, g, o), (
+        i * (1.0 - i) * di,
+        f * (1.0 - f) * df,
+        (1.0 - g * g) * dg,
+        o * (1.0 - o) * do,
+    )
+
+
 def lstm_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
     """Runs the LSTM recurrence over ``xproj`` = ``x W_ih^T + b_ih`` of shape ``(B, L, 4H)``.
 
@@ -205,9 +236,9 @@ def lstm_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> 
     def step(carry, xp):
         h, c = carry
         gates = xp + h @ w_hh.T + b_hh
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        i, f, g, o = lstm_gates(gates)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
         return (h, c), h
 
     zeros = jnp.zeros((batch, hidden), xproj.dtype)
