@@ -101,6 +101,8 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     config_dict = config_to_dict(cfg)
     last_good = checkpointer.latest_step()
     since_save: list[dict] = []
+    if progress and int(state.update_step) < total:
+        print("compiling the update (or loading it from the compilation cache)...", flush=True)
     try:
         while int(state.update_step) < total:
             started = time.perf_counter()

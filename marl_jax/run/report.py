@@ -24,9 +24,13 @@ REPORT_METRICS = ("sharpe", "total_log_return", "max_drawdown", "hit_rate", "tur
 
 
 def greedy_policy(algo: MAPPO, state: TrainState):
-    """A NumPy policy for the evaluator: greedy actions ``(N, 3)`` of the trained actors."""
-    act = jax.jit(lambda obs: algo.act(state, obs)[0])
-    return lambda obs: np.asarray(act(obs))
+    """A NumPy policy for the evaluator: greedy actions ``(N, 3)`` of the trained actors.
+
+    The state is an argument of the jitted function, not a constant baked into it, so the
+    program is the same for every run of a config and the compilation cache serves it.
+    """
+    act = jax.jit(lambda s, obs: algo.act(s, obs)[0])
+    return lambda obs: np.asarray(act(state, obs))
 
 
 def _tail_mean(rows: Sequence[Mapping], first: bool) -> float | None:
