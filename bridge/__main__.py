@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +26,14 @@ SOURCE_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class PtSource:
-    """A ``.pt`` file given by path: resolved here, without importing JAX (the same fields and
-    description as ``marl_jax.run.sources.ModelSource``)."""
-
-    kind: str
-    path: Path
-    description: str
-
-
-def resolve(spec: str) -> Any:
-    """Where ``spec`` points (``.kind``, ``.path``, ``.description``).
-
-    A file is a ``.pt`` checkpoint and resolved here; anything else is resolved by
-    ``marl_jax.run.sources``, which imports JAX and Orbax.
-    """
-    path = Path(spec)
-    if path.is_file():
-        return PtSource("pt", path, f".pt file {path}")
-    from marl_jax.run.sources import resolve_source
-
-    return resolve_source(spec)
-
-
 def open_source(spec: str) -> tuple[Any, Any]:
     """``(source, bundle)``: bundle is the ``ModelBundle`` of a non-``.pt`` source, else None
     (``.pt`` files are read by the commands themselves, with all their entries)."""
-    source = resolve(spec)
+    from marl_jax.run.sources import load_models_from, resolve_source
+
+    source = resolve_source(spec)
     if source.kind == "pt":
         return source, None
-    from marl_jax.run.sources import load_models_from
-
     return load_models_from(spec)
 
 

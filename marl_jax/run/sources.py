@@ -7,6 +7,8 @@ A source spec is one of:
 - ``RUN``: a training run directory: its best checkpoint; ``RUN:latest`` or ``RUN:STEP``
   pick another;
 - ``RUN/checkpoints/STEP``: a single checkpoint step (which is a model directory).
+
+Resolving a ``.pt`` file imports neither JAX nor Orbax, so the bridge can answer quickly.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from marl_jax.errors import MarlJaxError
-from marl_jax.run.modeldir import ModelBundle, ModelStoreError, is_model_dir, load_models
 from marl_jax.run.rundir import CONFIG, RunDir
+
+if TYPE_CHECKING:
+    from marl_jax.run.modeldir import ModelBundle
 
 __all__ = ["ModelSource", "SourceError", "load_models_from", "resolve_source"]
 
@@ -93,6 +98,8 @@ def resolve_source(spec: str) -> ModelSource:
         return _pick_step(path, pick, text)
     if pick != "best":
         raise SourceError(f"{text}: :{pick} applies to run directories; {path} is not one")
+    from marl_jax.run.modeldir import is_model_dir
+
     if is_model_dir(path):
         if (path / "state").is_dir() and path.name.isdigit():
             return ModelSource(
@@ -120,8 +127,12 @@ def load_models_from(spec: str) -> tuple[ModelSource, ModelBundle]:
             ckpt = load_pt_checkpoint(source.path)
         except BridgeError as err:
             raise SourceError(str(err)) from None
+        from marl_jax.run.modeldir import ModelBundle
+
         bundle = ModelBundle(ckpt.agents, ckpt.critic, ckpt.modules, ckpt.metadata)
         return source, bundle
+    from marl_jax.run.modeldir import ModelStoreError, load_models
+
     try:
         return source, load_models(source.path)
     except ModelStoreError as err:
