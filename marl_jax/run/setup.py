@@ -137,10 +137,6 @@ def _resolve_config(spec: RunSpec, run_dir: RunDir) -> Config:
             data["training"]["total_timesteps"] = spec.total_timesteps
             cfg = config_from_dict(data, source=f"{run_dir.config} (--total-timesteps)")
         return cfg
-    if run_dir.holds_a_run():
-        raise RunError(
-            f"{run_dir.root} already holds a run; continue it with --resume or choose another --out"
-        )
     overrides = list(spec.overrides)
     if spec.data:
         overrides.append(f"env.data_path={spec.data}")
@@ -160,24 +156,21 @@ def prepare(spec: RunSpec) -> Run:
     root = Path(spec.out)
     if root.exists() and not root.is_dir():
         raise RunError(f"--out {root}: exists and is not a folder; choose another --out")
-    # The checkpoint folder name comes from the run's own config once it has one.
-    probe = RunDir(root)
-    if probe.config.is_file():
-        probe = RunDir(root, load_config(probe.config).checkpoint.dir)
-    cfg = _resolve_config(spec, probe)
+    cfg = _resolve_config(spec, RunDir(root))
     created = not root.exists()
     lock = RunLock(root).acquire()
     try:
+        # Checked under the lock, in the configured and in the default checkpoint folder.
+        run_dir = RunDir(root, cfg.checkpoint.dir)
+        if not spec.resume and (run_dir.holds_a_run() or RunDir(root).holds_a_run()):
+            raise RunError(
+                f"{root} already holds a run; continue it with --resume or choose another --out"
+            )
         init = None
         if spec.init_from:
             init, model_configs, described = load_init(spec.init_from)
             cfg = config_with_models(cfg, model_configs, spec.init_from)
             print(f"init from {described}")
-        run_dir = RunDir(root, cfg.checkpoint.dir)
-        if not spec.resume and run_dir.holds_a_run():
-            raise RunError(
-                f"{root} already holds a run; continue it with --resume or choose another --out"
-            )
         bars = load_market(cfg)
         train_params = env_params_for(cfg, bars, "train", None)
         norm = market.get_normalisation(train_params)
