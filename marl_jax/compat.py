@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
+from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import Config, config_from_dict, config_to_dict
 from marl_jax.env import market
 from marl_jax.mappo import MAPPO, Experience, TrainState, rollout_metrics
@@ -163,12 +163,14 @@ class MAPPOTrainer:
 
     def save_checkpoint(self, metrics: Mapping[str, float]) -> str:
         """Saves the models and metrics (Orbax); the best by ``checkpoint.best_metric`` is kept."""
-        variables = self.variables()
+        if self.state is None:
+            raise RuntimeError("no training state yet: call collect_experience first")
+        variables = self.algo.model_variables(self.state)
         score = float(metrics.get(self.config.checkpoint.best_metric, -float("inf")))
         is_best = score > self._best
         self._best = max(self._best, score)
         return self.checkpoints.save_checkpoint(
-            agents={name: variables[name] for name in AGENT_NAMES},
+            agents=variables["agents"],
             critic=variables["critic"],
             metrics=dict(metrics),
             is_best=is_best,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -64,7 +65,6 @@ from marl_jax.ppo import (
 )
 
 Array = jax.Array
-AGENT_ORDER = AGENT_NAMES
 
 
 @struct.dataclass
@@ -157,7 +157,7 @@ def as_key_data(rng: Array) -> Array:
 def build_modules(config: Config) -> dict[str, nn.Module]:
     """The three actors and the critic from the config's model sections."""
     modules = {
-        name: build_module(name, getattr(config.agents, name).to_kwargs()) for name in AGENT_ORDER
+        name: build_module(name, getattr(config.agents, name).to_kwargs()) for name in AGENT_NAMES
     }
     modules["critic"] = build_module("critic", config.critic.to_kwargs())
     return modules
@@ -243,6 +243,14 @@ class MAPPO:
         """Flax variables of model ``name`` in ``state``."""
         return {"params": state.params[name], **state.constants[name]}
 
+    def model_variables(self, state: TrainState) -> dict[str, Any]:
+        """``{'agents': {name: variables}, 'critic': variables}``: the models of ``state`` as a
+        model directory and the original checkpoint hold them."""
+        return {
+            "agents": {name: self.variables(state, name) for name in AGENT_NAMES},
+            "critic": self.variables(state, "critic"),
+        }
+
     # ------------------------------------------------------------------ acting
 
     def act(
@@ -251,11 +259,11 @@ class MAPPO:
         """Actions ``(N, 3)`` and their log-probs; greedy when ``rng`` is None."""
         actions, log_probs = [], []
         keys = (
-            jax.random.split(rng, len(AGENT_ORDER))
+            jax.random.split(rng, len(AGENT_NAMES))
             if rng is not None
-            else [None] * len(AGENT_ORDER)
+            else [None] * len(AGENT_NAMES)
         )
-        for key, name in zip(keys, AGENT_ORDER, strict=True):
+        for key, name in zip(keys, AGENT_NAMES, strict=True):
             out = self.modules[name].apply(
                 self.variables(state, name),
                 obs[name],
@@ -323,7 +331,7 @@ class MAPPO:
         obs = market.observations(env_params, batch.bar)
         metrics = {}
         actor_loss = jnp.zeros((), jnp.float32)
-        for i, name in enumerate(AGENT_ORDER):
+        for i, name in enumerate(AGENT_NAMES):
             out = self.modules[name].apply(
                 {"params": params[name], **constants[name]}, obs[name], actions=batch.actions[:, i]
             )

@@ -16,7 +16,6 @@ from marl_jax.run.files import atomic_write_text
 from marl_jax.run.loop import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.setup import Run, env_params_for
-from marl_jax.run.steps import model_variables
 
 __all__ = ["REPORT_METRICS", "export_pt", "format_report", "greedy_policy", "write_report"]
 
@@ -89,7 +88,7 @@ def export_pt(run: Run, state: TrainState) -> Path | None:
     except ImportError as err:
         print(f"warning: {run.dir.export_pt.name} not written: the bridge needs torch ({err})")
         return None
-    variables = jax.tree.map(np.asarray, model_variables(run.algo, state))
+    variables = jax.tree.map(np.asarray, run.algo.model_variables(state))
     ckpt = new_checkpoint(
         {name: variables["agents"][name] for name in AGENT_NAMES},
         variables["critic"],

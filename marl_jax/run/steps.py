@@ -15,23 +15,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
+from marl_jax.agents import MODEL_NAMES
 from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.modeldir import VARIABLES_ITEM, model_items
 
-__all__ = ["model_variables", "norm_tree", "restore_state", "save_step"]
+__all__ = ["norm_tree", "restore_state", "save_step"]
 
 _MODEL_FIELDS = ("params", "constants")
-
-
-def model_variables(algo: MAPPO, state: TrainState) -> dict[str, Any]:
-    """``{'agents': {name: variables}, 'critic': variables}`` of ``state``."""
-    return {
-        "agents": {name: algo.variables(state, name) for name in AGENT_NAMES},
-        "critic": algo.variables(state, "critic"),
-    }
 
 
 def _rest(state: TrainState) -> dict[str, Any]:
@@ -62,7 +54,7 @@ def save_step(
 ) -> int:
     """Saves ``state`` as step ``state.update_step`` (forced) and waits until it is on disk."""
     step = int(state.update_step)
-    variables = jax.tree.map(np.asarray, model_variables(algo, state))
+    variables = jax.tree.map(np.asarray, algo.model_variables(state))
     metadata = {
         "trained_updates": step,
         "feature_normalisation": json.dumps(norm.to_dict()),
@@ -86,7 +78,7 @@ def restore_state(
     """``(state, metrics)`` of ``step`` (default: the latest), shaped like ``target``."""
     rest, _, _, metrics = checkpointer.restore(step, target=_rest(target))
     step = int(rest["update_step"]) if step is None else step
-    variables = checkpointer.restore_item(step, VARIABLES_ITEM, model_variables(algo, target))
+    variables = checkpointer.restore_item(step, VARIABLES_ITEM, algo.model_variables(target))
     by_model = {**variables["agents"], "critic": variables["critic"]}
     params = {name: by_model[name]["params"] for name in MODEL_NAMES}
     constants = {
