@@ -128,9 +128,7 @@ def test_each_policy_is_clipped_on_its_own(cfg, env_params):
 
 
 def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
-    annealed = config_from_dict(
-        {**TINY, "training": {**TINY["training"], "anneal_lr": True, "actor_lr": 1e-3}}
-    )
+    annealed = config_from_dict(tiny(training={"anneal_lr": True, "actor_lr": 1e-3}))
     algo = MAPPO(annealed)
     state = jax.jit(algo.init)(jax.random.key(0), env_params)
     lr = optax.tree_utils.tree_get(state.opt_state["mlmi"], "learning_rate")

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from tiny_config import TINY
+from tiny_config import TINY, tiny
 
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
@@ -70,7 +70,7 @@ def test_the_run_lock_names_its_owner_and_is_released(tmp_path):
 
 
 def test_norm_clip_bounds_the_normalised_features():
-    cfg = config_from_dict({**TINY, "env": {**TINY["env"], "norm_clip": 0.25}})
+    cfg = config_from_dict(tiny(env={"norm_clip": 0.25}))
     bars = data.synthetic_bars(cfg.env.synthetic_n_bars, seed=0)
     params = env_params_for(cfg, bars, "train", None)
     assert market.get_normalisation(params).clip == 0.25

@@ -117,12 +117,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 def test_report_has_policy_and_baselines(tmp_path):
     old_umask = os.umask(0o022)
     try:
-        data = {
-            **TINY,
-            "training": {**TINY["training"], "total_timesteps": 64},
-            "checkpoint": {"save_every": 2, "dir": "my_ckpts"},
-        }
-        write_config_and_run(tmp_path, "r", data)
+        write_config_and_run(tmp_path, "r", tiny(checkpoint={"dir": "my_ckpts"}))
     finally:
         os.umask(old_umask)
     # checkpoint.dir names the checkpoint folder inside the run directory.
@@ -257,8 +252,8 @@ def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path,
 
 def test_a_run_can_be_made_longer_and_equals_a_straight_run(tmp_path, capsys):
     """--resume --total-timesteps raises the length; the result is the straight longer run."""
-    short = {**TINY, "training": {**TINY["training"], "total_timesteps": 64}}
-    long = {**TINY, "training": {**TINY["training"], "total_timesteps": 128}}
+    short = tiny(training={"total_timesteps": 64})
+    long = tiny(training={"total_timesteps": 128})
     extended = write_config_and_run(tmp_path, "extended", short)
     args = ["--out", str(extended), "--resume", "--no-progress"]
     assert train_cli.main([*args, "--total-timesteps", "32"]) != 0
