@@ -16,6 +16,7 @@ from marl_jax.run.files import atomic_write_text
 from marl_jax.run.loop import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.setup import Run, env_params_for
+from marl_jax.run.steps import model_metadata
 
 __all__ = ["REPORT_METRICS", "export_pt", "format_report", "greedy_policy", "write_report"]
 
@@ -93,10 +94,7 @@ def export_pt(run: Run, state: TrainState) -> Path | None:
         {name: variables["agents"][name] for name in AGENT_NAMES},
         variables["critic"],
         run.algo.modules,
-        metadata={
-            "trained_updates": int(state.update_step),
-            "feature_normalisation": json.dumps(run.norm.to_dict()),
-        },
+        metadata=model_metadata(state, run.norm),
     )
     save_pt_checkpoint(ckpt, run.dir.export_pt)
     return run.dir.export_pt

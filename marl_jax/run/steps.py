@@ -12,7 +12,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from marl_jax.agents import MODEL_NAMES
@@ -21,7 +20,7 @@ from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.modeldir import VARIABLES_ITEM, model_items
 
-__all__ = ["norm_tree", "restore_state", "save_step"]
+__all__ = ["model_metadata", "norm_tree", "restore_state", "save_step"]
 
 _MODEL_FIELDS = ("params", "constants")
 
@@ -43,6 +42,14 @@ def norm_tree(norm: FeatureNorm) -> dict[str, np.ndarray]:
     }
 
 
+def model_metadata(state: TrainState, norm: FeatureNorm) -> dict[str, Any]:
+    """What a model directory and the ``.pt`` export record beside the weights."""
+    return {
+        "trained_updates": int(state.update_step),
+        "feature_normalisation": json.dumps(norm.to_dict()),
+    }
+
+
 def save_step(
     checkpointer: TrainCheckpointer,
     algo: MAPPO,
@@ -54,11 +61,8 @@ def save_step(
 ) -> int:
     """Saves ``state`` as step ``state.update_step`` (forced) and waits until it is on disk."""
     step = int(state.update_step)
-    variables = jax.tree.map(np.asarray, algo.model_variables(state))
-    metadata = {
-        "trained_updates": step,
-        "feature_normalisation": json.dumps(norm.to_dict()),
-    }
+    variables = algo.model_variables(state)
+    metadata = model_metadata(state, norm)
     checkpointer.save(
         step,
         _rest(state),
