@@ -28,7 +28,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from annotated_types import Ge
@@ -303,6 +303,16 @@ class TrainingConfig(_Section):
         True,
         description="unroll the epoch x minibatch loop: faster updates, longer compile",
     )
+    rnn_backend: Literal["auto", "scan", "cudnn"] = Field(
+        "auto",
+        description="LSTM recurrences: lax.scan, or cuDNN's LSTM on a CUDA GPU; auto takes "
+        "cuDNN on a GPU (populations, which vmap, always scan)",
+    )
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the models' matmuls in rollouts and losses; weights, optimizer, "
+        "norms, softmax and losses stay float32",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -522,6 +532,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is tuple:
         return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         parts = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(parts) + " or null"

@@ -51,6 +51,7 @@ from flax import struct
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, TrainingConfig
 from marl_jax.env import market
+from marl_jax.models.components import resolve_rnn_backend
 from marl_jax.models.registry import build_module, init_variables
 from marl_jax.ppo import (
     ValueNormState,
@@ -140,6 +141,14 @@ class Batch:
     targets: Array
 
 
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves cast to ``dtype`` (other leaves as they are)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x,
+        tree,
+    )
+
+
 def split_variables(variables: Mapping) -> tuple[dict, dict]:
     """``(params, constants)`` of a Flax variables dict."""
     params = variables["params"]
@@ -155,9 +164,14 @@ def as_key_data(rng: Array) -> Array:
 
 
 def build_modules(config: Config) -> dict[str, nn.Module]:
-    """The three actors and the critic from the config's model sections."""
+    """The three actors and the critic from the config's model sections; the actors' LSTMs
+    run on ``training.rnn_backend`` (``auto``: cuDNN on a CUDA GPU, else ``lax.scan``)."""
+    backend = resolve_rnn_backend(config.training.rnn_backend)
     modules = {
-        name: build_module(name, getattr(config.agents, name).to_kwargs()) for name in AGENT_NAMES
+        name: build_module(
+            name, getattr(config.agents, name).to_kwargs() | {"rnn_backend": backend}
+        )
+        for name in AGENT_NAMES
     }
     modules["critic"] = build_module("critic", config.critic.to_kwargs())
     return modules
@@ -202,6 +216,7 @@ class MAPPO:
         self.rollout_len = t.rollout_len
         self.num_updates = max(1, t.total_timesteps // (t.num_envs * t.rollout_len))
         self.tx = make_optimizer(t, self.num_updates)
+        self.compute_dtype = jnp.dtype(t.compute_dtype)
 
     # ------------------------------------------------------------------ state
 
@@ -264,7 +279,8 @@ class MAPPO:
             else [None] * len(AGENT_NAMES)
         )
         for key, name in zip(keys, AGENT_NAMES, strict=True):
-            out = self.modules[name].apply(
+            out = self.apply(
+                name,
                 self.variables(state, name),
                 obs[name],
                 deterministic=key is None,
@@ -275,7 +291,19 @@ class MAPPO:
         return jnp.stack(actions, -1), jnp.stack(log_probs, -1)
 
     def critic_value(self, state: TrainState, critic_obs: Array) -> Array:
-        return self.modules["critic"].apply(self.variables(state, "critic"), critic_obs)["value"]
+        return self.apply("critic", self.variables(state, "critic"), critic_obs)["value"]
+
+    def apply(self, name: str, variables: Mapping, inputs: Array, **kwargs: Any) -> dict:
+        """Model ``name``'s outputs (floats as float32), computed in ``training.compute_dtype``:
+        with bfloat16 the parameters and inputs are cast for the call (the float32 master
+        weights receive the gradient), while norms, softmax and log-probabilities stay
+        float32 inside the models."""
+        if self.compute_dtype != jnp.float32:
+            cast = self.compute_dtype
+            variables = {**variables, "params": cast_floats(variables["params"], cast)}
+            inputs = inputs.astype(cast)
+        out = self.modules[name].apply(variables, inputs, **kwargs)
+        return cast_floats(out, jnp.float32)
 
     # ------------------------------------------------------------------ rollout
 
@@ -332,8 +360,11 @@ class MAPPO:
         metrics = {}
         actor_loss = jnp.zeros((), jnp.float32)
         for i, name in enumerate(AGENT_NAMES):
-            out = self.modules[name].apply(
-                {"params": params[name], **constants[name]}, obs[name], actions=batch.actions[:, i]
+            out = self.apply(
+                name,
+                {"params": params[name], **constants[name]},
+                obs[name],
+                actions=batch.actions[:, i],
             )
             pg_loss, pg_metrics = ppo_clip_loss(
                 out["log_prob"], batch.log_probs[:, i], batch.advantages, hp.clip_eps
@@ -344,8 +375,8 @@ class MAPPO:
             metrics[f"{name}/entropy"] = entropy
             metrics[f"{name}/approx_kl"] = pg_metrics["approx_kl"]
             metrics[f"{name}/clip_frac"] = pg_metrics["clip_frac"]
-        values = self.modules["critic"].apply(
-            {"params": params["critic"], **constants["critic"]}, obs["critic"]
+        values = self.apply(
+            "critic", {"params": params["critic"], **constants["critic"]}, obs["critic"]
         )["value"]
         v_loss = value_loss(
             values,

@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 
 from marl_jax.models import BatchNorm1d, CentralizedCritic, StrategicActor
+from marl_jax.models.components import cudnn_available
 from marl_jax.models.registry import (
     MODEL_NAMES,
     abstract_variables,
     build_module,
+    init_variables,
+    module_config,
 )
 
 AGENTS = ("mlmi", "nwrqk", "mmd")
@@ -740,3 +743,98 @@ def test_lstm_gates_match_plain_activations_and_their_derivatives():
         rtol=1e-6,
         atol=1e-7,
     )
+
+
+@pytest.mark.parametrize(("layers", "bidirectional"), [(3, True), (2, False)])
+def test_cudnn_weight_packing_matches_jax_rnn_layout(layers, bidirectional):
+    """The flat vector handed to cuDNN, unpacked by ``jax.experimental.rnn``'s own layout and
+    run through its reference LSTM (the cuDNN semantics, on any device), gives the scan's
+    output: NWRQK's 3-layer BiLSTM and MLMI's 2-layer LSTM."""
+    from jax.experimental import rnn
+
+    from marl_jax.models.components import TorchRNN, pack_cudnn_lstm_weights
+
+    hidden, in_dim, batch, length = 6, 5, 3, 7
+    module = TorchRNN(hidden, layers, "lstm", bidirectional)
+    x = jax.random.normal(jax.random.key(0), (batch, length, in_dim))
+    params = module.init(jax.random.key(1), x)["params"]
+    suffixes = ("", "_reverse") if bidirectional else ("",)
+    per_layer = [
+        tuple(
+            params[f"{kind}_l{layer}{s}"]
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
+        for layer in range(layers)
+        for s in suffixes
+    ]
+    flat = pack_cudnn_lstm_weights(per_layer)
+    assert flat.shape == (rnn.get_num_params_in_lstm(in_dim, hidden, layers, bidirectional),)
+    w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(flat, in_dim, hidden, layers, bidirectional)
+    for p, (a, b, c, d) in enumerate(per_layer):
+        for ours, theirs in ((a, w_ih[p]), (b, w_hh[p]), (c, b_ih[p]), (d, b_hh[p])):
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    zeros = jnp.zeros((len(per_layer), batch, hidden))
+    y_ref, _, _ = rnn.lstm_ref(
+        x,
+        zeros,
+        zeros,
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        jnp.full((batch,), length, jnp.int32),
+        in_dim,
+        hidden,
+        layers,
+        0.0,
+        bidirectional,
+    )
+    y_scan = module.apply({"params": params}, x)
+    np.testing.assert_allclose(np.asarray(y_scan), np.asarray(y_ref), rtol=1e-5, atol=1e-6)
+
+
+def test_rnn_backend_resolution_and_saved_configs_leave_it_out():
+    from marl_jax.models.components import resolve_rnn_backend
+
+    expected = "cudnn" if cudnn_available() else "scan"
+    assert resolve_rnn_backend("auto") == expected
+    assert resolve_rnn_backend("scan") == "scan"
+    with pytest.raises(ValueError, match="unknown rnn_backend 'fast'"):
+        resolve_rnn_backend("fast")
+    if not cudnn_available():
+        with pytest.raises(ValueError, match="needs a CUDA GPU"):
+            resolve_rnn_backend("cudnn")
+    module = build_module("nwrqk", {"rnn_backend": "cudnn"})
+    assert module.rnn_backend == "cudnn"
+    assert "rnn_backend" not in module_config(module)
+
+
+@pytest.mark.skipif(
+    not cudnn_available(),
+    reason="cuDNN's LSTM needs a CUDA GPU (run on a GPU machine: pytest -k cudnn)",
+)
+@pytest.mark.parametrize("name", ["nwrqk", "mlmi"])
+def test_cudnn_backend_matches_scan_on_gpu(name):
+    """On a GPU at ``highest`` precision the cuDNN LSTM gives the scan's outputs and
+    gradients within 1e-5 (full-size models)."""
+    scan_model = build_module(name, {"rnn_backend": "scan"})
+    cudnn_model = build_module(name, {"rnn_backend": "cudnn"})
+    variables = init_variables(scan_model, jax.random.key(0))
+    state = jax.random.normal(jax.random.key(1), (32, scan_model.input_dim, 48))
+    actions = jnp.arange(32) % 3
+
+    def loss(model, params):
+        out = model.apply({**variables, "params": params}, state, actions=actions)
+        return out["log_prob"].sum() + out["value"].sum(), out
+
+    with jax.default_matmul_precision("highest"):
+        (l_scan, out_scan), g_scan = jax.jit(
+            jax.value_and_grad(functools.partial(loss, scan_model), has_aux=True)
+        )(variables["params"])
+        (l_cudnn, out_cudnn), g_cudnn = jax.jit(
+            jax.value_and_grad(functools.partial(loss, cudnn_model), has_aux=True)
+        )(variables["params"])
+    for key in ("logits", "value", "log_prob", "attention_weights"):
+        np.testing.assert_allclose(out_cudnn[key], out_scan[key], atol=1e-5, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_cudnn), jax.tree.leaves(g_scan), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)

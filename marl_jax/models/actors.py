@@ -49,6 +49,7 @@ class StrategicActor(nn.Module):
     conv_channels: Sequence[int] = (32, 64, 128)
     kernel_sizes: Sequence[int] = (3, 5)
     sequence_length: int = 48
+    rnn_backend: str = "scan"
 
     conv_activation: ClassVar[str] = "gelu"
     conv_norm: ClassVar[str] = "batch"
@@ -68,7 +69,9 @@ class StrategicActor(nn.Module):
         super().__post_init__()
 
     def _prepare(self, state: Array) -> Array:
-        state = jnp.asarray(state, jnp.float32)
+        state = jnp.asarray(state)
+        if not jnp.issubdtype(state.dtype, jnp.floating) or state.dtype == jnp.float64:
+            state = state.astype(jnp.float32)
         if state.ndim == 2:
             state = state[:, :, None]
         if state.ndim != 3 or state.shape[1] != self.input_dim:
@@ -112,6 +115,7 @@ class StrategicActor(nn.Module):
             self.rnn_type,
             self.dropout_rate,
             self.bidirectional,
+            self.rnn_backend,
             name="temporal",
         )(x, train=train)
         attended, attention_weights = MultiHeadAttention(
@@ -144,7 +148,8 @@ class StrategicActor(nn.Module):
             factor = jnp.clip(1.0 / (volatility + 1e-6), 0.5, 2.0)
             logits = logits * factor[:, None] * adjust
 
-        scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
+        # The softmax and log-probabilities are float32 whatever the compute dtype.
+        scaled = logits.astype(jnp.float32) / jnp.maximum(temperature, MIN_TEMPERATURE)
         probs = jax.nn.softmax(scaled, axis=-1)
         log_probs = jax.nn.log_softmax(scaled, axis=-1)
         if actions is not None:

@@ -85,16 +85,21 @@ class Conv1d(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """``torch.nn.LayerNorm`` over the last axis, eps 1e-5 (Flax's default is 1e-6)."""
+    """``torch.nn.LayerNorm`` over the last axis, eps 1e-5 (Flax's default is 1e-6).
+
+    Statistics are computed in float32 whatever the input's dtype; the output has the input's.
+    """
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         dim = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (dim,))
         bias = self.param("bias", nn.initializers.zeros, (dim,))
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + NORM_EPS) * scale + bias
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + NORM_EPS) * scale + bias
+        return y.astype(x.dtype)
 
 
 class BatchNorm1d(nn.Module):
@@ -103,6 +108,7 @@ class BatchNorm1d(nn.Module):
     With ``train=True`` it normalises with the batch statistics and, when ``batch_stats`` is
     mutable, updates the running statistics as PyTorch does (unbiased running variance,
     ``num_batches_tracked += 1``). With ``train=False`` it uses the running statistics.
+    It normalises in float32; the output has the input's dtype.
     """
 
     momentum: float = 0.1
@@ -117,6 +123,7 @@ class BatchNorm1d(nn.Module):
         tracked = self.variable(
             "batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32)
         )
+        dtype, x = x.dtype, x.astype(jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
             n = math.prod(x.shape[:-1])
@@ -130,14 +137,16 @@ class BatchNorm1d(nn.Module):
                 tracked.value = tracked.value + 1
         else:
             mean, var = ra_mean.value, ra_var.value
-        return (x - mean) * jax.lax.rsqrt(var + NORM_EPS) * scale + bias
+        return ((x - mean) * jax.lax.rsqrt(var + NORM_EPS) * scale + bias).astype(dtype)
 
 
 def instance_norm(x: Array) -> Array:
-    """``torch.nn.InstanceNorm1d`` defaults on ``(B, L, C)``: per (sample, channel) over L."""
-    mean = x.mean(-2, keepdims=True)
-    var = jnp.square(x - mean).mean(-2, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + NORM_EPS)
+    """``torch.nn.InstanceNorm1d`` defaults on ``(B, L, C)``: per (sample, channel) over L
+    (in float32; the output has the input's dtype)."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-2, keepdims=True)
+    var = jnp.square(xf - mean).mean(-2, keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + NORM_EPS)).astype(x.dtype)
 
 
 class ConvBlock(nn.Module):
@@ -191,7 +200,7 @@ class PositionalEncoding(nn.Module):
             raise ValueError(
                 f"PositionalEncoding: sequence length {length} exceeds max_len {pe.shape[1]}"
             )
-        x = x + pe[:, :length]
+        x = x + pe[:, :length].astype(x.dtype)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -267,6 +276,73 @@ def gru_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> A
 
 RNN_GATES = {"lstm": 4, "gru": 3}
 RNN_SCANS = {"lstm": lstm_scan, "gru": gru_scan}
+RNN_BACKENDS = ("scan", "cudnn")
+
+
+def cudnn_available() -> bool:
+    """Whether ``jax.experimental.rnn`` can run cuDNN's LSTM here (a CUDA device is the
+    default backend and this jaxlib has the cuDNN RNN kernels)."""
+    if jax.default_backend() != "gpu":
+        return False
+    try:
+        from jax._src.lib import gpu_rnn
+    except ImportError:
+        return False
+    return gpu_rnn is not None
+
+
+def resolve_rnn_backend(backend: str) -> str:
+    """``scan`` or ``cudnn`` for a configured ``auto``, ``scan`` or ``cudnn``: ``auto`` takes
+    cuDNN's LSTM on a GPU and the ``lax.scan`` recurrence elsewhere."""
+    if backend == "auto":
+        return "cudnn" if cudnn_available() else "scan"
+    if backend not in RNN_BACKENDS:
+        raise ValueError(f"unknown rnn_backend {backend!r}; use auto, scan or cudnn")
+    if backend == "cudnn" and not cudnn_available():
+        raise ValueError(
+            f"rnn_backend 'cudnn' needs a CUDA GPU with cuDNN, but JAX's default backend is "
+            f"{jax.default_backend()!r}; use rnn_backend 'auto' or 'scan'"
+        )
+    return backend
+
+
+def pack_cudnn_lstm_weights(layers: Sequence[Sequence[Array]]) -> Array:
+    """The flat cuDNN weight vector of ``jax.experimental.rnn.lstm`` from PyTorch-layout
+    ``(w_ih, w_hh, b_ih, b_hh)`` per pseudo-layer (layer 0 forward, layer 0 reverse, layer 1
+    forward, ...): every pseudo-layer's ``w_ih, w_hh``, then every pseudo-layer's
+    ``b_ih, b_hh``. The gate order (i, f, g, o) is the same in both."""
+    matrices = [w.reshape(-1) for w_ih, w_hh, _, _ in layers for w in (w_ih, w_hh)]
+    biases = [b for _, _, b_ih, b_hh in layers for b in (b_ih, b_hh)]
+    return jnp.concatenate(matrices + biases).astype(jnp.float32)
+
+
+def cudnn_lstm(
+    x: Array,
+    layers: Sequence[Sequence[Array]],
+    hidden: int,
+    num_layers: int,
+    bidirectional: bool,
+) -> Array:
+    """A multi-layer (bidirectional) LSTM through cuDNN, zero initial state, float32 (its only
+    dtype; the output is cast back to ``x``'s). TF32 follows ``jax_default_matmul_precision``:
+    ``highest`` turns it off."""
+    from jax.experimental import rnn
+
+    batch = x.shape[0]
+    states = jnp.zeros(((2 if bidirectional else 1) * num_layers, batch, hidden), jnp.float32)
+    y, _, _ = rnn.lstm(
+        x.astype(jnp.float32),
+        states,
+        states,
+        pack_cudnn_lstm_weights(layers),
+        jnp.full((batch,), x.shape[1], jnp.int32),
+        input_size=x.shape[-1],
+        hidden_size=hidden,
+        num_layers=num_layers,
+        dropout=0.0,
+        bidirectional=bidirectional,
+    )
+    return y.astype(x.dtype)
 
 
 class TorchRNN(nn.Module):
@@ -276,6 +352,10 @@ class TorchRNN(nn.Module):
     two biases ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (plus ``_reverse`` twins when
     bidirectional). The input projection of all time steps is one matmul; only the recurrence
     is scanned. Dropout between layers in training, as PyTorch applies it.
+
+    ``backend``: ``scan`` (``lax.scan``, any device, vmappable) or ``cudnn`` (an LSTM through
+    ``jax.experimental.rnn`` on a CUDA GPU: same parameters, no vmap rule). GRUs, and LSTMs in
+    training mode with inter-layer dropout, always scan.
     """
 
     hidden_size: int
@@ -283,22 +363,36 @@ class TorchRNN(nn.Module):
     cell: str = "lstm"
     bidirectional: bool = False
     dropout_rate: float = 0.0
+    backend: str = "scan"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         hidden, gates = self.hidden_size, RNN_GATES[self.cell]
-        scan = RNN_SCANS[self.cell]
         init = uniform_init(1.0 / math.sqrt(hidden))
         directions = ("", "_reverse") if self.bidirectional else ("",)
+        layers = []
         for layer in range(self.num_layers):
-            in_dim = x.shape[-1]
-            outputs = []
+            in_dim = x.shape[-1] if layer == 0 else hidden * len(directions)
             for suffix in directions:
                 tag = f"l{layer}{suffix}"
-                w_ih = self.param(f"weight_ih_{tag}", init, (gates * hidden, in_dim))
-                w_hh = self.param(f"weight_hh_{tag}", init, (gates * hidden, hidden))
-                b_ih = self.param(f"bias_ih_{tag}", init, (gates * hidden,))
-                b_hh = self.param(f"bias_hh_{tag}", init, (gates * hidden,))
+                layers.append(
+                    (
+                        self.param(f"weight_ih_{tag}", init, (gates * hidden, in_dim)),
+                        self.param(f"weight_hh_{tag}", init, (gates * hidden, hidden)),
+                        self.param(f"bias_ih_{tag}", init, (gates * hidden,)),
+                        self.param(f"bias_hh_{tag}", init, (gates * hidden,)),
+                    )
+                )
+        dropout = train and self.dropout_rate > 0 and self.num_layers > 1
+        if self.backend == "cudnn" and self.cell == "lstm" and not dropout:
+            return cudnn_lstm(x, layers, hidden, self.num_layers, self.bidirectional)
+        if self.backend not in RNN_BACKENDS:
+            raise ValueError(f"TorchRNN: unknown backend {self.backend!r}; use scan or cudnn")
+        scan = RNN_SCANS[self.cell]
+        for layer in range(self.num_layers):
+            outputs = []
+            for d, suffix in enumerate(directions):
+                w_ih, w_hh, b_ih, b_hh = layers[layer * len(directions) + d]
                 xproj = x @ w_ih.T + b_ih
                 outputs.append(scan(xproj, w_hh, b_hh, reverse=bool(suffix)))
             x = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
@@ -315,6 +409,7 @@ class TemporalBlock(nn.Module):
     rnn_type: str = "lstm"
     dropout_rate: float = 0.1
     bidirectional: bool = False
+    rnn_backend: str = "scan"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -324,6 +419,7 @@ class TemporalBlock(nn.Module):
             self.rnn_type,
             self.bidirectional,
             self.dropout_rate,
+            self.rnn_backend,
             name="rnn",
         )(x, train=train)
         if self.bidirectional:
@@ -353,7 +449,7 @@ class MultiHeadAttention(nn.Module):
         k = split(Linear(dim, name="k_proj")(x))
         v = split(Linear(dim, name="v_proj")(x))
         scores = (q @ jnp.swapaxes(k, -1, -2)) * (head**-0.5)
-        weights = jax.nn.softmax(scores, axis=-1)
+        weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
         attended = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, dim)
         return Linear(dim, name="out_proj")(attended), weights.mean(axis=1)

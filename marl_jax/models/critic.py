@@ -83,7 +83,9 @@ class CentralizedCritic(nn.Module):
         agent_states: Mapping[str, Array] | None = None,
         train: bool = False,
     ) -> dict:
-        states = jnp.asarray(states, jnp.float32)
+        states = jnp.asarray(states)
+        if not jnp.issubdtype(states.dtype, jnp.floating) or states.dtype == jnp.float64:
+            states = states.astype(jnp.float32)
         if states.ndim != 2 or states.shape[-1] != self.state_dim:
             raise ValueError(
                 f"CentralizedCritic: expected states of shape (B, {self.state_dim}), "

@@ -17,11 +17,16 @@ from marl_jax.models.critic import CentralizedCritic
 MODEL_CLASSES: dict[str, type[nn.Module]] = {**ACTOR_CLASSES, "critic": CentralizedCritic}
 
 
+# How a model runs, not what it is: left out of saved and exported model configurations.
+RUNTIME_FIELDS = frozenset({"rnn_backend"})
+
+
 def module_config(module: nn.Module) -> dict[str, Any]:
-    """The constructor keyword arguments of a model, as plain JSON-friendly values."""
+    """The constructor keyword arguments that define a model (not :data:`RUNTIME_FIELDS`), as
+    plain JSON-friendly values."""
     config = {}
     for field in dataclasses.fields(module):
-        if field.name in ("parent", "name"):
+        if field.name in ("parent", "name") or field.name in RUNTIME_FIELDS:
             continue
         value = getattr(module, field.name)
         config[field.name] = list(value) if isinstance(value, tuple) else value
