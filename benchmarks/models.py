@@ -16,6 +16,14 @@ the same weights (PyTorch's initialisation, converted), on the CPU, PyTorch firs
 median of ``--repeats`` runs after 3 warm-up runs each.
 
     python benchmarks/models.py --joint
+
+``--rnn-backend scan|cudnn|auto`` picks JAX's LSTM (``auto``, the default: cuDNN's LSTM on a
+GPU through ``jax.experimental.rnn``, else the scan); ``--models`` limits the table.
+``--population P`` times instead the gradient of P different parameter sets of one model
+(``--models``, default nwrqk) at once, as a sweep computes it: ``jax.vmap`` of the scan
+recurrence against ``lax.map`` over members of cuDNN's LSTM (which has no vmap rule).
+
+    python benchmarks/models.py --batch 256 --models nwrqk --population 8
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ import torch
 from bridge import torch_reference
 from bridge.convert import torch_to_flax
 from marl_jax.models.actors import AGENT_ORDER
-from marl_jax.models.registry import build_module, module_config
+from marl_jax.models.components import resolve_rnn_backend
+from marl_jax.models.registry import build_module, init_variables, module_config
 
 
 def median_ms(fn, repeats: int, sync) -> float:
@@ -47,7 +56,7 @@ def median_ms(fn, repeats: int, sync) -> float:
 
 def bench_model(name: str, args, device: str, rng) -> dict:
     """Timing thunks ``{mode: (pytorch_fn, jax_fn)}`` for one full-size model, same weights."""
-    module = build_module(name, {"dropout_rate": 0.0})
+    module = build_module(name, {"dropout_rate": 0.0, "rnn_backend": args.backend})
     cls = getattr(torch_reference, type(module).__name__)
     ref = cls(**module_config(module))  # PyTorch's own initialisation
     variables = torch_to_flax(ref.state_dict(), module)
@@ -109,6 +118,45 @@ def bench_model(name: str, args, device: str, rng) -> dict:
         "inference": (infer_t, lambda: infer_j(variables, xj)),
         "fwd+bwd": (train_t, lambda: grad_j(variables["params"], xj)),
     }
+
+
+def population(args) -> None:
+    """Gradient of P parameter sets of one model: vmap of the scan vs lax.map of cuDNN."""
+    name = args.models[0]
+    rng = np.random.default_rng(0)
+    members = args.population
+    variables = jax.vmap(lambda k: init_variables(build_module(name, {"dropout_rate": 0.0}), k))(
+        jax.random.split(jax.random.key(0), members)
+    )
+    module0 = build_module(name)
+    x = rng.standard_normal((members, args.batch, module0.input_dim, args.seq_len))
+    x = x.astype(np.float32)
+    actions = rng.integers(0, 3, (members, args.batch)).astype(np.int32)
+
+    def grad_fn(backend):
+        module = build_module(name, {"dropout_rate": 0.0, "rnn_backend": backend})
+
+        def loss(p, v, s, a):
+            out = module.apply({**v, "params": p}, s, actions=a)
+            return out["log_prob"].sum() + out["value"].sum()
+
+        return lambda v, s, a: jax.grad(loss)(v["params"], v, s, a)
+
+    variants = {"vmap(scan)": jax.jit(jax.vmap(grad_fn("scan")))}
+    if resolve_rnn_backend("auto") == "cudnn":
+        cudnn = grad_fn("cudnn")
+        variants["lax.map(cudnn)"] = jax.jit(
+            lambda v, s, a: jax.lax.map(lambda m: cudnn(*m), (v, s, a))
+        )
+    print(
+        f"JAX {jax.__version__} on {jax.devices()[0].platform}; {name} gradient, {members} "
+        f"members x batch {args.batch}, sequence {args.seq_len}; median of {args.repeats}"
+    )
+    print("| variant | ms | ms per member |")
+    print("|---|---|---|")
+    for label, fn in variants.items():
+        ms = median_ms(lambda fn=fn: fn(variables, x, actions), args.repeats, jax.block_until_ready)
+        print(f"| {label} | {ms:.2f} | {ms / members:.2f} |", flush=True)
 
 
 def joint_decision(args) -> None:
@@ -190,10 +238,23 @@ def main() -> None:
         default=[1, 256],
         help="comma-separated batch sizes of --joint (default 1,256)",
     )
+    ap.add_argument("--rnn-backend", default="auto", choices=("auto", "scan", "cudnn"))
+    ap.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated models to time (default all; nwrqk with --population)",
+    )
+    ap.add_argument("--population", type=int, default=0, help="members (see above)")
     args = ap.parse_args()
+    args.backend = resolve_rnn_backend(args.rnn_backend)
     jax.config.update("jax_default_matmul_precision", "default" if args.tf32 else "highest")
     if args.joint:
         joint_decision(args)
+        return
+    if args.population:
+        args.models = args.models or ["nwrqk"]
+        population(args)
         return
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
@@ -206,12 +267,13 @@ def main() -> None:
 
     print(
         f"JAX {jax.__version__} on {jax.devices()[0].platform}, PyTorch {torch.__version__} on "
-        f"{device}; batch {args.batch}, sequence {args.seq_len}, "
+        f"{device}; batch {args.batch}, sequence {args.seq_len}, JAX rnn_backend {args.backend}, "
         f"{'TF32 allowed' if args.tf32 else 'full float32'}"
     )
     print(f"{'model':7s} {'mode':10s} {'pytorch ms':>11s} {'jax ms':>9s} {'jax speed-up':>13s}")
     rng = np.random.default_rng(0)
-    thunks = {name: bench_model(name, args, device, rng) for name in (*AGENT_ORDER, "critic")}
+    names = args.models or (*AGENT_ORDER, "critic")
+    thunks = {name: bench_model(name, args, device, rng) for name in names}
     # All PyTorch timings first, then all JAX ones: on a CPU, XLA's worker threads keep
     # spinning after JAX work and would slow PyTorch's threads in the same process.
     torch_ms = {

@@ -19,6 +19,11 @@ builds). The models start from the JAX trainer's initial weights (``MAPPO(cfg).i
 ``jax.random.key(cfg.seed)``, converted with ``bridge.convert.flax_to_torch``). Sampling uses
 PyTorch's and NumPy's generators, so the numbers differ from JAX's; the shapes and passes do not.
 
+``device="cuda"`` runs the models on the GPU (cuDNN's LSTM/GRU; TF32 off unless the caller turns
+it on) while the environment stays in NumPy on the host, as a PyTorch user's loop would. cuDNN's
+RNN backward needs training mode, so the learn step puts the recurrent layers alone in training
+mode with their inter-layer dropout set to 0: the same function as eval mode.
+
     python benchmarks/train_torch.py --config configs/quickstart.yaml --updates 3
     python benchmarks/train_torch.py --config configs/quickstart.yaml --check \\
         --set training.num_envs=8 --set training.rollout_len=4
@@ -140,11 +145,11 @@ class NumpyMarketEnv:
 class ValueNorm:
     """MAPPO's ValueNorm: debiased running mean and variance of the value targets."""
 
-    def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5):
+    def __init__(self, beta: float = 0.99999, epsilon: float = 1e-5, device: str = "cpu"):
         self.beta, self.epsilon = beta, epsilon
-        self.running_mean = torch.zeros(())
-        self.running_mean_sq = torch.zeros(())
-        self.debiasing_term = torch.zeros(())
+        self.running_mean = torch.zeros((), device=device)
+        self.running_mean_sq = torch.zeros((), device=device)
+        self.debiasing_term = torch.zeros((), device=device)
 
     def update(self, x: torch.Tensor) -> None:
         b = self.beta
@@ -189,8 +194,10 @@ class TorchMAPPO:
         env_params: market.EnvParams,
         state_dicts: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
         seed: int | None = None,
+        device: str = "cpu",
     ):
         self.cfg = cfg
+        self.device = torch.device(device)
         t = cfg.training
         seed = cfg.seed if seed is None else seed
         torch.manual_seed(seed)
@@ -198,7 +205,13 @@ class TorchMAPPO:
         for name, model in self.models.items():
             if state_dicts is not None:
                 model.load_state_dict(state_dicts[name], strict=True)
+            model.to(self.device)
             model.eval()  # rollouts and losses in eval mode, as marl-jax
+        self.rnns = [m for model in self.models.values() for m in model.modules()]
+        self.rnns = [m for m in self.rnns if isinstance(m, torch.nn.RNNBase)]
+        if self.device.type == "cuda":
+            for rnn in self.rnns:
+                rnn.dropout = 0.0  # eval mode's function, in the training mode cuDNN needs
         self.optimizers = {
             name: torch.optim.Adam(
                 model.parameters(),
@@ -212,7 +225,7 @@ class TorchMAPPO:
         self.anneal_steps = self.num_updates * t.update_epochs * t.num_minibatches
         self.minibatch_steps = 0
         self.env = NumpyMarketEnv(env_params, t.num_envs, np.random.default_rng(seed))
-        self.value_norm = ValueNorm()
+        self.value_norm = ValueNorm(device=device)
 
     # ------------------------------------------------------------------ rollout
 
@@ -225,13 +238,13 @@ class TorchMAPPO:
         keys = ("actions", "log_probs", "values", "next_values", "rewards", "terminated")
         buf: dict[str, list] = {k: [] for k in (*keys, "truncated", "position", "equity", "bar")}
         for _ in range(steps):
-            buf["bar"].append(torch.from_numpy(env.t.copy()))
-            obs = {k: torch.from_numpy(v) for k, v in env.observations(env.t).items()}
+            buf["bar"].append(self._tensor(env.t.copy()))
+            obs = {k: self._tensor(v) for k, v in env.observations(env.t).items()}
             outs = [self.models[name](obs[name]) for name in AGENT_ORDER]
             actions = torch.stack([o["action"] for o in outs], -1)
             log_probs = torch.stack([o["log_prob"] for o in outs], -1)
-            info = env.step(actions.numpy())
-            both = torch.cat([obs["critic"], torch.from_numpy(info["next_critic_obs"])])
+            info = env.step(actions.cpu().numpy())
+            both = torch.cat([obs["critic"], self._tensor(info["next_critic_obs"])])
             values = self.models["critic"](both)["value"]
             for name in MODEL_NAMES:
                 obs_buf[name].append(obs[name])
@@ -240,17 +253,20 @@ class TorchMAPPO:
             buf["values"].append(values[:n])
             buf["next_values"].append(values[n:])
             for k in ("reward", "terminated", "truncated", "position", "equity"):
-                buf["rewards" if k == "reward" else k].append(torch.from_numpy(info[k]))
+                buf["rewards" if k == "reward" else k].append(self._tensor(info[k]))
         out = {f"obs/{name}": torch.stack(v) for name, v in obs_buf.items()}
         out.update({k: torch.stack(v) for k, v in buf.items()})
         return out
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------ learning
 
     def loss(self, mb: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = self.cfg.training
         metrics = {}
-        actor_loss = torch.zeros(())
+        actor_loss = torch.zeros((), device=self.device)
         for i, name in enumerate(AGENT_ORDER):
             out = self.models[name].evaluate_actions(mb[f"obs/{name}"], mb["actions"][:, i])
             log_ratio = out["log_prob"] - mb["log_probs"][:, i]
@@ -325,8 +341,11 @@ class TorchMAPPO:
         if size % t.num_minibatches:
             raise ValueError(f"batch of {size} does not split into {t.num_minibatches} minibatches")
         history: dict[str, list[torch.Tensor]] = {}
+        if self.device.type == "cuda":
+            for rnn in self.rnns:
+                rnn.train()
         for _ in range(t.update_epochs):
-            for idx in torch.randperm(size).view(t.num_minibatches, -1):
+            for idx in torch.randperm(size, device=self.device).view(t.num_minibatches, -1):
                 mb = {k: v[idx] for k, v in batch.items()}
                 loss, metrics = self.loss(mb)
                 for opt in self.optimizers.values():
@@ -340,6 +359,8 @@ class TorchMAPPO:
                 self.minibatch_steps += 1
                 for k, v in metrics.items():
                     history.setdefault(k, []).append(v)
+        for rnn in self.rnns:
+            rnn.eval()
         return {k: float(torch.stack(v).mean()) for k, v in history.items()}
 
     def _set_learning_rates(self) -> None:
@@ -523,6 +544,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--check", action="store_true", help="run the correctness checks and exit")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the models; the env is NumPy)")
     args = ap.parse_args()
     from marl_jax.run.setup import env_params_for, load_market
 
@@ -531,11 +553,11 @@ def main() -> None:
     if args.check:
         sys.exit(0 if run_checks(cfg, env_params) else 1)
     algo, state = jax_initial_state(cfg, env_params)
-    trainer = TorchMAPPO(cfg, env_params, torch_state_dicts(algo, state))
+    trainer = TorchMAPPO(cfg, env_params, torch_state_dicts(algo, state), device=args.device)
     t = cfg.training
     for i in range(args.updates + 1):
         start = time.perf_counter()
-        metrics = trainer.update()
+        metrics = trainer.update()  # float() of the metrics synchronises the device
         ms = (time.perf_counter() - start) * 1e3
         print(
             f"update {i}{' (warm-up)' if i == 0 else ''}: {ms:.0f} ms, "
