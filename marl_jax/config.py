@@ -675,22 +675,31 @@ def config_from_dict(
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config, apply ``key.path=value`` overrides, validate, return it frozen."""
     p = Path(path)
+    data = read_yaml_mapping(p, "config", "--config", "sections (agents, ...)", ConfigError)
+    return config_from_dict(data, overrides, source=str(p))
+
+
+def read_yaml_mapping(
+    path: Path, kind: str, flag: str, contents: str, error: type[MarlJaxError]
+) -> dict[str, Any] | None:
+    """The mapping at the top of YAML file ``path`` (None when empty); a missing or unreadable
+    file, bad YAML or another top level raises ``error`` in one line naming ``flag``."""
     try:
-        text = p.read_text()
+        text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found; check the --config path") from None
+        raise error(f"{path}: {kind} file not found; check the {flag} path") from None
     except OSError as e:
-        raise ConfigError(f"{p}: cannot read the config file ({e.strerror})") from None
+        raise error(f"{path}: cannot read the {kind} file ({e.strerror})") from None
     try:
         data = _yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{p}: not valid YAML{at}: {problem}; fix the syntax") from None
+        raise error(f"{path}: not valid YAML{at}: {problem}; fix the syntax") from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections (agents, ...)")
-    return config_from_dict(data, overrides, source=str(p))
+        raise error(f"{path}: the top level must be a mapping of {contents}")
+    return data
 
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:

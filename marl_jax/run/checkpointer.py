@@ -228,10 +228,24 @@ class TrainCheckpointer:
         norm = out["norm"] if meta.get("has_norm", False) else {}
         return out["state"], meta["config"], norm, meta["metrics"]
 
-    def restore_item(self, step: int, name: str, target: Any = None) -> Any:
-        """One pytree item (e.g. ``variables``) of ``step``, shaped like ``target`` if given."""
+    def restore_item(
+        self, step: int, name: str, target: Any = None, *, on_host: bool = False
+    ) -> Any:
+        """One pytree item (e.g. ``variables``) of ``step``, shaped like ``target`` if given.
+
+        ``on_host=True`` (without ``target``) reads whole NumPy arrays, whatever devices the
+        step was saved from."""
         self.wait_until_finished()
+        if target is None and on_host:
+            metadata = ocp.StandardCheckpointHandler().metadata(self.step_path(step) / name)
+            target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata.tree)
         args = ocp.args.Composite(**{name: ocp.args.StandardRestore(target)})
+        return self._manager.restore(step, args=args)[name]
+
+    def restore_json(self, step: int, name: str) -> Any:
+        """One JSON item (saved with ``ocp.args.JsonSave`` among ``models``) of ``step``."""
+        self.wait_until_finished()
+        args = ocp.args.Composite(**{name: ocp.args.JsonRestore()})
         return self._manager.restore(step, args=args)[name]
 
     def wait_until_finished(self) -> None:
