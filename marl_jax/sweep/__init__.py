@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: a population of MAPPO runs trained as one batched program."""
