@@ -1,0 +1,296 @@
+"""``python -m marl_jax.sweep``: sharded populations, solo equivalence, SIGKILL and resume on
+another device count, two processes, NaN isolation, PBT and the outputs.
+
+Device counts are set with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which must
+come before JAX starts, so every sweep runs in a subprocess (sharing one compilation cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from tiny_config import tiny
+
+from marl_jax.config import config_from_dict
+from marl_jax.mappo import MAPPO
+from marl_jax.run.checkpointer import TrainCheckpointer
+from marl_jax.run.setup import env_params_for, load_market
+
+ROOT = Path(__file__).resolve().parents[1]
+UPDATES = 4
+CONFIG = tiny(training={"total_timesteps": 32 * UPDATES}, checkpoint={"save_every": 2})
+SEEDS_SWEEP = {"seeds": 3, "grid": {"training.actor_lr": [1.0e-3]}}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sweep")
+    paths = {"root": root, "config": root / "tiny.yaml", "cache": root / "cache"}
+    paths["config"].write_text(yaml.safe_dump(CONFIG))
+    for name, body in {
+        "seeds": SEEDS_SWEEP,
+        "nan": {"seeds": 2, "grid": {"training.actor_lr": [1.0e-3, 1.0e30]}},
+        "pbt": {
+            "strategy": "pbt",
+            "seeds": 1,
+            "grid": {"training.actor_lr": [1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]},
+            "pbt": {"interval": 1, "quantile": 0.25, "resample_prob": 0.0},
+        },
+    }.items():
+        paths[name] = root / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(body))
+    return paths
+
+
+def sweep_cmd(files, sweep: str, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "marl_jax.sweep",
+        "--config",
+        str(files["config"]),
+        "--sweep",
+        str(files[sweep]),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def env_for(files, devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XDG_CACHE_HOME"] = str(files["cache"])
+    env["PYTHONPATH"] = str(ROOT)
+    env.pop("JAX_PLATFORMS", None)
+    return env
+
+
+def run_sweep(files, sweep: str, out: Path, devices: int, *extra: str) -> str:
+    proc = subprocess.run(
+        sweep_cmd(files, sweep, out, *extra),
+        env=env_for(files, devices),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def final_state(out: Path, members: int) -> dict[str, np.ndarray]:
+    """The population's last checkpoint, flattened, padding dropped."""
+    with TrainCheckpointer(out / "checkpoints" / "g0", read_only=True) as ckpt:
+        step = ckpt.latest_step()
+        tree = ckpt.restore_item(step, "state", on_host=True)
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(k): np.asarray(v)[:members] for k, v in flat}
+
+
+def assert_same_bits(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def four_devices(files) -> Path:
+    out = files["root"] / "four"
+    run_sweep(files, "seeds", out, 4)
+    return out
+
+
+def test_sharded_population_writes_every_output_and_each_member_matches_its_solo_run(
+    files, four_devices
+):
+    out = four_devices
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["rank"] for r in board] == [1, 2, 3]
+    assert sorted(r["member"] for r in board) == [0, 1, 2]
+    assert sorted(r["seed"] for r in board) == [0, 1, 2]
+    for row in board:
+        assert row["status"] == "ok" and row["updates"] == UPDATES
+        assert set(row["test"]) >= {"sharpe", "max_drawdown"} and row["test"]["sharpe"] is not None
+        assert {"random", "flat", "buy_and_hold", "momentum"} <= set(row["baselines"])
+        assert row["hparams"]["actor_lr"] == pytest.approx(1e-3)
+    scores = [r["score"] for r in board]
+    assert scores == sorted(scores, reverse=True)
+    header = (out / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["rank", "member", "group", "seed", "status"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sorted((r["member"], r["update"]) for r in rows) == [
+        (m, u) for m in range(3) for u in range(1, UPDATES + 1)
+    ]
+    for name in ("sweep.yaml", "sweep_curves.png", "best/report.json", "best/equity_curve.png"):
+        assert (out / name).is_file(), name
+    assert (out / "best" / "strategic_marl.pt").stat().st_size > 0
+    best = json.loads((out / "best" / "report.json").read_text())
+    assert best["member"]["member"] == board[0]["member"]
+
+    # Each member against its own solo run (one device, no vmap): the same seed and
+    # hyperparameters give the same training to float32 rounding.
+    state = final_state(out, 3)
+    cfg = config_from_dict({**CONFIG, "training": {**CONFIG["training"], "actor_lr": 1e-3}})
+    params = env_params_for(cfg, load_market(cfg), "train", None)
+    algo = MAPPO(cfg)
+    update = jax.jit(algo.update)
+    for member in range(3):
+        solo = jax.jit(algo.init)(jax.random.key(member), params)
+        for _ in range(UPDATES):
+            solo, _ = update(solo, params)
+        leaves = jax.tree_util.tree_flatten_with_path(solo.params)[0]
+        for path, leaf in leaves:
+            key = "['state']['params']" + jax.tree_util.keystr(path)
+            np.testing.assert_allclose(
+                state[key][member], np.asarray(leaf), rtol=1e-4, atol=1e-5, err_msg=key
+            )
+
+
+def test_sigkill_then_resume_on_two_devices_is_bit_identical(files, four_devices):
+    out = files["root"] / "killed"
+    proc = subprocess.Popen(
+        sweep_cmd(files, "seeds", out),
+        env=env_for(files, 4),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 600
+    step_two = out / "checkpoints" / "g0" / "2"
+    while not step_two.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert step_two.is_dir(), "the first sweep ended before its checkpoint at update 2"
+    assert not (out / "leaderboard.json").exists()
+
+    run_sweep(files, "seeds", out, 2, "--resume")
+    assert_same_bits(final_state(out, 3), final_state(four_devices, 3))
+    assert (out / "metrics.jsonl").read_text() == (four_devices / "metrics.jsonl").read_text()
+    ranked = [json.loads((d / "leaderboard.json").read_text()) for d in (out, four_devices)]
+    assert [r["member"] for r in ranked[0]] == [r["member"] for r in ranked[1]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_two_devices_each_match_one_process_with_four(files, four_devices):
+    out = files["root"] / "two_hosts"
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(
+                files,
+                "seeds",
+                out,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ),
+            env=env_for(files, 2),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "test sharpe" in outputs[0][0] and "test sharpe" not in outputs[1][0]  # process 0
+    assert_same_bits(final_state(out, 3), final_state(four_devices, 3))
+    ours, theirs = (json.loads((d / "leaderboard.json").read_text()) for d in (out, four_devices))
+    assert ours == theirs
+
+
+def test_a_member_gone_nan_is_frozen_and_marked_failed_the_others_unchanged(files, four_devices):
+    out = files["root"] / "nan"
+    run_sweep(files, "nan", out, 4)
+    board = {r["member"]: r for r in json.loads((out / "leaderboard.json").read_text())}
+    # members: (lr 1e-3, seed 0), (1e-3, 1), (1e30, 0), (1e30, 1)
+    for m in (2, 3):
+        assert board[m]["status"] == "failed"
+        assert board[m]["failed_at"] == 1
+        assert board[m]["cause"].startswith("non-finite ")  # the first metric or the weights
+        assert board[m]["rank"] in (3, 4)
+        assert board[m]["test"]["sharpe"] is None
+    assert board[0]["status"] == board[1]["status"] == "ok"
+    state, clean = final_state(out, 4), final_state(four_devices, 3)
+    for key in clean:
+        np.testing.assert_array_equal(state[key][:2], clean[key][:2], err_msg=key)
+        if key.startswith("['state']['params']"):  # frozen at its initial parameters
+            assert np.all(np.isfinite(state[key][2:])), key
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["member"] for r in rows} == {0, 1}
+
+
+def test_pbt_sweep_records_lineage_and_perturbs_the_copiers(files):
+    out = files["root"] / "pbt"
+    run_sweep(files, "pbt", out, 4)
+    board = json.loads((out / "leaderboard.json").read_text())
+    events = [e for r in board for e in r["lineage"]]
+    assert len(events) == UPDATES - 1  # interval 1, no round after the last update
+    for event in events:
+        source_lr = event["from_hparams"]["actor_lr"]
+        assert event["hparams"]["actor_lr"] == pytest.approx(source_lr * 0.8, rel=1e-6) or event[
+            "hparams"
+        ]["actor_lr"] == pytest.approx(source_lr * 1.25, rel=1e-6)
+        assert event["member"] != event["source"]
+    last = {}
+    for event in events:
+        last[event["member"]] = event
+    for member, event in last.items():
+        row = next(r for r in board if r["member"] == member)
+        assert row["hparams"]["actor_lr"] == pytest.approx(event["hparams"]["actor_lr"], rel=1e-6)
+        assert row["ancestry"][:2] == [member, event["source"]]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"grid": {"training.actor_rl": [1e-3]}}, "training.actor_rl"),
+        ({"grid": {"training.gamma": [1.5]}}, "training.gamma"),
+        ({"grid": {"training.actor_lr": []}}, "training.actor_lr"),
+        ({"random": {"training.ent_coef": {"gaussian": [0, 1]}}, "strategy": "random"}, "gaussian"),
+    ],
+)
+def test_bad_sweep_files_stop_with_one_line_and_exit_2(tmp_path, capsys, sweep, message):
+    from marl_jax.sweep.__main__ import main
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    code = main(
+        [
+            "--config",
+            str(tmp_path / "c.yaml"),
+            "--sweep",
+            str(tmp_path / "s.yaml"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "out").exists()
