@@ -294,3 +294,16 @@ def test_bad_sweep_files_stop_with_one_line_and_exit_2(tmp_path, capsys, sweep, 
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_members_per_device_follow_the_memory_that_is_free():
+    from marl_jax.sweep.population import fitting_width, member_mesh, width_for_memory
+
+    assert width_for_memory(16, per_member_bytes=1 << 30, free_bytes=64 << 30) == 16  # all fit
+    assert width_for_memory(16, per_member_bytes=1 << 30, free_bytes=10 << 30) == 7  # 70% of 10
+    assert width_for_memory(16, per_member_bytes=1 << 30, free_bytes=1 << 20) == 1  # waves of 1
+    assert width_for_memory(5, per_member_bytes=0, free_bytes=0) == 5
+    cfg = config_from_dict(CONFIG)
+    params = env_params_for(cfg, load_market(cfg), "train", None)
+    # The CPU reports no memory limit: every local member at once.
+    assert fitting_width(cfg, params, 3, member_mesh()) is None

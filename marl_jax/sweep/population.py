@@ -30,7 +30,14 @@ from marl_jax.env import market
 from marl_jax.mappo import MAPPO, HyperParams, TrainState
 from marl_jax.sweep.pbt import apply_plan
 
-__all__ = ["Population", "PopulationProgram", "member_mesh", "padded_size"]
+__all__ = [
+    "Population",
+    "PopulationProgram",
+    "fitting_width",
+    "member_mesh",
+    "padded_size",
+    "width_for_memory",
+]
 
 Array = jax.Array
 AXIS = "pop"
@@ -220,3 +227,33 @@ class PopulationProgram:
         state = jax.tree.map(lambda x: self.to_global(np.asarray(x)[: self.size]), host.state)
         alive = self.to_global(np.asarray(host.alive)[: self.size], fill=False)
         return Population(state=state, alive=alive)
+
+
+def width_for_memory(
+    local_members: int, per_member_bytes: int, free_bytes: int, headroom: float = 0.7
+) -> int:
+    """Members a device can train at once: all ``local_members`` if they fit in ``headroom``
+    of ``free_bytes`` at ``per_member_bytes`` each, else as many as fit (at least one)."""
+    if per_member_bytes <= 0:
+        return local_members
+    fits = int(headroom * free_bytes // per_member_bytes)
+    return max(1, min(local_members, fits))
+
+
+def fitting_width(
+    config: Config, env_params: market.EnvParams, size: int, mesh: Mesh
+) -> int | None:
+    """The vmap width that fits a device's memory, from the compiled one-member-at-a-time
+    update's memory analysis and the device's free memory; None where the device reports no
+    memory limit (the CPU: all local members at once)."""
+    device = mesh.devices.flat[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    one = PopulationProgram(config, env_params, size, mesh, width=1)
+    compiled = one._update.lower(one.abstract(), one.env_params).compile()
+    analysis = compiled.memory_analysis()
+    per_member = int(getattr(analysis, "temp_size_in_bytes", 0))
+    state_bytes = int(getattr(analysis, "argument_size_in_bytes", 0))
+    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)) - state_bytes
+    return width_for_memory(one.padded // mesh.size, per_member, free)

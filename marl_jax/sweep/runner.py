@@ -48,7 +48,12 @@ from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import env_params_for, load_market
 from marl_jax.run.steps import model_metadata
 from marl_jax.sweep import pbt as pbt_lib
-from marl_jax.sweep.population import Population, PopulationProgram, member_mesh
+from marl_jax.sweep.population import (
+    Population,
+    PopulationProgram,
+    fitting_width,
+    member_mesh,
+)
 from marl_jax.sweep.spec import Group, Member, SweepSpec, describe, expand, hparam_table, seeds
 
 __all__ = ["SweepOptions", "run_sweep"]
@@ -216,7 +221,10 @@ class GroupTrainer:
         members = self.members
         restored = self._restore() if self.options.resume else None
         if restored is None:
-            program = self._program(self.options.members_per_device)
+            width = self.options.members_per_device or fitting_width(
+                self.cfg, self.train_params, len(members), self.mesh
+            )
+            program = self._program(width)
             pop = program.init(seeds(members), hparam_table(members))
             host: dict[str, Any] = {"update": 0, "failed": {}, "lineage": []}
         else:
