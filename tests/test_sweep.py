@@ -307,3 +307,16 @@ def test_members_per_device_follow_the_memory_that_is_free():
     params = env_params_for(cfg, load_market(cfg), "train", None)
     # The CPU reports no memory limit: every local member at once.
     assert fitting_width(cfg, params, 3, member_mesh()) is None
+
+
+def test_an_output_folder_that_cannot_be_made_stops_in_one_line(tmp_path, capsys):
+    from marl_jax.sweep.__main__ import main
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["--config", str(tmp_path / "c.yaml"), "--out", str(blocker / "sweep")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert str(blocker) in err and "writable --out" in err

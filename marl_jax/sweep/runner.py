@@ -672,6 +672,12 @@ def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]
                     _export(out / "top" / f"{r['rank']:02d}-m{r['member']}", r, where[r["member"]])
         print(_summary(rows), flush=True)
         return rows
+    except OSError as err:  # a folder that cannot be made, locked or written
+        where = err.filename or out
+        raise SweepRunError(
+            f"{where}: {err.strerror or err}; choose a writable --out with free space (a "
+            "resume continues from the last complete checkpoint)"
+        ) from None
     finally:
         if lock is not None:
             lock.release()
