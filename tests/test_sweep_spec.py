@@ -190,7 +190,7 @@ def test_no_sweep_file_is_one_member_per_seed(base):
             "agents.mmd.hidden_dims=[16,8,8],[32,16,16]",
             "agents.mmd.hidden_dims",
             [[16, 8, 8], [32, 16, 16]],
-        ),  # noqa: E501
+        ),
         ("training.num_envs=", "training.num_envs", []),
     ],
 )
@@ -301,7 +301,7 @@ def test_choice_over_a_static_key_groups_by_the_drawn_value(base, write):
             d["training.actor_lr"]
             for d in draws
             if d["training.num_envs"] == g.config.training.num_envs
-        ]  # noqa: E501
+        ]
         assert [m.values["training.actor_lr"] for m in g.members] == want
     assert sorted(m.index for m in members_of(groups)) == list(range(10))
     assert [m.index for m in members_of(groups)] == list(range(10))

@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cluster() -> bool:
     """Whether this process was started by a launcher JAX detects (SLURM, Open MPI)."""
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    mpi = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    return slurm or mpi
+
+    def count(name: str) -> int:
+        value = os.environ.get(name, "1")
+        return int(value) if value.isdigit() else 1
+
+    return count("SLURM_NTASKS") > 1 or count("OMPI_COMM_WORLD_SIZE") > 1
 
 
 def init_distributed(args: argparse.Namespace) -> None:
@@ -88,9 +91,19 @@ def init_distributed(args: argparse.Namespace) -> None:
                 f"multi-host needs --coordinator, --num-processes and --process-id together; "
                 f"missing {', '.join(missing)}"
             )
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    else:
-        jax.distributed.initialize()
+    try:
+        if explicit:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        else:
+            jax.distributed.initialize()
+    except Exception as err:  # the coordinator service raises several kinds
+        from marl_jax.sweep.runner import SweepRunError
+
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SweepRunError(
+            f"joining the other processes failed ({first}); check --coordinator HOST:PORT "
+            "(reachable from every process), --num-processes and --process-id"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

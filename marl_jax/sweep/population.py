@@ -134,7 +134,7 @@ class PopulationProgram:
 
         def one_update(state, alive, env_params):
             new, metrics = algo.update(state, env_params)
-            ok = alive & _finite(metrics) & _finite(new.params)
+            ok = alive & _finite((metrics, new.params, new.opt_state, new.value_norm))
             kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
             return kept, ok, metrics
 
@@ -233,11 +233,13 @@ def width_for_memory(
     local_members: int, per_member_bytes: int, free_bytes: int, headroom: float = 0.7
 ) -> int:
     """Members a device can train at once: all ``local_members`` if they fit in ``headroom``
-    of ``free_bytes`` at ``per_member_bytes`` each, else as many as fit (at least one)."""
+    of ``free_bytes`` at ``per_member_bytes`` each, else the fewest equal waves that fit (at
+    least one member at a time)."""
     if per_member_bytes <= 0:
         return local_members
-    fits = int(headroom * free_bytes // per_member_bytes)
-    return max(1, min(local_members, fits))
+    fits = max(1, min(local_members, int(headroom * free_bytes // per_member_bytes)))
+    waves = math.ceil(local_members / fits)
+    return math.ceil(local_members / waves)
 
 
 def fitting_width(
@@ -246,7 +248,7 @@ def fitting_width(
     """The vmap width that fits a device's memory, from the compiled one-member-at-a-time
     update's memory analysis and the device's free memory; None where the device reports no
     memory limit (the CPU: all local members at once)."""
-    device = mesh.devices.flat[0]
+    device = jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if not stats or "bytes_limit" not in stats:
         return None
@@ -256,4 +258,6 @@ def fitting_width(
     per_member = int(getattr(analysis, "temp_size_in_bytes", 0))
     state_bytes = int(getattr(analysis, "argument_size_in_bytes", 0))
     free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)) - state_bytes
-    return width_for_memory(one.padded // mesh.size, per_member, free)
+    width = width_for_memory(one.padded // mesh.size, per_member, free)
+    # Every process must build the same program: the smallest width any of them can hold.
+    return int(np.min(multihost_utils.process_allgather(np.int32(width))))

@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 
 from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import Config, config_to_dict
@@ -119,6 +120,30 @@ def _tail(values: Sequence[float]) -> float:
     return float(np.mean(values[-k:]))
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of what went wrong."""
+    text = getattr(err, "strerror", None) or str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _json_safe(x: Any) -> Any:
+    """``x`` with non-finite floats as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _one(value: Any) -> Any:
+    """Process 0's ``value`` on every process (the same decision everywhere)."""
+    if jax.process_count() == 1:
+        return value
+    return multihost_utils.broadcast_one_to_all(value)
+
+
 def _cause(row: Mapping[str, float]) -> str:
     bad = sorted(k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v))
     return f"non-finite {bad[0]}" if bad else "non-finite parameters"
@@ -186,7 +211,7 @@ class GroupTrainer:
     def _save(self, pop: Population, update: int, host: dict) -> None:
         import orbax.checkpoint as ocp
 
-        try:
+        try:  # Orbax writes in the background: its errors may surface at the next save
             self.checkpointer.save(
                 update,
                 pop,
@@ -196,9 +221,9 @@ class GroupTrainer:
                 models={"sweep": ocp.args.JsonSave(host)},
                 force=True,
             )
-        except OSError as err:
+        except Exception as err:  # tensorstore raises several kinds
             raise SweepRunError(
-                f"{self.dir}: cannot write checkpoint {update} ({err.strerror or err}); free "
+                f"{self.dir}: cannot write checkpoint {update} ({_reason(err)}); free "
                 f"space or fix permissions, then --resume ({self._last_good()})"
             ) from None
 
@@ -209,6 +234,12 @@ class GroupTrainer:
         if step is None:
             return None
         host = self.checkpointer.restore_json(step, "sweep")
+        wanted = self.options.members_per_device
+        if wanted is not None and wanted != host["width"] and _is_writer():
+            print(
+                f"note: --members-per-device {wanted} differs from the {host['width']} this "
+                "sweep started with: the resumed result will differ in the last bits"
+            )
         # The saved vmap width keeps every member's arithmetic, hence the result, bit for bit.
         program = self._program(self.options.members_per_device or host["width"])
         target = jax.tree.map(
@@ -284,7 +315,11 @@ class GroupTrainer:
                     )
                 if bar is not None:
                     live = [m.index for i, m in enumerate(members) if alive[i]]
-                    best = max(live, key=lambda j: _tail(self._metric(rows[j])), default=None)
+                    sign = 1.0 if self.pbt is None or self.pbt.mode == "max" else -1.0
+                    scored = [j for j in live if math.isfinite(_tail(self._metric(rows[j])))]
+                    best = max(
+                        scored, key=lambda j: sign * _tail(self._metric(rows[j])), default=None
+                    )
                     bar.update(1)
                     bar.set_postfix(
                         sps=f"{int(alive.sum()) * steps_per_update / elapsed:,.0f}",
@@ -298,7 +333,13 @@ class GroupTrainer:
         finally:
             if bar is not None:
                 bar.close()
-            self.checkpointer.close()
+            try:
+                self.checkpointer.close()
+            except Exception as err:  # a pending background write failed
+                raise SweepRunError(
+                    f"{self.dir}: a checkpoint could not be written ({_reason(err)}); free space "
+                    f"or fix permissions, then --resume ({self._last_good()})"
+                ) from None
         state = program.gather(pop.state)
         return GroupResult(
             self.index,
@@ -329,7 +370,7 @@ class GroupTrainer:
             if row.get("group") == self.index:
                 rows[row["member"]].append(row)
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        if self.metrics_path.read_text() != text:
+        if _is_writer() and self.metrics_path.read_text() != text:
             _write(self.metrics_path, text, self._last_good())
         return rows
 
@@ -402,13 +443,14 @@ class GroupTrainer:
             samplers,
             step=update,
         )
+        source, new_table = _one((plan.source, {k: np.asarray(v) for k, v in plan.hparams.items()}))
         if not plan.events:
             return pop
         for event in plan.events:  # member positions -> global member indices
             event["member"] = self.members[event["member"]].index
             event["source"] = self.members[event["source"]].index
         lineage.record(plan.events)
-        return program.exploit(pop, plan.source, {**table, **plan.hparams})
+        return program.exploit(pop, np.asarray(source), {**table, **new_table})
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -624,11 +666,13 @@ def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]
     record = _sweep_record(cfg, spec, groups)
     lock = RunLock(out) if _is_writer() else None
     existing = out / "sweep.yaml"
-    if existing.is_file() and not options.resume:
+    started = bool(_one(np.int32(existing.is_file())))
+    differs = bool(_one(np.int32(started and existing.read_text() != record)))
+    if started and not options.resume:
         raise SweepRunError(
             f"{out} already holds a sweep; pass --resume to continue it or choose another --out"
         )
-    if options.resume and existing.is_file() and existing.read_text() != record:
+    if options.resume and differs:
         raise SweepRunError(
             f"{existing}: the config or sweep differs from the one this sweep started with; "
             "resume with the same --config, --sweep, --set and --grid, or choose another --out"
@@ -655,12 +699,13 @@ def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]
             for g_index, group in enumerate(groups)
         ]
         if not _is_writer():
+            multihost_utils.sync_global_devices("marl-jax sweep finished")
             return []
         metric = spec.pbt.metric if spec.pbt is not None else "average_reward"
         mode = spec.pbt.mode if spec.pbt is not None else "max"
         rows, where = _leaderboard(results, bars, metric, mode)
         done = "training is complete"
-        _write(out / "leaderboard.json", json.dumps(rows, indent=2) + "\n", done)
+        _write(out / "leaderboard.json", json.dumps(_json_safe(rows), indent=2) + "\n", done)
         _write(out / "leaderboard.csv", _csv(rows), done)
         history = {m: recs for res in results for m, recs in res.rows.items()}
         _curves(rows, history, out / "sweep_curves.png")
@@ -671,6 +716,8 @@ def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]
                 for r in ok[: options.export_top]:
                     _export(out / "top" / f"{r['rank']:02d}-m{r['member']}", r, where[r["member"]])
         print(_summary(rows), flush=True)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("marl-jax sweep finished")
         return rows
     except OSError as err:  # a folder that cannot be made, locked or written
         where = err.filename or out
