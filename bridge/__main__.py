@@ -9,6 +9,7 @@ a run directory (``RUN``, ``RUN:latest``, ``RUN:STEP``) or a checkpoint step
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -291,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Orbax's notes on read-only checkpoint managers are not the user's concern; errors stay.
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        import bridge.pt_file  # noqa: F401  (without torch: one line naming the extra)
+        # Without torch this names the extra to install, in one line.
+        importlib.import_module("bridge.pt_file")
     except ImportError as err:
         print("error: " + one_line(err), file=sys.stderr)
         return 2
