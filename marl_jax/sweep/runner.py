@@ -463,7 +463,8 @@ def _member_state(result: GroupResult, position: int) -> Any:
 def _leaderboard(
     results: Sequence[GroupResult], bars: Any, metric: str, mode: str
 ) -> tuple[list[dict], dict[int, Any]]:
-    """Rows ranked best first, and each member's (state, result, position) for exports."""
+    """Rows ranked best first, and each member's (state, result, test run, baselines) for
+    the exports."""
     rows, where = [], {}
     for result in results:
         cfg = result.program.config
@@ -488,6 +489,7 @@ def _leaderboard(
                 "ancestry": result.lineage.ancestry(member.index),
             }
             state = _member_state(result, pos)
+            run = None
             if row["status"] == "ok":
                 run = evaluate.run_policy(greedy_policy(result.program.algo, state), test)
                 row["test"] = {k: float(run.metrics[k]) for k in REPORT_METRICS}
@@ -498,7 +500,7 @@ def _leaderboard(
                 for name, b in baselines.items()
             }
             rows.append(row)
-            where[member.index] = (state, result, pos, test, baselines)
+            where[member.index] = (state, result, run, baselines)
     sign = -1.0 if mode == "max" else 1.0
 
     def key(r: dict) -> tuple:
@@ -560,6 +562,14 @@ def _csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
+def _smoothed(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Updates and the moving average (a tenth of the run) of the reward, in bp."""
+    updates = np.array([r["update"] for r in records])
+    reward = np.array([r["average_reward"] for r in records]) * 1e4
+    width = max(1, len(records) // 10)
+    return updates[width - 1 :], np.convolve(reward, np.ones(width) / width, mode="valid")
+
+
 def _curves(rows: Sequence[dict], history: Mapping[int, list[dict]], path: Path) -> None:
     from marl_jax.run.plots import _figure
 
@@ -567,22 +577,10 @@ def _curves(rows: Sequence[dict], history: Mapping[int, list[dict]], path: Path)
     ax = fig.add_subplot(1, 1, 1)
     best = rows[0]["member"] if rows else None
     for member, records in sorted(history.items()):
-        if not records:
-            continue
-        updates = np.array([r["update"] for r in records])
-        reward = np.array([r["average_reward"] for r in records]) * 1e4
-        width = max(1, len(records) // 10)
-        smooth = np.convolve(reward, np.ones(width) / width, mode="valid")
-        if member == best:
-            continue
-        ax.plot(updates[width - 1 :], smooth, lw=0.8, alpha=0.4, color="tab:gray")
+        if records and member != best:
+            ax.plot(*_smoothed(records), lw=0.8, alpha=0.4, color="tab:gray")
     if best is not None and history.get(best):
-        records = history[best]
-        updates = np.array([r["update"] for r in records])
-        reward = np.array([r["average_reward"] for r in records]) * 1e4
-        width = max(1, len(records) // 10)
-        smooth = np.convolve(reward, np.ones(width) / width, mode="valid")
-        ax.plot(updates[width - 1 :], smooth, lw=2.5, color="tab:red", label=f"best: member {best}")
+        ax.plot(*_smoothed(history[best]), lw=2.5, color="tab:red", label=f"best: member {best}")
         ax.legend(loc="best")
     ax.set_xlabel("update")
     ax.set_ylabel("average reward per step (bp), moving average")
@@ -594,10 +592,8 @@ def _curves(rows: Sequence[dict], history: Mapping[int, list[dict]], path: Path)
 
 def _export(folder: Path, row: dict, entry: Any) -> None:
     """report.json, equity_curve.png and strategic_marl.pt of one member."""
-    state, result, _, test, _ = entry
+    state, result, run, baselines = entry
     algo = result.program.algo
-    run = evaluate.run_policy(greedy_policy(algo, state), test)
-    baselines = evaluate.evaluate_baselines(test, seed=result.program.config.seed)
     curves = {"policy": run.equity, **{k: v.equity for k, v in baselines.items()}}
     folder.mkdir(parents=True, exist_ok=True)
     plot_equity_curves(
