@@ -14,6 +14,7 @@ Variable collections:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -235,47 +236,149 @@ def _lstm_gates_jvp(primals, tangents):
     )
 
 
-def lstm_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
-    """Runs the LSTM recurrence over ``xproj`` = ``x W_ih^T + b_ih`` of shape ``(B, L, 4H)``.
+def _shifted(seq: Array, reverse: bool) -> Array:
+    """The state before each step of a recurrence that produced ``seq`` ``(L, B, H)``: the
+    previous step's (the next one's when ``reverse``), zeros before the first step."""
+    zeros = jnp.zeros_like(seq[:1])
+    if reverse:
+        return jnp.concatenate([seq[1:], zeros], axis=0)
+    return jnp.concatenate([zeros, seq[:-1]], axis=0)
 
-    Gates are PyTorch's i, f, g, o; the state starts at zero. Returns ``(B, L, H)``.
-    """
-    batch, hidden = xproj.shape[0], w_hh.shape[1]
+
+def _lstm_forward(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool, keep: bool):
+    """The LSTM recurrence over time-major ``xproj``; with ``keep``, also the cell states and
+    activated gates of every step (the backward pass's residuals)."""
+    w_t = w_hh.T
+    zeros = jnp.zeros((xproj.shape[1], w_hh.shape[1]), xproj.dtype)
 
     def step(carry, xp):
         h, c = carry
-        gates = xp + h @ w_hh.T + b_hh
+        gates = xp + h @ w_t + b_hh
         i, f, g, o = lstm_gates(gates)
         c = f * c + i * g
         h = o * jnp.tanh(c)
-        return (h, c), h
+        return (h, c), ((h, c, i, f, g, o) if keep else h)
 
-    zeros = jnp.zeros((batch, hidden), xproj.dtype)
-    _, hs = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(xproj, 0, 1), reverse=reverse)
-    return jnp.swapaxes(hs, 0, 1)
+    return jax.lax.scan(step, (zeros, zeros), xproj, reverse=reverse)[1]
 
 
-def gru_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
-    """Runs the GRU recurrence (gates r, z, n; ``b_hn`` inside the reset product)."""
-    batch, hidden = xproj.shape[0], w_hh.shape[1]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lstm_recurrence(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
+    """PyTorch's LSTM recurrence (gates i, f, g, o; zero initial state) over time-major
+    ``xproj`` = ``x W_ih^T + b_ih`` ``(L, B, 4H)``. Returns the hidden states ``(L, B, H)``.
+
+    Its gradient is one backward scan that keeps only the cell states and activated gates
+    (6H per step) and computes ``dW_hh`` and ``db_hh`` as single reductions over all steps.
+    """
+    return _lstm_forward(xproj, w_hh, b_hh, reverse, keep=False)
+
+
+def _lstm_recurrence_fwd(xproj, w_hh, b_hh, reverse):
+    hs, cs, i, f, g, o = _lstm_forward(xproj, w_hh, b_hh, reverse, keep=True)
+    return hs, (hs, cs, i, f, g, o, w_hh)
+
+
+def _lstm_recurrence_bwd(reverse, residuals, d_hs):
+    hs, cs, i, f, g, o, w_hh = residuals
+    zeros = jnp.zeros_like(hs[0])
+
+    def step(carry, inputs):
+        dh_next, dc_next = carry
+        dh_out, c, c_prev, i, f, g, o = inputs
+        dh = dh_out + dh_next
+        tc = jnp.tanh(c)
+        dc = dc_next + dh * o * (1.0 - tc * tc)
+        d_gates = jnp.concatenate(
+            [
+                dc * g * i * (1.0 - i),
+                dc * c_prev * f * (1.0 - f),
+                dc * i * (1.0 - g * g),
+                dh * tc * o * (1.0 - o),
+            ],
+            axis=-1,
+        )
+        return (d_gates @ w_hh, dc * f), d_gates
+
+    inputs = (d_hs, cs, _shifted(cs, reverse), i, f, g, o)
+    d_gates = jax.lax.scan(step, (zeros, zeros), inputs, reverse=not reverse)[1]
+    h_prev = _shifted(hs, reverse)
+    d_w = jnp.einsum("lbg,lbh->gh", d_gates, h_prev)
+    return d_gates, d_w.astype(w_hh.dtype), d_gates.sum(axis=(0, 1)).astype(w_hh.dtype)
+
+
+lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
+
+
+def _gru_forward(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool, keep: bool):
+    """The GRU recurrence over time-major ``xproj``; with ``keep``, also the gates and the
+    recurrent ``n`` term of every step."""
+    w_t = w_hh.T
 
     def step(h, xp):
-        hp = h @ w_hh.T + b_hh
+        hp = h @ w_t + b_hh
         xr, xz, xn = jnp.split(xp, 3, axis=-1)
         hr, hz, hn = jnp.split(hp, 3, axis=-1)
         r = jax.nn.sigmoid(xr + hr)
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
         h = (1.0 - z) * n + z * h
-        return h, h
+        return h, ((h, r, z, n, hn) if keep else h)
 
-    h0 = jnp.zeros((batch, hidden), xproj.dtype)
-    _, hs = jax.lax.scan(step, h0, jnp.swapaxes(xproj, 0, 1), reverse=reverse)
-    return jnp.swapaxes(hs, 0, 1)
+    h0 = jnp.zeros((xproj.shape[1], w_hh.shape[1]), xproj.dtype)
+    return jax.lax.scan(step, h0, xproj, reverse=reverse)[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def gru_recurrence(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
+    """PyTorch's GRU recurrence (gates r, z, n; ``b_hn`` inside the reset product; zero
+    initial state) over time-major ``xproj`` ``(L, B, 3H)``. Returns ``(L, B, H)``.
+
+    Its gradient is one backward scan over compact residuals (4H per step), with ``dW_hh``
+    and ``db_hh`` as single reductions over all steps.
+    """
+    return _gru_forward(xproj, w_hh, b_hh, reverse, keep=False)
+
+
+def _gru_recurrence_fwd(xproj, w_hh, b_hh, reverse):
+    hs, r, z, n, hn = _gru_forward(xproj, w_hh, b_hh, reverse, keep=True)
+    return hs, (hs, r, z, n, hn, w_hh)
+
+
+def _gru_recurrence_bwd(reverse, residuals, d_hs):
+    hs, r, z, n, hn, w_hh = residuals
+    h_prev = _shifted(hs, reverse)
+
+    def step(dh_next, inputs):
+        dh_out, hp, r, z, n, hn = inputs
+        dh = dh_out + dh_next
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dr = dn * hn * r * (1.0 - r)
+        dz = dh * (hp - n) * z * (1.0 - z)
+        d_x = jnp.concatenate([dr, dz, dn], axis=-1)
+        d_h = jnp.concatenate([dr, dz, dn * r], axis=-1)
+        return d_h @ w_hh + dh * z, (d_x, d_h)
+
+    inputs = (d_hs, h_prev, r, z, n, hn)
+    d_x, d_h = jax.lax.scan(step, jnp.zeros_like(hs[0]), inputs, reverse=not reverse)[1]
+    d_w = jnp.einsum("lbg,lbh->gh", d_h, h_prev)
+    return d_x, d_w.astype(w_hh.dtype), d_h.sum(axis=(0, 1)).astype(w_hh.dtype)
+
+
+gru_recurrence.defvjp(_gru_recurrence_fwd, _gru_recurrence_bwd)
+
+
+def lstm_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
+    """:func:`lstm_recurrence` over batch-major ``xproj`` ``(B, L, 4H)``; returns ``(B, L, H)``."""
+    return jnp.swapaxes(lstm_recurrence(jnp.swapaxes(xproj, 0, 1), w_hh, b_hh, reverse), 0, 1)
+
+
+def gru_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
+    """:func:`gru_recurrence` over batch-major ``xproj`` ``(B, L, 3H)``; returns ``(B, L, H)``."""
+    return jnp.swapaxes(gru_recurrence(jnp.swapaxes(xproj, 0, 1), w_hh, b_hh, reverse), 0, 1)
 
 
 RNN_GATES = {"lstm": 4, "gru": 3}
-RNN_SCANS = {"lstm": lstm_scan, "gru": gru_scan}
+RNN_RECURRENCES = {"lstm": lstm_recurrence, "gru": gru_recurrence}
 RNN_BACKENDS = ("scan", "cudnn")
 
 
@@ -350,8 +453,10 @@ class TorchRNN(nn.Module):
 
     Each layer has ``weight_ih_l{k}`` ``(G*H, in)``, ``weight_hh_l{k}`` ``(G*H, H)`` and the
     two biases ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (plus ``_reverse`` twins when
-    bidirectional). The input projection of all time steps is one matmul; only the recurrence
-    is scanned. Dropout between layers in training, as PyTorch applies it.
+    bidirectional). Sequences run time-major through the stack; the input projection of all
+    time steps is one matmul, and only the recurrence is scanned (with a hand-written backward
+    pass: :func:`lstm_recurrence`, :func:`gru_recurrence`). Dropout between layers in
+    training, as PyTorch applies it.
 
     ``backend``: ``scan`` (``lax.scan``, any device, vmappable) or ``cudnn`` (an LSTM through
     ``jax.experimental.rnn`` on a CUDA GPU: same parameters, no vmap rule). GRUs, and LSTMs in
@@ -388,17 +493,18 @@ class TorchRNN(nn.Module):
             return cudnn_lstm(x, layers, hidden, self.num_layers, self.bidirectional)
         if self.backend not in RNN_BACKENDS:
             raise ValueError(f"TorchRNN: unknown backend {self.backend!r}; use scan or cudnn")
-        scan = RNN_SCANS[self.cell]
+        recurrence = RNN_RECURRENCES[self.cell]
+        x = jnp.swapaxes(x, 0, 1)  # time-major through the stack: one transpose each way
         for layer in range(self.num_layers):
             outputs = []
             for d, suffix in enumerate(directions):
                 w_ih, w_hh, b_ih, b_hh = layers[layer * len(directions) + d]
                 xproj = x @ w_ih.T + b_ih
-                outputs.append(scan(xproj, w_hh, b_hh, reverse=bool(suffix)))
+                outputs.append(recurrence(xproj, w_hh, b_hh, bool(suffix)))
             x = jnp.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
             if layer < self.num_layers - 1 and self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return x
+        return jnp.swapaxes(x, 0, 1)
 
 
 class TemporalBlock(nn.Module):
