@@ -285,6 +285,7 @@ class MAPPO:
                 obs[name],
                 deterministic=key is None,
                 rngs=None if key is None else {"action": jax.random.wrap_key_data(key)},
+                attention_weights=False,
             )
             actions.append(out["action"])
             log_probs.append(out["log_prob"])
@@ -365,6 +366,7 @@ class MAPPO:
                 {"params": params[name], **constants[name]},
                 obs[name],
                 actions=batch.actions[:, i],
+                attention_weights=False,
             )
             pg_loss, pg_metrics = ppo_clip_loss(
                 out["log_prob"], batch.log_probs[:, i], batch.advantages, hp.clip_eps

@@ -306,6 +306,33 @@ def test_any_batch_size_and_rows_are_independent(small, name):
     # Batch size 1 is covered by the sequence-length tests (long sequences run at batch 1).
 
 
+@pytest.mark.parametrize("name", AGENTS)
+def test_last_query_attention_gives_the_same_outputs_and_gradients(small, name):
+    """``attention_weights=False`` (the trainer's rollout and loss) attends from the last
+    time step only: every output but the weights, and the gradient of the loss, are those
+    of the full attention; the weights are left out."""
+    module, variables = small(name)
+    x = random_state(module, B, L)
+    actions = jnp.arange(B) % 3
+
+    def run(params, full):
+        return module.apply(
+            {**variables, "params": params}, x, actions=actions, attention_weights=full
+        )
+
+    full, last = run(variables["params"], True), run(variables["params"], False)
+    assert set(full) - set(last) == {"attention_weights"}
+    assert_outputs_close({k: full[k] for k in last}, last, atol=1e-6)
+
+    def loss(params, full):
+        out = run(params, full)
+        return out["log_prob"].sum() + out["value"].sum()
+
+    grads = [jax.grad(loss)(variables["params"], flag) for flag in (True, False)]
+    for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("length", [1, 48, 600])
 @pytest.mark.parametrize("name", AGENTS)
 def test_sequence_lengths(small, name, length):

@@ -38,7 +38,9 @@ class StrategicActor(nn.Module):
     stream ``'action'``. ``train=True`` enables dropout (rng ``'dropout'``) and BatchNorm batch
     statistics (running statistics update when ``batch_stats`` is mutable). ``actions``, when
     given, are used instead of choosing: ``log_prob`` and ``entropy`` are then those of the given
-    actions, as the original's ``evaluate_actions``.
+    actions, as the original's ``evaluate_actions``. ``attention_weights=False`` leaves the
+    attention weights out of the outputs and attends from the last time step only, the one
+    every other output reads (the trainer's rollout and loss).
     """
 
     input_dim: int = 4
@@ -90,6 +92,7 @@ class StrategicActor(nn.Module):
         deterministic: bool = False,
         train: bool = False,
         actions: Array | None = None,
+        attention_weights: bool = True,
     ) -> dict[str, Array]:
         if len(self.hidden_dims) < 1 or len(self.conv_channels) < 2 or len(self.kernel_sizes) < 2:
             raise ValueError(
@@ -118,9 +121,9 @@ class StrategicActor(nn.Module):
             self.rnn_backend,
             name="temporal",
         )(x, train=train)
-        attended, attention_weights = MultiHeadAttention(
+        attended, weights = MultiHeadAttention(
             self.attention_heads, self.dropout_rate, name="attention"
-        )(x, train=train)
+        )(x, train=train, last_query_only=not attention_weights)
         features = attended[:, -1, :]
 
         for i, hidden in enumerate(self.hidden_dims[1:]):
@@ -160,15 +163,17 @@ class StrategicActor(nn.Module):
             action = jax.random.categorical(self.make_rng("action"), log_probs).astype(jnp.int32)
         log_prob = jnp.take_along_axis(log_probs, action[:, None], axis=-1)[:, 0]
         entropy = -(probs * log_probs).sum(-1)
-        return {
+        outputs = {
             "action": action,
             "action_probs": probs,
             "log_prob": log_prob,
             "entropy": entropy,
             "logits": logits,
-            "attention_weights": attention_weights,
             "value": value,
         }
+        if attention_weights:
+            outputs["attention_weights"] = weights
+        return outputs
 
     def _head(self, x: Array, hidden: int, out: int, act, name: str, train: bool) -> Array:
         """Sequential(Linear, activation, Dropout, Linear): state-dict indices 0 and 3."""

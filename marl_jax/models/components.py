@@ -534,13 +534,19 @@ class TemporalBlock(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """The original's self-attention: returns ``(output, weights averaged over heads)``."""
+    """The original's self-attention: returns ``(output, weights averaged over heads)``.
+
+    ``last_query_only=True`` attends from the last position only: the output is
+    ``(B, 1, D)`` and the weights ``(B, 1, L)``, the last rows of the full results.
+    """
 
     num_heads: int
     dropout_rate: float = 0.1
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
+    def __call__(
+        self, x: Array, train: bool = False, last_query_only: bool = False
+    ) -> tuple[Array, Array]:
         batch, length, dim = x.shape
         if dim % self.num_heads:
             raise ValueError(
@@ -549,15 +555,16 @@ class MultiHeadAttention(nn.Module):
         head = dim // self.num_heads
 
         def split(t: Array) -> Array:
-            return t.reshape(batch, length, self.num_heads, head).transpose(0, 2, 1, 3)
+            return t.reshape(batch, t.shape[1], self.num_heads, head).transpose(0, 2, 1, 3)
 
-        q = split(Linear(dim, name="q_proj")(x))
+        queries = x[:, -1:] if last_query_only else x
+        q = split(Linear(dim, name="q_proj")(queries))
         k = split(Linear(dim, name="k_proj")(x))
         v = split(Linear(dim, name="v_proj")(x))
         scores = (q @ jnp.swapaxes(k, -1, -2)) * (head**-0.5)
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
-        attended = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, dim)
+        attended = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, queries.shape[1], dim)
         return Linear(dim, name="out_proj")(attended), weights.mean(axis=1)
 
 
