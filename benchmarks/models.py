@@ -13,7 +13,8 @@ both. PyTorch's LSTM/GRU use cuDNN on a GPU; JAX runs its own scans.
 and the critic's value, eval mode) at batches 1 and 256 (``--joint-batches``): JAX, one jitted
 function, against the PyTorch reference models in eager mode under ``torch.no_grad()``, with
 the same weights (PyTorch's initialisation, converted), on the CPU, PyTorch first then JAX,
-median of ``--repeats`` runs after 3 warm-up runs each.
+median of ``--repeats`` runs after 3 warm-up runs each. JAX's actors attend from the last time
+step only (``attention_weights=False``, as the trainer decides), the one the decision reads.
 
     python benchmarks/models.py --joint
 
@@ -173,7 +174,9 @@ def joint_decision(args) -> None:
     @jax.jit
     def decide_j(variables, obs):
         actions = [
-            modules[name].apply(variables[name], obs[name], deterministic=True)["action"]
+            modules[name].apply(
+                variables[name], obs[name], deterministic=True, attention_weights=False
+            )["action"]
             for name in AGENT_ORDER
         ]
         value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]

@@ -905,3 +905,47 @@ def test_recurrence_gradients_match_autodiff_of_the_same_scan(cell, reverse):
         for ours, theirs in zip(grads["custom"], grads["plain"], strict=True):
             assert ours.shape == theirs.shape
             np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_bidirectional_lstm_matches_the_two_directions():
+    """Both directions in one scan (a bidirectional layer at a few rows) give the outputs
+    and gradients of the two separate recurrences, and the layer takes it only up to
+    ``FUSED_DIRECTIONS_MAX_BATCH`` rows with the same results either side of it."""
+    from marl_jax.models import components
+
+    hidden, length, batch = 5, 6, 2
+    keys = jax.random.split(jax.random.key(4), 5)
+    xf, xb = (jax.random.normal(k, (length, batch, 4 * hidden)) for k in keys[:2])
+    w_hh = jax.random.normal(keys[2], (2, 4 * hidden, hidden)) * 0.5
+    b_hh = jax.random.normal(keys[3], (2, 4 * hidden)) * 0.5
+    probe = jax.random.normal(keys[4], (2, length, batch, hidden))
+
+    def separate(xf, xb, w, b):
+        return (
+            components.lstm_recurrence(xf, w[0], b[0], False),
+            components.lstm_recurrence(xb, w[1], b[1], True),
+        )
+
+    def loss(fn):
+        return lambda *args: sum((h * p).sum() for h, p in zip(fn(*args), probe, strict=True))
+
+    for ours, theirs in zip(
+        components.bidirectional_lstm_recurrence(xf, xb, w_hh, b_hh),
+        separate(xf, xb, w_hh, b_hh),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-6, atol=1e-7)
+    grads = [
+        jax.grad(loss(fn), argnums=(0, 1, 2, 3))(xf, xb, w_hh, b_hh)
+        for fn in (components.bidirectional_lstm_recurrence, separate)
+    ]
+    for ours, theirs in zip(*grads, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
+
+    limit = components.FUSED_DIRECTIONS_MAX_BATCH
+    module = components.TorchRNN(hidden, 2, "lstm", bidirectional=True)
+    x = jax.random.normal(keys[0], (limit + 3, length, 3))
+    params = module.init(jax.random.key(5), x)
+    whole = module.apply(params, x)  # the separate recurrences
+    few = module.apply(params, x[:limit])  # both directions in one scan
+    np.testing.assert_allclose(np.asarray(few), np.asarray(whole[:limit]), rtol=1e-5, atol=1e-6)
