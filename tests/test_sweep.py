@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -190,12 +191,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_with_two_devices_each_match_one_process_with_four(files, four_devices):
-    out = files["root"] / "two_hosts"
+def two_processes(files, out: Path, first_prefix: Sequence[str] = ()) -> list[subprocess.Popen]:
+    """The seeds sweep as two processes of two host devices, joined over localhost;
+    ``first_prefix`` goes before process 0's command."""
     port = free_port()
-    procs = [
+    return [
         subprocess.Popen(
-            sweep_cmd(
+            [*(first_prefix if i == 0 else ())]
+            + sweep_cmd(
                 files,
                 "seeds",
                 out,
@@ -214,6 +217,11 @@ def test_two_processes_with_two_devices_each_match_one_process_with_four(files, 
         )
         for i in range(2)
     ]
+
+
+def test_two_processes_with_two_devices_each_match_one_process_with_four(files, four_devices):
+    out = files["root"] / "two_hosts"
+    procs = two_processes(files, out)
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
@@ -221,6 +229,30 @@ def test_two_processes_with_two_devices_each_match_one_process_with_four(files, 
     assert_same_bits(final_state(out, 3), final_state(four_devices, 3))
     ours, theirs = (json.loads((d / "leaderboard.json").read_text()) for d in (out, four_devices))
     assert ours == theirs
+
+
+def test_a_write_failing_on_process_0_alone_stops_both_processes_in_one_line(files, four_devices):
+    """Process 0 writes the shared files; when its disk is full (here a 4 KiB file-size
+    limit: the metrics log stops growing at update 2), process 1 must not wait for it
+    forever: both exit with code 2 and one line each."""
+    out = files["root"] / "two_hosts_full"
+    limit_files = (  # sets the limit, then becomes the sweep (no fork inside this process)
+        "import os, resource, sys; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    procs = two_processes(files, out, first_prefix=(sys.executable, "-c", limit_files))
+    try:
+        errors = [p.communicate(timeout=600)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], errors
+    lines = [[line for line in e.splitlines() if line.startswith("error: ")] for e in errors]
+    assert len(lines[0]) == 1 and "metrics.jsonl" in lines[0][0], errors[0][-2000:]
+    assert os.strerror(27) in lines[0][0]  # EFBIG: "File too large"
+    assert len(lines[1]) == 1 and "process 0 could not write" in lines[1][0], errors[1][-2000:]
+    assert not (out / "leaderboard.json").exists()
 
 
 def test_a_member_gone_nan_is_frozen_and_marked_failed_the_others_unchanged(files, four_devices):
@@ -321,3 +353,53 @@ def test_an_output_folder_that_cannot_be_made_stops_in_one_line(tmp_path, capsys
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert str(blocker) in err and "writable --out" in err
+
+
+def test_a_disk_that_fills_mid_run_stops_in_one_line_keeps_the_checkpoint_and_resumes(
+    files, four_devices, monkeypatch, capsys
+):
+    """The metrics log cannot grow once checkpoint 2 exists (ENOSPC): the sweep stops with
+    one line naming the file and the last good checkpoint, exit code 2, and no leaderboard;
+    ``--resume`` then completes it. This runs in the test's own process, on one device: the
+    result also equals the 4-device sweep's (to rounding: one device compiles differently)."""
+    import errno
+    import pathlib
+
+    from marl_jax.sweep.__main__ import main
+
+    out = files["root"] / "disk_full"
+    step_two = out / "checkpoints" / "g0" / "2"
+    real_open = pathlib.Path.open
+
+    def step_two_begun() -> bool:  # written or being written (Orbax saves in the background)
+        g0 = step_two.parent
+        return g0.is_dir() and any(p.name.split(".")[0] == "2" for p in g0.iterdir())
+
+    def full_disk_open(self, mode="r", *args, **kwargs):
+        if self.name == "metrics.jsonl" and "a" in mode and step_two_begun():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    argv = sweep_cmd(files, "seeds", out)[3:]
+    monkeypatch.setattr(pathlib.Path, "open", full_disk_open)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "metrics.jsonl" in err and os.strerror(errno.ENOSPC) in err
+    assert f"the last good checkpoint is {step_two}" in err
+    assert step_two.is_dir() and not (out / "leaderboard.json").exists()
+    with TrainCheckpointer(out / "checkpoints" / "g0", read_only=True) as ckpt:
+        assert ckpt.latest_step() == 2
+
+    monkeypatch.setattr(pathlib.Path, "open", real_open)
+    assert main([*argv, "--resume"]) == 0
+    ours, theirs = final_state(out, 3), final_state(four_devices, 3)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    lines = [(out / "metrics.jsonl").read_text(), (four_devices / "metrics.jsonl").read_text()]
+    rows = [[json.loads(line) for line in text.splitlines()] for text in lines]
+    assert [(r["member"], r["update"]) for r in rows[0]] == [
+        (r["member"], r["update"]) for r in rows[1]
+    ]
+    assert json.loads((out / "leaderboard.json").read_text())[0]["status"] == "ok"

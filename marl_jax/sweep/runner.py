@@ -20,6 +20,7 @@ process (Orbax, multi-host safe).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -96,6 +97,27 @@ def _write(path: Path, text: str, last_good: str) -> None:
             f"{path}: cannot write ({err.strerror or err}); free space or fix the folder's "
             f"permissions, then --resume ({last_good})"
         ) from None
+
+
+def _stop_together(failed: bool) -> None:
+    """Every process learns whether process 0's writes failed, and the others stop too
+    (else they would wait for it in their next collective)."""
+    if jax.process_count() > 1 and bool(_one(np.int32(failed))) and not _is_writer():
+        raise SweepRunError(
+            "process 0 could not write the sweep's outputs (its own error says why); fix "
+            "that, then rerun every process with --resume"
+        )
+
+
+@contextlib.contextmanager
+def _process_0_writes():
+    """Wraps the writes only process 0 makes: a failure there stops every process."""
+    try:
+        yield
+    except BaseException:
+        _stop_together(True)
+        raise
+    _stop_together(False)
 
 
 def _bounds(name: str) -> tuple[float | None, float | None]:
@@ -198,6 +220,10 @@ class GroupTrainer:
         self.metric = spec.pbt.metric if spec.pbt is not None else "average_reward"
 
     def _last_good(self) -> str:
+        try:  # a checkpoint still being written in the background counts once complete
+            self.checkpointer.wait_until_finished()
+        except Exception:  # it failed: the latest complete one stays the last good one
+            pass
         step = self.checkpointer.latest_step()
         if step is None:
             return "no checkpoint of this group was written yet"
@@ -293,7 +319,8 @@ class GroupTrainer:
                     rows[member.index].append(record)
                     lines.append(json.dumps(record) + "\n")
                 alive = now_alive
-                self._append(lines)
+                with _process_0_writes():
+                    self._append(lines)
                 if (
                     self.pbt is not None
                     and update % self.pbt.interval == 0
@@ -370,8 +397,9 @@ class GroupTrainer:
             if row.get("group") == self.index:
                 rows[row["member"]].append(row)
         text = "".join(json.dumps(r) + "\n" for r in kept)
-        if _is_writer() and self.metrics_path.read_text() != text:
-            _write(self.metrics_path, text, self._last_good())
+        with _process_0_writes():
+            if _is_writer() and self.metrics_path.read_text() != text:
+                _write(self.metrics_path, text, self._last_good())
         return rows
 
     def _append(self, lines: list[str]) -> None:
@@ -655,6 +683,29 @@ def _sweep_record(cfg: Config, spec: SweepSpec, groups: Sequence[Group]) -> str:
     return yaml.safe_dump(record, sort_keys=False)
 
 
+def _write_outputs(
+    results: Sequence[GroupResult], bars: Any, spec: SweepSpec, options: SweepOptions
+) -> list[dict]:
+    """The leaderboard, the curves, the best members' exports and the summary (process 0)."""
+    out = options.out
+    metric = spec.pbt.metric if spec.pbt is not None else "average_reward"
+    mode = spec.pbt.mode if spec.pbt is not None else "max"
+    rows, where = _leaderboard(results, bars, metric, mode)
+    done = "training is complete"
+    _write(out / "leaderboard.json", json.dumps(_json_safe(rows), indent=2) + "\n", done)
+    _write(out / "leaderboard.csv", _csv(rows), done)
+    history = {m: recs for res in results for m, recs in res.rows.items()}
+    _curves(rows, history, out / "sweep_curves.png")
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok:
+        _export(out / "best", ok[0], where[ok[0]["member"]])
+        if options.export_top > 1:
+            for r in ok[: options.export_top]:
+                _export(out / "top" / f"{r['rank']:02d}-m{r['member']}", r, where[r["member"]])
+    print(_summary(rows), flush=True)
+    return rows
+
+
 def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]:
     """Runs the sweep of ``spec`` over ``cfg`` into ``options.out``; returns the leaderboard."""
     out = options.out
@@ -684,36 +735,21 @@ def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]
                 f"({devices[0].platform}) in {jax.process_count()} process(es)",
                 flush=True,
             )
-        out.mkdir(parents=True, exist_ok=True)
-        _write(existing, record, "nothing was trained yet")
         metrics_path = out / "metrics.jsonl"
-        if _is_writer() and not metrics_path.exists():
-            _write(metrics_path, "", "nothing was trained yet")
+        with _process_0_writes():
+            out.mkdir(parents=True, exist_ok=True)
+            _write(existing, record, "nothing was trained yet")
+            if _is_writer() and not metrics_path.exists():
+                _write(metrics_path, "", "nothing was trained yet")
         bars = load_market(cfg)
         results = [
             GroupTrainer(g_index, group, spec, options, bars, metrics_path).train()
             for g_index, group in enumerate(groups)
         ]
-        if not _is_writer():
-            multihost_utils.sync_global_devices("marl-jax sweep finished")
-            return []
-        metric = spec.pbt.metric if spec.pbt is not None else "average_reward"
-        mode = spec.pbt.mode if spec.pbt is not None else "max"
-        rows, where = _leaderboard(results, bars, metric, mode)
-        done = "training is complete"
-        _write(out / "leaderboard.json", json.dumps(_json_safe(rows), indent=2) + "\n", done)
-        _write(out / "leaderboard.csv", _csv(rows), done)
-        history = {m: recs for res in results for m, recs in res.rows.items()}
-        _curves(rows, history, out / "sweep_curves.png")
-        ok = [r for r in rows if r["status"] == "ok"]
-        if ok:
-            _export(out / "best", ok[0], where[ok[0]["member"]])
-            if options.export_top > 1:
-                for r in ok[: options.export_top]:
-                    _export(out / "top" / f"{r['rank']:02d}-m{r['member']}", r, where[r["member"]])
-        print(_summary(rows), flush=True)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("marl-jax sweep finished")
+        rows: list[dict] = []
+        with _process_0_writes():  # the others wait here for process 0's outputs
+            if _is_writer():
+                rows = _write_outputs(results, bars, spec, options)
         return rows
     except OSError as err:  # a folder that cannot be made, locked or written
         where = err.filename or out
