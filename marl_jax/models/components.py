@@ -245,6 +245,14 @@ def _shifted(seq: Array, reverse: bool) -> Array:
     return jnp.concatenate([zeros, seq[:-1]], axis=0)
 
 
+def _lstm_cell(c: Array, gates: Array) -> tuple[Array, Array, tuple[Array, Array, Array, Array]]:
+    """One LSTM step from the pre-activation ``gates``: the new ``h``, ``c`` and the activated
+    gates ``(i, f, g, o)``."""
+    i, f, g, o = lstm_gates(gates)
+    c = f * c + i * g
+    return o * jnp.tanh(c), c, (i, f, g, o)
+
+
 def _lstm_forward(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool, keep: bool):
     """The LSTM recurrence over time-major ``xproj``; with ``keep``, also the cell states and
     activated gates of every step (the backward pass's residuals)."""
@@ -253,11 +261,8 @@ def _lstm_forward(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool, keep: b
 
     def step(carry, xp):
         h, c = carry
-        gates = xp + h @ w_t + b_hh
-        i, f, g, o = lstm_gates(gates)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        return (h, c), ((h, c, i, f, g, o) if keep else h)
+        h, c, acts = _lstm_cell(c, xp + h @ w_t + b_hh)
+        return (h, c), ((h, c, *acts) if keep else h)
 
     return jax.lax.scan(step, (zeros, zeros), xproj, reverse=reverse)[1]
 
@@ -385,24 +390,11 @@ def bidirectional_lstm_recurrence(
 
     def step(carry, xp):
         h, c = carry
-        gates = xp + jnp.einsum("dbh,dhg->dbg", h, w_t) + b_hh[:, None]
-        i, f, g, o = lstm_gates(gates)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        h, c, _ = _lstm_cell(c, xp + jnp.einsum("dbh,dhg->dbg", h, w_t) + b_hh[:, None])
         return (h, c), h
 
     hs = jax.lax.scan(step, (zeros, zeros), both)[1]
     return hs[:, 0], hs[:, 1][::-1]
-
-
-def lstm_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
-    """:func:`lstm_recurrence` over batch-major ``xproj`` ``(B, L, 4H)``; returns ``(B, L, H)``."""
-    return jnp.swapaxes(lstm_recurrence(jnp.swapaxes(xproj, 0, 1), w_hh, b_hh, reverse), 0, 1)
-
-
-def gru_scan(xproj: Array, w_hh: Array, b_hh: Array, reverse: bool = False) -> Array:
-    """:func:`gru_recurrence` over batch-major ``xproj`` ``(B, L, 3H)``; returns ``(B, L, H)``."""
-    return jnp.swapaxes(gru_recurrence(jnp.swapaxes(xproj, 0, 1), w_hh, b_hh, reverse), 0, 1)
 
 
 RNN_GATES = {"lstm": 4, "gru": 3}
