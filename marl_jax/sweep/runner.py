@@ -93,10 +93,14 @@ def _write(path: Path, text: str, last_good: str) -> None:
     try:
         atomic_write_text(path, text)
     except OSError as err:
-        raise SweepRunError(
-            f"{path}: cannot write ({err.strerror or err}); free space or fix the folder's "
-            f"permissions, then --resume ({last_good})"
-        ) from None
+        raise _disk_error(path, f"cannot write ({err.strerror or err})", last_good) from None
+
+
+def _disk_error(where: Path, what: str, last_good: str) -> SweepRunError:
+    """The one-line stop for a write that failed: what, where, and where a resume starts."""
+    return SweepRunError(
+        f"{where}: {what}; free space or fix permissions, then --resume ({last_good})"
+    )
 
 
 def _stop_together(failed: bool) -> None:
@@ -248,9 +252,8 @@ class GroupTrainer:
                 force=True,
             )
         except Exception as err:  # tensorstore raises several kinds
-            raise SweepRunError(
-                f"{self.dir}: cannot write checkpoint {update} ({_reason(err)}); free "
-                f"space or fix permissions, then --resume ({self._last_good()})"
+            raise _disk_error(
+                self.dir, f"cannot write checkpoint {update} ({_reason(err)})", self._last_good()
             ) from None
 
     def _restore(self) -> tuple[PopulationProgram, Population, dict] | None:
@@ -363,9 +366,10 @@ class GroupTrainer:
             try:
                 self.checkpointer.close()
             except Exception as err:  # a pending background write failed
-                raise SweepRunError(
-                    f"{self.dir}: a checkpoint could not be written ({_reason(err)}); free space "
-                    f"or fix permissions, then --resume ({self._last_good()})"
+                raise _disk_error(
+                    self.dir,
+                    f"a checkpoint could not be written ({_reason(err)})",
+                    self._last_good(),
                 ) from None
         state = program.gather(pop.state)
         return GroupResult(
@@ -409,9 +413,8 @@ class GroupTrainer:
             with self.metrics_path.open("a") as fh:
                 fh.write("".join(lines))
         except OSError as err:
-            raise SweepRunError(
-                f"{self.metrics_path}: cannot write ({err.strerror or err}); free space or fix "
-                f"permissions, then --resume ({self._last_good()})"
+            raise _disk_error(
+                self.metrics_path, f"cannot write ({err.strerror or err})", self._last_good()
             ) from None
 
     def _bar(self, start: int):
