@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from marl_jax.config import load_config
-from marl_jax.mappo import HyperParams
+from marl_jax.mappo import HPARAM_NAMES
 from marl_jax.run.setup import env_params_for, load_market
 from marl_jax.sweep.population import PopulationProgram, member_mesh
 
@@ -53,10 +53,7 @@ def scaling(args, cfg) -> None:
     base_ms = None
     for size in args.scaling:
         program = PopulationProgram(cfg, params, size, mesh)
-        table = {
-            k: np.full(size, float(getattr(t, k)), np.float32)
-            for k in HyperParams.__dataclass_fields__
-        }
+        table = {k: np.full(size, float(getattr(t, k)), np.float32) for k in HPARAM_NAMES}
         pop = program.init(np.arange(size), table)
         start = time.perf_counter()
         update = program._update.lower(pop, program.env_params).compile()

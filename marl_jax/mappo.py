@@ -83,20 +83,11 @@ class HyperParams:
     @classmethod
     def from_config(cls, config: Config) -> HyperParams:
         t = config.training
-        return cls(
-            **{
-                name: jnp.asarray(getattr(t, name), jnp.float32)
-                for name in (
-                    "actor_lr",
-                    "critic_lr",
-                    "ent_coef",
-                    "clip_eps",
-                    "gamma",
-                    "gae_lambda",
-                    "value_loss_coef",
-                )
-            }
-        )
+        return cls(**{name: jnp.asarray(getattr(t, name), jnp.float32) for name in HPARAM_NAMES})
+
+
+HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HyperParams))
+"""The traced hyperparameters: ``training.<name>`` keys a population shares one program for."""
 
 
 @struct.dataclass
@@ -214,7 +205,7 @@ class MAPPO:
         self.modules = dict(modules) if modules is not None else build_modules(config)
         self.num_envs = t.num_envs
         self.rollout_len = t.rollout_len
-        self.num_updates = max(1, t.total_timesteps // (t.num_envs * t.rollout_len))
+        self.num_updates = t.num_updates
         self.tx = make_optimizer(t, self.num_updates)
         self.compute_dtype = jnp.dtype(t.compute_dtype)
 

@@ -27,7 +27,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from marl_jax.config import Config
 from marl_jax.env import market
-from marl_jax.mappo import MAPPO, HyperParams, TrainState
+from marl_jax.mappo import HPARAM_NAMES, MAPPO, HyperParams, TrainState
 from marl_jax.sweep.pbt import apply_plan
 
 __all__ = [
@@ -217,7 +217,7 @@ class PopulationProgram:
         """Shapes, dtypes and shardings of the population (a restore target)."""
         seeds = jax.ShapeDtypeStruct((self.padded,), jnp.uint32, sharding=self.sharded)
         f32 = jax.ShapeDtypeStruct((self.padded,), jnp.float32, sharding=self.sharded)
-        hp = HyperParams(**{k: f32 for k in HyperParams.__dataclass_fields__})
+        hp = HyperParams(**{k: f32 for k in HPARAM_NAMES})
         alive = jax.ShapeDtypeStruct((self.padded,), jnp.bool_, sharding=self.sharded)
         return jax.eval_shape(self._build, seeds, hp, alive, self.env_params)
 

@@ -40,7 +40,7 @@ from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import Config, config_to_dict
 from marl_jax.env import evaluate, market
 from marl_jax.errors import MarlJaxError
-from marl_jax.mappo import HyperParams
+from marl_jax.mappo import HPARAM_NAMES
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.loop import read_metrics_log
@@ -59,8 +59,6 @@ from marl_jax.sweep.population import (
 from marl_jax.sweep.spec import Group, Member, SweepSpec, describe, expand, hparam_table, seeds
 
 __all__ = ["SweepOptions", "run_sweep"]
-
-HPARAMS = tuple(HyperParams.__dataclass_fields__)
 
 
 class SweepRunError(MarlJaxError, RuntimeError):
@@ -219,7 +217,7 @@ class GroupTrainer:
             best_metric="score",
             save_every=1,
         )
-        self.num_updates = max(1, self.cfg.training.total_timesteps // self.cfg.training.batch_size)
+        self.num_updates = self.cfg.training.num_updates
         self.pbt = spec.pbt if spec.strategy == "pbt" else None
         self.metric = spec.pbt.metric if spec.pbt is not None else "average_reward"
 
@@ -451,7 +449,7 @@ class GroupTrainer:
             ]
         )
         current = program.gather(pop.state.hparams)
-        table = {k: np.asarray(getattr(current, k)) for k in HPARAMS}
+        table = {k: np.asarray(getattr(current, k)) for k in HPARAM_NAMES}
         names = [k.split(".", 1)[1] for k in self.spec.perturbed_keys]
         samplers = {}
         for key, dist in self.spec.random.items():
@@ -502,7 +500,7 @@ def _leaderboard(
         test = env_params_for(cfg, bars, "test", market.get_normalisation(result.train_params))
         baselines = evaluate.evaluate_baselines(test, seed=cfg.seed)
         for pos, member in enumerate(result.members):
-            hp = {k: float(np.asarray(getattr(result.state.hparams, k))[pos]) for k in HPARAMS}
+            hp = {k: float(np.asarray(getattr(result.state.hparams, k))[pos]) for k in HPARAM_NAMES}
             history = result.rows[member.index]
             row: dict[str, Any] = {
                 "member": member.index,
@@ -549,7 +547,7 @@ def _plain(v: Any) -> Any:
 
 
 def _csv(rows: Sequence[dict]) -> str:
-    hp_names = list(HPARAMS)
+    hp_names = list(HPARAM_NAMES)
     value_names = sorted({k for r in rows for k in r["values"]})
     baseline_names = sorted({k for r in rows for k in r["baselines"]})
     header = [

@@ -68,11 +68,10 @@ from marl_jax.config import (
     read_yaml_mapping,
 )
 from marl_jax.errors import MarlJaxError, one_line
-from marl_jax.mappo import HyperParams
+from marl_jax.mappo import HPARAM_NAMES
 
 __all__ = [
     "CONFIG_KEYS",
-    "HPARAM_NAMES",
     "PBT_METRICS",
     "STRATEGIES",
     "TRACED_KEYS",
@@ -115,9 +114,6 @@ CONFIG_KEYS: dict[str, FieldInfo] = _config_leaves(Config)
 """Every sweepable dotted key of :class:`Config` (its leaves) -> its pydantic field."""
 
 _SECTIONS = {k.rsplit(".", i)[0] for k in CONFIG_KEYS for i in range(1, k.count(".") + 1)}
-
-HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HyperParams))
-"""The fields of :class:`HyperParams`, each read from ``training.<name>``."""
 
 TRACED_KEYS: tuple[str, ...] = ("seed", *(f"training.{name}" for name in HPARAM_NAMES))
 """Keys that one compiled program can vary per member; every other key is static."""
