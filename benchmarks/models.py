@@ -40,7 +40,7 @@ import torch
 from bridge import torch_reference
 from bridge.convert import torch_to_flax
 from marl_jax.models.actors import AGENT_ORDER
-from marl_jax.models.components import resolve_rnn_backend
+from marl_jax.models.recurrences import resolve_rnn_backend
 from marl_jax.models.registry import build_module, init_variables, module_config
 
 

@@ -51,7 +51,7 @@ from flax import struct
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, TrainingConfig
 from marl_jax.env import market
-from marl_jax.models.components import resolve_rnn_backend
+from marl_jax.models.recurrences import resolve_rnn_backend
 from marl_jax.models.registry import build_module, init_variables
 from marl_jax.ppo import (
     ValueNormState,

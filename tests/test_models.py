@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from marl_jax.models import BatchNorm1d, CentralizedCritic, StrategicActor
-from marl_jax.models.components import cudnn_available
+from marl_jax.models.recurrences import cudnn_available
 from marl_jax.models.registry import (
     MODEL_NAMES,
     abstract_variables,
@@ -750,7 +750,7 @@ def test_modules_are_the_registry_classes():
 
 
 def test_lstm_gates_match_plain_activations_and_their_derivatives():
-    from marl_jax.models.components import lstm_gates
+    from marl_jax.models.recurrences import lstm_gates
 
     def plain(gates):
         i, f, g, o = jnp.split(gates, 4, axis=-1)
@@ -779,7 +779,8 @@ def test_cudnn_weight_packing_matches_jax_rnn_layout(layers, bidirectional):
     output: NWRQK's 3-layer BiLSTM and MLMI's 2-layer LSTM."""
     from jax.experimental import rnn
 
-    from marl_jax.models.components import TorchRNN, pack_cudnn_lstm_weights
+    from marl_jax.models.components import TorchRNN
+    from marl_jax.models.recurrences import pack_cudnn_lstm_weights
 
     hidden, in_dim, batch, length = 6, 5, 3, 7
     module = TorchRNN(hidden, layers, "lstm", bidirectional)
@@ -821,7 +822,7 @@ def test_cudnn_weight_packing_matches_jax_rnn_layout(layers, bidirectional):
 
 
 def test_rnn_backend_resolution_and_saved_configs_leave_it_out():
-    from marl_jax.models.components import resolve_rnn_backend
+    from marl_jax.models.recurrences import resolve_rnn_backend
 
     expected = "cudnn" if cudnn_available() else "scan"
     assert resolve_rnn_backend("auto") == expected
@@ -873,16 +874,16 @@ def test_recurrence_gradients_match_autodiff_of_the_same_scan(cell, reverse):
     """The hand-written backward pass of the recurrences (one scan, compact residuals,
     ``dW_hh`` as one reduction) gives plain autodiff's gradients, alone and under ``vmap``
     over parameter sets (as populations run it); the forward output is unchanged."""
-    from marl_jax.models import components
+    from marl_jax.models import recurrences
 
-    custom = components.RNN_RECURRENCES[cell]
-    forward = {"lstm": components._lstm_forward, "gru": components._gru_forward}[cell]
+    custom = recurrences.RNN_RECURRENCES[cell]
+    forward = {"lstm": recurrences._lstm_forward, "gru": recurrences._gru_forward}[cell]
 
     def plain(xp, w, b, rev):
         return forward(xp, w, b, rev, keep=False)
 
     hidden, length, batch, members = 5, 7, 3, 2
-    gates = components.RNN_GATES[cell] * hidden
+    gates = recurrences.RNN_GATES[cell] * hidden
     keys = jax.random.split(jax.random.key(3), 4)
     xproj = jax.random.normal(keys[0], (members, length, batch, gates))
     w_hh = jax.random.normal(keys[1], (members, gates, hidden)) * 0.5
@@ -911,7 +912,7 @@ def test_fused_bidirectional_lstm_matches_the_two_directions():
     """Both directions in one scan (a bidirectional layer at a few rows) give the outputs
     and gradients of the two separate recurrences, and the layer takes it only up to
     ``FUSED_DIRECTIONS_MAX_BATCH`` rows with the same results either side of it."""
-    from marl_jax.models import components
+    from marl_jax.models import components, recurrences
 
     hidden, length, batch = 5, 6, 2
     keys = jax.random.split(jax.random.key(4), 5)
@@ -922,27 +923,27 @@ def test_fused_bidirectional_lstm_matches_the_two_directions():
 
     def separate(xf, xb, w, b):
         return (
-            components.lstm_recurrence(xf, w[0], b[0], False),
-            components.lstm_recurrence(xb, w[1], b[1], True),
+            recurrences.lstm_recurrence(xf, w[0], b[0], False),
+            recurrences.lstm_recurrence(xb, w[1], b[1], True),
         )
 
     def loss(fn):
         return lambda *args: sum((h * p).sum() for h, p in zip(fn(*args), probe, strict=True))
 
     for ours, theirs in zip(
-        components.bidirectional_lstm_recurrence(xf, xb, w_hh, b_hh),
+        recurrences.bidirectional_lstm_recurrence(xf, xb, w_hh, b_hh),
         separate(xf, xb, w_hh, b_hh),
         strict=True,
     ):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-6, atol=1e-7)
     grads = [
         jax.grad(loss(fn), argnums=(0, 1, 2, 3))(xf, xb, w_hh, b_hh)
-        for fn in (components.bidirectional_lstm_recurrence, separate)
+        for fn in (recurrences.bidirectional_lstm_recurrence, separate)
     ]
     for ours, theirs in zip(*grads, strict=True):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
 
-    limit = components.FUSED_DIRECTIONS_MAX_BATCH
+    limit = recurrences.FUSED_DIRECTIONS_MAX_BATCH
     module = components.TorchRNN(hidden, 2, "lstm", bidirectional=True)
     x = jax.random.normal(keys[0], (limit + 3, length, 3))
     params = module.init(jax.random.key(5), x)
