@@ -80,12 +80,12 @@ def inspect_pt(path: Path) -> tuple[list[tuple[str, str, int, dict]], dict, list
 
 def inspect_bundle(source: Any, bundle: Any) -> tuple[list[tuple[str, str, int, dict]], dict, list]:
     """The same as :func:`inspect_pt` for the Flax models of a model directory or run."""
-    from bridge.convert import module_config, template_state_dict
-    from bridge.pt_file import parameter_count
+    from bridge.pt_file import parameter_count, template_state_dict
+    from marl_jax.models.registry import module_config
 
     rows = []
     for name, module in bundle.modules.items():
-        count = parameter_count(template_state_dict(module))
+        count = parameter_count(template_state_dict(name, module_config(module)))
         rows.append((name, type(module).__name__, count, module_config(module)))
     sidecar = read_sidecar(source)
     metadata = sidecar.get("metadata", bundle.metadata) if sidecar else bundle.metadata
@@ -134,14 +134,15 @@ def verify_models(
     import numpy as np
     import torch
 
-    from bridge.convert import reference_module
+    from bridge.pt_file import reference_model
     from marl_jax.models.actors import StrategicActor
+    from marl_jax.models.registry import module_config
 
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, str, float]] = []
     agent_inputs = {}
     for name, module in modules.items():
-        ref = reference_module(module).to_empty(device="cpu")
+        ref = reference_model(name, module_config(module))
         ref.load_state_dict(state_dicts[name], strict=True)
         ref.eval()
         if isinstance(module, StrategicActor):

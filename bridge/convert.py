@@ -10,10 +10,11 @@ Keys are renamed by rule and tensors transposed by layer kind:
   ``num_batches_tracked`` (int64 <-> int32);
 - ``pe`` and the critic's unused ``agent_attention`` tensors -> ``buffers``, unchanged.
 
-The expected keys, their order, shapes and dtypes come from ``bridge.torch_reference`` built
-on the ``meta`` device with the same configuration, so every problem in a state dict is found
-and reported at once before anything is converted or written. Reading ``.pt`` files, the
-configuration inference and the state-dict checks need no JAX and live in ``bridge.pt_file``.
+The expected keys, their order, shapes and dtypes come from the ``bridge.torch_reference`` twin
+with the same configuration (``bridge.pt_file.template_state_dict``), so every problem in a
+state dict is found and reported at once before anything is converted or written. Reading
+``.pt`` files, the configuration inference and the state-dict checks need no JAX and live in
+``bridge.pt_file``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,8 @@ except ImportError:
     raise ImportError(TORCH_MISSING) from None
 
 import flax.linen as nn
-import jax
 import numpy as np
 
-from bridge import torch_reference
 from bridge.pt_file import (
     AGENT_ORDER,
     BN_NAMES,
@@ -49,11 +48,10 @@ from bridge.pt_file import (
     infer_config,
     read_pt,
     state_dict_problems,
+    template_state_dict,
 )
 from bridge.pt_file import raise_problems as _raise_problems
-from marl_jax.models.actors import StrategicActor
-from marl_jax.models.critic import CentralizedCritic
-from marl_jax.models.registry import abstract_variables, build_module, module_config
+from marl_jax.models.registry import MODEL_CLASSES, abstract_variables, build_module, module_config
 from marl_jax.run.files import atomic_write_with
 
 __all__ = [
@@ -70,11 +68,8 @@ __all__ = [
     "load_pt_checkpoint",
     "new_checkpoint",
     "read_pt",
-    "reference_module",
     "save_pt_checkpoint",
     "state_dict_problems",
-    "template_state_dict",
-    "to_host",
     "torch_to_flax",
 ]
 
@@ -156,22 +151,12 @@ def _to_torch_tensor(array: Any, kind: str, dtype: torch.dtype) -> torch.Tensor:
 # ----------------------------------------------------------------------------- templates
 
 
-def reference_module(module: nn.Module) -> torch.nn.Module:
-    """The ``bridge.torch_reference`` twin of a Flax model, built on the meta device."""
-    config = module_config(module)
-    if isinstance(module, StrategicActor):
-        cls = getattr(torch_reference, type(module).__name__)
-    elif isinstance(module, CentralizedCritic):
-        cls = torch_reference.CentralizedCritic
-    else:
-        raise TypeError(f"not a Strategic MARL model: {type(module).__name__}")
-    with torch.device("meta"):
-        return cls(**config)
-
-
-def template_state_dict(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """The original's state-dict keys, order, shapes and dtypes for this configuration."""
-    return reference_module(module).state_dict()
+def _template(module: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """The original's state dict (keys, order, shapes, dtypes) for a Flax model."""
+    for name, cls in MODEL_CLASSES.items():
+        if type(module) is cls:
+            return template_state_dict(name, module_config(module))
+    raise TypeError(f"not a Strategic MARL model: {type(module).__name__}")
 
 
 # ----------------------------------------------------------------------------- module level
@@ -201,7 +186,7 @@ def torch_to_flax(
     All missing/unexpected keys, shape or dtype mismatches and NaN/Inf tensors are reported in
     one ``BridgeError``.
     """
-    template = template_state_dict(module)
+    template = _template(module)
     _raise_problems(state_dict_problems(state_dict, template), where)
     variables: dict = {}
     for key, expected in template.items():
@@ -238,7 +223,7 @@ def flax_to_torch(variables: Mapping, module: nn.Module) -> OrderedDict[str, tor
     _check_structure(variables, module, where)
     flat = _flatten(variables)
     state_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, expected in template_state_dict(module).items():
+    for key, expected in _template(module).items():
         slot = flax_slot(key, expected.dim())
         value = flat[(slot.collection, *slot.path)]
         state_dict[key] = _to_torch_tensor(value, slot.kind, expected.dtype)
@@ -375,8 +360,3 @@ def new_checkpoint(
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def to_host(tree: Any) -> Any:
-    """Copies a pytree of device arrays to NumPy."""
-    return jax.tree.map(np.asarray, tree)

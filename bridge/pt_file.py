@@ -2,8 +2,8 @@
 
 Safe loading (``weights_only=True``) with one-line errors, the checkpoint's structure, each
 model's configuration inferred from its tensor shapes, the state-dict checks against the
-``bridge.torch_reference`` twin built on the ``meta`` device, and parameter counts. This is all
-``python -m bridge inspect FILE.pt`` needs; ``bridge.convert`` builds the Flax side on it.
+``bridge.torch_reference`` twin, and parameter counts. This is all ``python -m bridge inspect
+FILE.pt`` needs; ``bridge.convert`` builds the Flax side on it.
 """
 
 from __future__ import annotations
@@ -194,8 +194,12 @@ def class_name(name: str) -> str:
 
 
 def reference_model(name: str, config: Mapping[str, Any]) -> torch.nn.Module:
-    """The ``bridge.torch_reference`` model ``name`` with ``config``, on the meta device."""
-    with torch.device("meta"):
+    """The ``bridge.torch_reference`` model ``name`` with ``config``, freshly initialised.
+
+    Built on the CPU: a few freshly initialised megabytes cost less than the first ``arange``
+    on the meta device, which imports PyTorch's decompositions (about a second).
+    """
+    with torch.device("cpu"), torch.no_grad():
         return _reference_class(name)(**config)
 
 
@@ -252,10 +256,5 @@ def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 
 def template_state_dict(name: str, config: Mapping[str, Any]) -> OrderedDict[str, torch.Tensor]:
-    """The original's state-dict keys, order, shapes and dtypes for model ``name``.
-
-    Built on the CPU: a few freshly initialised megabytes cost less than the first ``arange``
-    on the meta device, which imports PyTorch's decompositions (about a second).
-    """
-    with torch.device("cpu"), torch.no_grad():
-        return _reference_class(name)(**config).state_dict()
+    """The original's state-dict keys, order, shapes and dtypes for model ``name``."""
+    return reference_model(name, config).state_dict()
