@@ -123,9 +123,6 @@ class Bars:
         step = np.median(np.diff(self.timestamp.astype(np.int64)))
         return float(step) / 60e9
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({name: getattr(self, name) for name in ("timestamp", *_FIELDS)})
-
 
 # --------------------------------------------------------------------------------------------
 # Loading
