@@ -578,15 +578,11 @@ def report(args, rows: int, hlo_text: str, algo, timing: dict, out: str) -> None
             w = enclosing_while(w)
     wrows = []
     for op, (us, body_n) in sorted(loops.items(), key=lambda kv: -kv[1][0]):
-        i, n, trips = (
-            info.get(op) or row(op),
-            per_op.get(op, [0, 0, 0])[2] or 1,
-            instrs[op].trip_count,
-        )
-        per_iteration = [f"{us / n / (trips or 1):.1f}", f"{body_n / n / (trips or 1):.0f}"]
-        wrows.append(
-            [f"`{op}`", i["model"], pass_of(i), trips or "?", ms(us), pct(us), *per_iteration]
-        )
+        i, trips = info.get(op) or row(op), instrs[op].trip_count
+        iterations = (per_op.get(op, [0, 0, 0])[2] or 1) * (trips or 1)  # per call
+        per_iteration = [f"{us / iterations:.1f}", f"{body_n / iterations:.0f}"]
+        cells = [f"`{op}`", i["model"], pass_of(i), trips or "?", ms(us), pct(us), *per_iteration]
+        wrows.append(cells)
     print("\nThe while loops (the recurrent scans; time = the loop's own + its body's ops):\n")
     print(md_table("while|model|pass|trips|ms/call|% of own|us/iteration|thunks/iteration", wrows))
 
