@@ -78,6 +78,16 @@ def test_state_dict_layout_matches_spec(layout, name: str) -> None:
     assert actual == expected
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bridge_template_is_the_spec_layout(layout, name: str) -> None:
+    """The template the bridge checks every state dict against (``pt_file.template_state_dict``,
+    built by ``pt_file.reference_model``) is the spec's layout at the default configuration."""
+    from bridge import pt_file
+
+    template = pt_file.template_state_dict(name, pt_file.default_config(name))
+    assert [(k, tuple(v.shape), v.dtype) for k, v in template.items()] == layout[name]
+
+
 def test_layout_sections_are_the_four_models(layout) -> None:
     assert list(layout) == list(MODEL_NAMES)
 
