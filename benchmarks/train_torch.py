@@ -49,15 +49,14 @@ from marl_jax.config import Config, load_config
 from marl_jax.env import market
 from marl_jax.env.features import AGENT_FEATURES
 from marl_jax.mappo import MAPPO, Batch, TrainState, Transition
+from marl_jax.models.registry import model_kwargs
 
 MODEL_NAMES = (*AGENT_ORDER, "critic")
 
 
 def model_configs(cfg: Config) -> dict[str, dict]:
     """Constructor arguments of the four models, from the config's model sections."""
-    configs = {name: getattr(cfg.agents, name).to_kwargs() for name in AGENT_ORDER}
-    configs["critic"] = cfg.critic.to_kwargs()
-    return configs
+    return {name: model_kwargs(cfg, name) for name in MODEL_NAMES}
 
 
 def jax_initial_state(cfg: Config, env_params: market.EnvParams) -> tuple[MAPPO, TrainState]:
