@@ -536,11 +536,3 @@ def make_train(
         return algo.run(state, env_params, algo.num_updates)
 
     return TrainFns(algo=algo, init=algo.init, update=algo.update, run=algo.run, train=train)
-
-
-@struct.dataclass
-class Experience:
-    """What :meth:`MAPPOTrainer.collect_experience` returns: a rollout and its market."""
-
-    transitions: Transition
-    env_params: market.EnvParams
