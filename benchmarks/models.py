@@ -39,7 +39,7 @@ import torch
 
 from bridge import torch_reference
 from bridge.convert import torch_to_flax
-from marl_jax.models.actors import AGENT_ORDER
+from marl_jax.agents import AGENT_NAMES
 from marl_jax.models.recurrences import resolve_rnn_backend
 from marl_jax.models.registry import build_module, init_variables, module_config
 
@@ -163,7 +163,7 @@ def population(args) -> None:
 def joint_decision(args) -> None:
     """CPU table: the joint decision, JAX jitted vs PyTorch eager, same weights and inputs."""
     cpu = jax.devices("cpu")[0]
-    names = (*AGENT_ORDER, "critic")
+    names = (*AGENT_NAMES, "critic")
     modules = {name: build_module(name) for name in names}  # full size, the original defaults
     refs, variables = {}, {}
     for name, module in modules.items():
@@ -177,26 +177,26 @@ def joint_decision(args) -> None:
             modules[name].apply(
                 variables[name], obs[name], deterministic=True, attention_weights=False
             )["action"]
-            for name in AGENT_ORDER
+            for name in AGENT_NAMES
         ]
         value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]
         return jax.numpy.stack(actions, -1), value
 
     def decide_t(obs):
         with torch.no_grad():
-            actions = [refs[name](obs[name], deterministic=True)["action"] for name in AGENT_ORDER]
+            actions = [refs[name](obs[name], deterministic=True)["action"] for name in AGENT_NAMES]
             return torch.stack(actions, -1), refs["critic"](obs["critic"])["value"]
 
     rng = np.random.default_rng(0)
     inputs = {}
     for batch in args.joint_batches:
         obs = {}
-        for name in AGENT_ORDER:
+        for name in AGENT_NAMES:
             module = modules[name]
             x = rng.standard_normal((batch, module.input_dim, args.seq_len)).astype(np.float32)
             x[:, 1] = np.abs(x[:, 1])  # MMD reads channel 1 as a (positive) volatility
             obs[name] = x
-        obs["critic"] = np.concatenate([obs[n].mean(-1) for n in AGENT_ORDER], axis=-1)
+        obs["critic"] = np.concatenate([obs[n].mean(-1) for n in AGENT_NAMES], axis=-1)
         inputs[batch] = obs
 
     print(
@@ -275,7 +275,7 @@ def main() -> None:
     )
     print(f"{'model':7s} {'mode':10s} {'pytorch ms':>11s} {'jax ms':>9s} {'jax speed-up':>13s}")
     rng = np.random.default_rng(0)
-    names = args.models or (*AGENT_ORDER, "critic")
+    names = args.models or (*AGENT_NAMES, "critic")
     thunks = {name: bench_model(name, args, device, rng) for name in names}
     # All PyTorch timings first, then all JAX ones: on a CPU, XLA's worker threads keep
     # spinning after JAX work and would slow PyTorch's threads in the same process.

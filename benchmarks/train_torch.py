@@ -44,20 +44,19 @@ import torch
 import torch.nn.functional as F
 
 from bridge.convert import flax_to_torch
-from bridge.torch_reference import AGENT_ORDER, build_reference_models
+from bridge.torch_reference import AGENT_NAMES, build_reference_models
 from marl_jax.config import Config, load_config
 from marl_jax.env import market
 from marl_jax.env.features import AGENT_FEATURES
 from marl_jax.mappo import MAPPO, Batch, TrainState, Transition
+from marl_jax.models.registry import model_kwargs
 
-MODEL_NAMES = (*AGENT_ORDER, "critic")
+MODEL_NAMES = (*AGENT_NAMES, "critic")
 
 
 def model_configs(cfg: Config) -> dict[str, dict]:
     """Constructor arguments of the four models, from the config's model sections."""
-    configs = {name: getattr(cfg.agents, name).to_kwargs() for name in AGENT_ORDER}
-    configs["critic"] = cfg.critic.to_kwargs()
-    return configs
+    return {name: model_kwargs(cfg, name) for name in MODEL_NAMES}
 
 
 def jax_initial_state(cfg: Config, env_params: market.EnvParams) -> tuple[MAPPO, TrainState]:
@@ -240,7 +239,7 @@ class TorchMAPPO:
         for _ in range(steps):
             buf["bar"].append(self._tensor(env.t.copy()))
             obs = {k: self._tensor(v) for k, v in env.observations(env.t).items()}
-            outs = [self.models[name](obs[name]) for name in AGENT_ORDER]
+            outs = [self.models[name](obs[name]) for name in AGENT_NAMES]
             actions = torch.stack([o["action"] for o in outs], -1)
             log_probs = torch.stack([o["log_prob"] for o in outs], -1)
             info = env.step(actions.cpu().numpy())
@@ -267,7 +266,7 @@ class TorchMAPPO:
         t = self.cfg.training
         metrics = {}
         actor_loss = torch.zeros((), device=self.device)
-        for i, name in enumerate(AGENT_ORDER):
+        for i, name in enumerate(AGENT_NAMES):
             out = self.models[name].evaluate_actions(mb[f"obs/{name}"], mb["actions"][:, i])
             log_ratio = out["log_prob"] - mb["log_probs"][:, i]
             ratio = log_ratio.exp()
@@ -440,7 +439,7 @@ def run_checks(cfg: Config, env_params: market.EnvParams) -> bool:
 
     # Initial models: same weights, same outputs on one observation batch.
     obs = env.observations(env.t)
-    for name in AGENT_ORDER:
+    for name in AGENT_NAMES:
         out_j = algo.modules[name].apply(algo.variables(state, name), obs[name], deterministic=True)
         with torch.no_grad():
             out_t = trainer.models[name](torch.from_numpy(obs[name]), deterministic=True)

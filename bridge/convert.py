@@ -39,7 +39,7 @@ import flax.linen as nn
 import numpy as np
 
 from bridge.pt_file import (
-    AGENT_ORDER,
+    AGENT_NAMES,
     BN_NAMES,
     MIN_TORCH,
     STATE_DICTS_KEY,
@@ -349,7 +349,7 @@ def new_checkpoint(
     meta = {"config_version": "1.0", "created": _now_iso(), "source": "marl-jax"}
     meta.update(dict(metadata or {}))
     return StrategicCheckpoint(
-        agents={name: agents[name] for name in AGENT_ORDER if name in agents},
+        agents={name: agents[name] for name in AGENT_NAMES if name in agents},
         critic=dict(critic),
         metadata=meta,
         modules=dict(modules),

@@ -24,7 +24,7 @@ except ImportError:
     raise ImportError(TORCH_MISSING) from None
 
 from bridge import torch_reference
-from marl_jax.agents import AGENT_NAMES as AGENT_ORDER  # no JAX
+from marl_jax.agents import AGENT_NAMES  # no JAX
 
 MIN_TORCH = (2, 10)
 STATE_DICTS_KEY = "model_state_dicts"
@@ -37,7 +37,7 @@ BUFFER_LEAVES = ("pe",)
 """Registered buffers (not parameters) other than the BatchNorm statistics."""
 
 __all__ = [
-    "AGENT_ORDER",
+    "AGENT_NAMES",
     "BN_NAMES",
     "BridgeError",
     "STATE_DICTS_KEY",
@@ -111,11 +111,11 @@ def checkpoint_state_dicts(data: Any, path: str | os.PathLike) -> list[tuple[str
         raise BridgeError(
             f"{path}: '{STATE_DICTS_KEY}' must hold an 'agents' dict and a 'critic' state dict"
         )
-    unknown = [name for name in agents_sd if name not in AGENT_ORDER]
+    unknown = [name for name in agents_sd if name not in AGENT_NAMES]
     if unknown:
         raise BridgeError(
             f"{path}: unknown agent(s) {unknown} in {STATE_DICTS_KEY}.agents; expected "
-            f"{list(AGENT_ORDER)}"
+            f"{list(AGENT_NAMES)}"
         )
     named = [(name, agents_sd[name], f"agents.{name}") for name in agents_sd]
     named.append(("critic", dicts["critic"], "critic"))
@@ -128,7 +128,7 @@ def checkpoint_state_dicts(data: Any, path: str | os.PathLike) -> list[tuple[str
 def default_config(name: str) -> dict:
     """Constructor arguments of model ``name`` at the defaults (the Flax models' defaults)."""
     if name not in torch_reference.DEFAULT_CONFIGS:
-        raise BridgeError(f"unknown model {name!r}; expected one of {list(AGENT_ORDER)} or critic")
+        raise BridgeError(f"unknown model {name!r}; expected one of {list(AGENT_NAMES)} or critic")
     return copy.deepcopy(torch_reference.DEFAULT_CONFIGS[name])
 
 

@@ -34,7 +34,7 @@ from bridge.torch_blocks import (
 
 __all__ = [
     "AGENT_CLASSES",
-    "AGENT_ORDER",
+    "AGENT_NAMES",
     "DEFAULT_CONFIGS",
     "CentralizedCritic",
     "ConvBlock",
@@ -438,7 +438,7 @@ class CentralizedCritic(nn.Module):
 # Registry
 # --------------------------------------------------------------------------------------------
 
-AGENT_ORDER: tuple[str, ...] = ("mlmi", "nwrqk", "mmd")
+AGENT_NAMES: tuple[str, ...] = ("mlmi", "nwrqk", "mmd")
 
 AGENT_CLASSES: dict[str, type[_BaseActor]] = {
     "mlmi": MLMIActor,
@@ -499,14 +499,14 @@ def build_reference_models(configs: dict[str, Any] | None = None) -> dict[str, n
     if unknown:
         raise ValueError(f"unknown model names in configs: {sorted(unknown)}")
     models: dict[str, nn.Module] = {}
-    for name in AGENT_ORDER:
+    for name in AGENT_NAMES:
         kwargs = copy.deepcopy(DEFAULT_CONFIGS[name])
         kwargs.update(configs.get(name) or {})
         models[name] = AGENT_CLASSES[name](**kwargs)
     critic_kwargs = copy.deepcopy(DEFAULT_CONFIGS["critic"])
     critic_overrides = dict(configs.get("critic") or {})
     if "state_dim" not in critic_overrides:
-        critic_kwargs["state_dim"] = sum(models[n].input_dim for n in AGENT_ORDER)
+        critic_kwargs["state_dim"] = sum(models[n].input_dim for n in AGENT_NAMES)
     critic_kwargs.update(critic_overrides)
     models["critic"] = CentralizedCritic(**critic_kwargs)
     return models

@@ -1,9 +1,11 @@
 """The three specialist agents, described once: everything else derives from :data:`AGENTS`.
 
 Each row gives the agent's name, its Flax model class (in :mod:`marl_jax.models.actors`), the
-environment features it reads (consecutive columns of the feature table, in order), and the
-attention heads of its actor. The input dimension is the number of features. The critic sees
-all agents' features concatenated in this order.
+environment features it reads (consecutive columns of the feature table, in order), the
+attention heads of its actor and its default layer sizes. The input dimension is the number
+of features. The critic sees all agents' features concatenated in this order. Every agent
+chooses one of :data:`NUM_ACTIONS` actions. :func:`fixed_sizes` gives the model sizes that the
+table and the environment fix (a config cannot set them).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent: name, model class name, input features and attention heads."""
+    """One agent: name, model class name, input features, attention heads, default sizes."""
 
     name: str
     model: str
     features: tuple[str, ...]
     heads: int
+    hidden_dims: tuple[int, ...]
+    conv_channels: tuple[int, ...]
+    kernel_sizes: tuple[int, ...]
 
     @property
     def input_dim(self) -> int:
@@ -32,6 +37,9 @@ AGENTS: tuple[AgentSpec, ...] = (
         "MLMIActor",
         ("mlmi_value", "mlmi_signal", "momentum_20", "momentum_50"),
         heads=8,
+        hidden_dims=(256, 128, 64),
+        conv_channels=(32, 64, 128),
+        kernel_sizes=(3, 5),
     ),
     AgentSpec(
         "nwrqk",
@@ -45,12 +53,18 @@ AGENTS: tuple[AgentSpec, ...] = (
             "level_touches",
         ),
         heads=8,
+        hidden_dims=(256, 128, 64),
+        conv_channels=(32, 64, 128),
+        kernel_sizes=(7, 9),
     ),
     AgentSpec(
         "mmd",
         "MMDActor",
         ("mmd_score", "volatility_30", "volume_profile_skew"),
         heads=4,
+        hidden_dims=(128, 64, 32),
+        conv_channels=(16, 32, 64),
+        kernel_sizes=(5, 7),
     ),
 )
 
@@ -60,6 +74,34 @@ MODEL_NAMES: tuple[str, ...] = (*AGENT_NAMES, "critic")
 FEATURE_NAMES: tuple[str, ...] = tuple(f for a in AGENTS for f in a.features)
 CRITIC_STATE_DIM: int = len(FEATURE_NAMES)
 CRITIC_ATTENTION_HEADS: int = 4
+CRITIC_HIDDEN_DIMS: tuple[int, ...] = (512, 256, 128)
+NUM_ACTIONS: int = 3
+"""Actions of every agent: 0 bearish, 1 neutral, 2 bullish (the market's position is the
+agents' mean of ``action - 1``)."""
+
+
+FIXED_BY: dict[str, str] = {
+    "input_dim": "the agent's features in marl_jax/agents.py",
+    "action_dim": f"the market's {NUM_ACTIONS} actions",
+    "sequence_length": "env.window",
+    "state_dim": "all agents' features in marl_jax/agents.py",
+    "n_agents": "the agents in marl_jax/agents.py",
+}
+"""What fixes each of the :func:`fixed_sizes` arguments, for messages."""
+
+
+def fixed_sizes(name: str, window: int) -> dict[str, int]:
+    """Constructor arguments of model ``name`` that the table and the environment fix: an
+    actor's ``input_dim`` (its features), ``action_dim`` (:data:`NUM_ACTIONS`) and
+    ``sequence_length`` (the ``window`` of bars it sees); the critic's ``state_dim`` (all
+    features) and ``n_agents``."""
+    if name == "critic":
+        return {"state_dim": CRITIC_STATE_DIM, "n_agents": len(AGENTS)}
+    return {
+        "input_dim": AGENT_BY_NAME[name].input_dim,
+        "action_dim": NUM_ACTIONS,
+        "sequence_length": window,
+    }
 
 
 def feature_slice(name: str) -> tuple[int, int]:

@@ -13,14 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import struct
 
 from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import Config, config_from_dict, config_to_dict
 from marl_jax.env import market
-from marl_jax.mappo import MAPPO, Experience, TrainState, rollout_metrics
+from marl_jax.mappo import MAPPO, TrainState, Transition, rollout_metrics
 from marl_jax.run.checkpointer import TrainCheckpointer
 
 __all__ = ["CheckpointManager", "Experience", "MAPPOTrainer"]
+
+
+@struct.dataclass
+class Experience:
+    """What :meth:`MAPPOTrainer.collect_experience` returns: a rollout and its market."""
+
+    transitions: Transition
+    env_params: market.EnvParams
 
 
 class CheckpointManager:

@@ -1,12 +1,14 @@
 """Configuration: YAML -> frozen, validated pydantic models, with dotted overrides.
 
 A config file has the original system's sections: ``agents.mlmi``, ``agents.nwrqk``,
-``agents.mmd`` (the actor constructor arguments), ``critic``, ``training``, ``env`` and
-``checkpoint``, plus a top-level ``seed``. Every key has a default, so a file only needs
-the keys it changes; an unknown key, a wrong type or an impossible value raises
-:class:`ConfigError` with one line naming the file, the override if one set the key, the
-dotted key, and what to do. ``python -m marl_jax.config schema`` prints the JSON Schema
-(committed as ``configs/schema.json`` for editors).
+``agents.mmd`` (the actors' layer sizes), ``critic``, ``training``, ``env`` and
+``checkpoint``, plus a top-level ``seed``. The sizes that the agent table and ``env.window``
+fix (an actor's ``input_dim``, ``action_dim`` and ``sequence_length``, the critic's
+``state_dim`` and ``n_agents``) are not keys: :func:`marl_jax.agents.fixed_sizes` gives them.
+Every key has a default, so a file only needs the keys it changes; an unknown key, a wrong
+type or an impossible value raises :class:`ConfigError` with one line naming the file, the
+override if one set the key, the dotted key, and what to do. ``python -m marl_jax.config
+schema`` prints the JSON Schema (committed as ``configs/schema.json`` for editors).
 
 Training defaults follow the published MAPPO settings (Yu et al. 2022, "The Surprising
 Effectiveness of PPO in Cooperative Multi-Agent Games", and its reference implementation
@@ -20,33 +22,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import re
 import sys
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import yaml
-from annotated_types import Ge
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
 
-from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, CRITIC_ATTENTION_HEADS, CRITIC_STATE_DIM
+from marl_jax.agents import (
+    AGENT_BY_NAME,
+    AGENT_NAMES,
+    CRITIC_ATTENTION_HEADS,
+    CRITIC_HIDDEN_DIMS,
+    FIXED_BY,
+)
 from marl_jax.errors import MarlJaxError
-from marl_jax.run.files import atomic_write_text
+from marl_jax.validation import (
+    Bool,
+    Float,
+    Int,
+    Located,
+    Name,
+    Sizes,
+    Where,
+    explain,
+    is_model,
+    read_yaml_mapping,
+    rule,
+    yaml_load,
+    yaml_scalar,
+)
 
 __all__ = [
     "AgentConfig",
@@ -60,10 +69,10 @@ __all__ = [
     "AGENT_NAMES",
     "config_from_dict",
     "config_to_dict",
+    "config_yaml",
     "load_config",
     "main",
     "parse_override",
-    "save_config",
     "schema_text",
 ]
 
@@ -72,55 +81,12 @@ class ConfigError(MarlJaxError, ValueError):
     """A bad configuration; the message is one line naming the key and the file."""
 
 
-# --------------------------------------------------------------------------- value types
-# YAML gives bools, ints, floats, strings, lists and dicts. A bool is not a number, a string
-# is not a number, and an integral float (``total_timesteps: 2e6``) is an integer.
-
-
-def _wrong_type() -> PydanticCustomError:
-    return PydanticCustomError("config_type", "wrong type")
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _wrong_type()
-    if isinstance(value, float):
-        if not value.is_integer():  # also rejects inf and nan
-            raise _wrong_type()
-        return int(value)
-    return value
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _wrong_type()
-    try:
-        return float(value)
-    except OverflowError:  # a huge int; rejected as not finite
-        return math.inf if value > 0 else -math.inf
-
-
-def _list(value: Any) -> Any:
-    if not isinstance(value, list | tuple):
-        raise _wrong_type()
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_int)]
-Float = Annotated[float, BeforeValidator(_float)]
-Bool = Annotated[bool, Strict()]
-Name = Annotated[str, Strict(), Field(pattern=r"\S")]  # a non-blank string
-Sizes = Annotated[tuple[Annotated[int, Ge(1), BeforeValidator(_int)], ...], BeforeValidator(_list)]
-
-
-def _rule(key: str, problem: str, hint: str) -> PydanticCustomError:
-    """A cross-field error on ``key`` (relative to the model that raises it)."""
-    return PydanticCustomError(
-        "config_rule", "{key}: {problem}; {hint}", {"key": key, "problem": problem, "hint": hint}
-    )
-
-
 # --------------------------------------------------------------------------- models
+
+
+def _fixed(key: str) -> tuple[str, str]:
+    """``(problem, hint)`` for a model size that the agent table or the environment fixes."""
+    return f"is derived from {FIXED_BY[key]}, not set in the config", "remove it"
 
 
 class _Section(BaseModel):
@@ -136,63 +102,65 @@ class _Section(BaseModel):
             return {
                 k: v
                 for k, v in data.items()
-                if not (v is None and k in cls.model_fields and _is_model(cls.model_fields[k]))
+                if not (v is None and k in cls.model_fields and is_model(cls.model_fields[k]))
             }
         return data
 
 
-def _is_model(field: FieldInfo) -> bool:
-    tp = field.annotation
-    return isinstance(tp, type) and issubclass(tp, BaseModel)
+class _ModelSection(_Section):
+    """A model's constructor arguments, less the sizes the agent table and env.window fix."""
+
+    fixed_keys: ClassVar[tuple[str, ...]] = ()  # see marl_jax.agents.fixed_sizes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_fixed_keys(cls, data: Any) -> Any:
+        for key in cls.fixed_keys:
+            if isinstance(data, dict) and key in data:
+                raise rule(key, *_fixed(key))
+        return data
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The section as model constructor keyword arguments, sequences as lists (the fixed
+        sizes come from :func:`marl_jax.agents.fixed_sizes`)."""
+        return self.model_dump(mode="json")
 
 
 def _no_required(schema: dict[str, Any]) -> None:
     schema.pop("required", None)
 
 
-class AgentConfig(_Section):
+class AgentConfig(_ModelSection):
     """Constructor arguments of one actor (MLMIActor, NWRQKActor or MMDActor)."""
 
     # In a file every key is optional: missing keys take that agent's defaults.
     model_config = ConfigDict(json_schema_extra=_no_required)
+    fixed_keys = ("input_dim", "action_dim", "sequence_length")
 
-    input_dim: Int = Field(ge=1, description="features the agent sees (fixed by the env)")
     hidden_dims: Sizes = Field(min_length=1, description="hidden layer sizes")
     conv_channels: Sizes = Field(min_length=2, description="temporal conv channels")
     kernel_sizes: Sizes = Field(min_length=2, description="temporal conv kernel sizes")
-    action_dim: Int = Field(3, ge=2, description="actions: bearish, neutral, bullish")
     dropout_rate: Float = Field(0.1, ge=0, lt=1, description="dropout probability")
     temperature_init: Float = Field(1.0, gt=0, description="initial softmax temperature")
-    sequence_length: Int = Field(48, ge=1, description="bars per observation window")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.hidden_dims[-1] < 2:
-            raise _rule(
+            raise rule(
                 "hidden_dims",
                 f"the last size feeds heads of width h//2, got {self.hidden_dims[-1]}",
                 "use 2 or more",
             )
         return self
 
-    def to_kwargs(self) -> dict[str, Any]:
-        """The model constructor's keyword arguments, sequences as lists."""
-        return self.model_dump(mode="json")
-
-
-_AGENT_LAYERS: dict[str, dict[str, tuple[int, ...]]] = {
-    "mlmi": {"hidden_dims": (256, 128, 64), "conv_channels": (32, 64, 128), "kernel_sizes": (3, 5)},
-    "nwrqk": {
-        "hidden_dims": (256, 128, 64),
-        "conv_channels": (32, 64, 128),
-        "kernel_sizes": (7, 9),
-    },
-    "mmd": {"hidden_dims": (128, 64, 32), "conv_channels": (16, 32, 64), "kernel_sizes": (5, 7)},
-}
-
 
 def _default_agent(name: str) -> AgentConfig:
-    return AgentConfig(input_dim=AGENT_BY_NAME[name].input_dim, **_AGENT_LAYERS[name])
+    spec = AGENT_BY_NAME[name]
+    return AgentConfig(
+        hidden_dims=spec.hidden_dims,
+        conv_channels=spec.conv_channels,
+        kernel_sizes=spec.kernel_sizes,
+    )
 
 
 class AgentsConfig(_Section):
@@ -216,20 +184,13 @@ class AgentsConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> Self:
         for name, agent in self.items():
-            spec = AGENT_BY_NAME[name]
-            if agent.input_dim != spec.input_dim:
-                raise _rule(
-                    f"{name}.input_dim",
-                    f"the environment gives {name} {spec.input_dim} features, "
-                    f"got {agent.input_dim}",
-                    f"set it to {spec.input_dim}",
-                )
-            if agent.hidden_dims[0] % spec.heads:
-                raise _rule(
+            heads = AGENT_BY_NAME[name].heads
+            if agent.hidden_dims[0] % heads:
+                raise rule(
                     f"{name}.hidden_dims",
                     f"hidden_dims[0]={agent.hidden_dims[0]} must be divisible by the "
-                    f"{spec.heads} attention heads",
-                    f"use a multiple of {spec.heads}",
+                    f"{heads} attention heads",
+                    f"use a multiple of {heads}",
                 )
         return self
 
@@ -238,13 +199,13 @@ class AgentsConfig(_Section):
         return [(n, getattr(self, n)) for n in AGENT_NAMES]
 
 
-class CriticConfig(_Section):
+class CriticConfig(_ModelSection):
     """Constructor arguments of CentralizedCritic."""
 
-    state_dim: Int = Field(CRITIC_STATE_DIM, description="all agents' features, concatenated")
-    n_agents: Int = Field(len(AGENT_NAMES), description="number of actors")
+    fixed_keys = ("state_dim", "n_agents")
+
     hidden_dims: Sizes = Field(
-        (512, 256, 128),
+        CRITIC_HIDDEN_DIMS,
         min_length=1,
         description=f"hidden sizes; the last a multiple of {CRITIC_ATTENTION_HEADS}",
     )
@@ -253,27 +214,14 @@ class CriticConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.state_dim != CRITIC_STATE_DIM:
-            raise _rule(
-                "state_dim",
-                f"the critic sees the {CRITIC_STATE_DIM} concatenated agent features, "
-                f"got {self.state_dim}",
-                f"set it to {CRITIC_STATE_DIM}",
-            )
-        if self.n_agents != len(AGENT_NAMES):
-            raise _rule("n_agents", f"got {self.n_agents}", f"set it to {len(AGENT_NAMES)}")
         if self.hidden_dims[-1] % CRITIC_ATTENTION_HEADS:
-            raise _rule(
+            raise rule(
                 "hidden_dims",
                 f"the last size must be a multiple of {CRITIC_ATTENTION_HEADS} "
                 f"(attention heads), got {self.hidden_dims[-1]}",
                 "use e.g. 16 or 128",
             )
         return self
-
-    def to_kwargs(self) -> dict[str, Any]:
-        """The model constructor's keyword arguments, sequences as lists."""
-        return self.model_dump(mode="json")
 
 
 class TrainingConfig(_Section):
@@ -317,14 +265,14 @@ class TrainingConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.batch_size % self.num_minibatches:
-            raise _rule(
+            raise rule(
                 "num_minibatches",
                 f"num_envs*rollout_len={self.batch_size} is not divisible by "
                 f"{self.num_minibatches}",
                 "pick a divisor of num_envs*rollout_len",
             )
         if self.total_timesteps < self.batch_size:
-            raise _rule(
+            raise rule(
                 "total_timesteps",
                 f"{self.total_timesteps} is less than one update "
                 f"(num_envs*rollout_len={self.batch_size})",
@@ -367,13 +315,13 @@ class EnvConfig(_Section):
     def _check(self) -> Self:
         total = self.train_frac + self.val_frac + self.test_frac
         if total > 1.0 + 1e-9:
-            raise _rule(
+            raise rule(
                 "test_frac",
                 f"train_frac + val_frac + test_frac = {total:g} exceeds 1",
                 "make the three fractions sum to at most 1",
             )
         if self.synthetic_n_bars <= self.window + self.episode_len:
-            raise _rule(
+            raise rule(
                 "synthetic_n_bars",
                 f"{self.synthetic_n_bars} bars cannot hold a window plus an episode "
                 f"({self.window}+{self.episode_len})",
@@ -409,35 +357,7 @@ class Config(_Section):
     seed: Int = Field(0, ge=0, description="seed of the run")
 
 
-# --------------------------------------------------------------------------- YAML
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-4`` and ``1E5`` as floats (YAML 1.1 needs a dot)."""
-
-
-_FLOAT_RE = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
-
-
-def _yaml_scalar(value: Any) -> str:
-    """``value`` as it would be written in YAML, on one line."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
+# --------------------------------------------------------------------------- overrides
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -449,32 +369,41 @@ def parse_override(item: str) -> tuple[str, Any]:
             f"override {item!r}: expected KEY.PATH=VALUE, e.g. training.actor_lr=3e-4"
         )
     try:
-        value = _yaml_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         msg = " ".join(str(e).split())
         raise ConfigError(f"override {item!r}: value is not valid YAML ({msg})") from None
     return key, value
 
 
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, where: Where) -> None:
+    """Set ``tree[a][b]... = value`` for ``key = "a.b..."``, checking each part is a key."""
+    parts = key.split(".")
+    node = tree
+    model: type[BaseModel] | None = Config
+    for i, part in enumerate(parts):
+        path = ".".join(parts[: i + 1])
+        if model is None:
+            raise where.error(
+                path, "unknown key", f"{'.'.join(parts[:i])} is a value, not a section"
+            )
+        if part in getattr(model, "fixed_keys", ()):
+            raise where.error(path, *_fixed(part))
+        if part not in model.model_fields:
+            raise where.error(path, "unknown key", f"use one of: {', '.join(model.model_fields)}")
+        field = model.model_fields[part]
+        model = typing.cast(type[BaseModel], field.annotation) if is_model(field) else None
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+
+
 # --------------------------------------------------------------------------- errors
-
-
-class _Ctx:
-    """Where values came from, for error messages."""
-
-    def __init__(self, source: str, overridden: dict[str, str]):
-        self.source = source
-        self.overridden = overridden
-
-    def where(self, key: str) -> str:
-        for k, item in self.overridden.items():
-            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
-                return f"{self.source} (override {item!r})"
-        return self.source
-
-    def error(self, key: str, problem: str, hint: str) -> ConfigError:
-        return ConfigError(" ".join(f"{self.where(key)}: {key}: {problem}; {hint}".split()))
-
 
 _MISSING = object()
 
@@ -493,7 +422,7 @@ def _resolve(loc: tuple[int | str, ...]) -> tuple[list[str], type[BaseModel], Fi
             return parts, model, None
         parts.append(part)
         field = model.model_fields[part]
-        if not _is_model(field):
+        if not is_model(field):
             return parts, model, field
         model = typing.cast(type[BaseModel], field.annotation)
     return parts, model, None
@@ -515,98 +444,20 @@ def _default_text(parts: list[str]) -> str:
         obj = obj.model_dump(mode="json")
     elif isinstance(obj, tuple):
         obj = list(obj)
-    return _yaml_scalar(obj)
+    return yaml_scalar(obj)
 
 
-def _unwrap(tp: Any) -> Any:
-    while typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
-def _type_name(tp: Any) -> str:
-    tp = _unwrap(tp)
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    if tp in names:
-        return names[tp]
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        parts = [_type_name(a) for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(parts) + " or null"
-    return str(tp)
-
-
-def _num(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, int | float) else str(x)
-
-
-def _bound_text(metadata: Sequence[Any], integer: bool) -> str:
-    """``metadata``'s bounds in words: ``in [0, 1)``, ``> 0``, ``at least 1``..."""
-    b = {k: getattr(m, k) for m in metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
-    lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
-    hi = (b["le"], "]") if "le" in b else (b["lt"], ")") if "lt" in b else None
-    if lo and hi:
-        return f"in {lo[0]}{_num(lo[1])}, {_num(hi[0])}{hi[1]}"
-    if lo:
-        if lo[0] == "(":
-            return f"> {_num(lo[1])}"
-        return f"at least {_num(lo[1])}" if integer else f">= {_num(lo[1])}"
-    if hi:
-        return f"<= {_num(hi[0])}" if hi[1] == "]" else f"< {_num(hi[0])}"
-    return "in range"
-
-
-def _explain(err: Any, tree: Any) -> tuple[str, str, str]:
-    """``(dotted key, problem, hint)`` for one pydantic error dict."""
-    kind: str = err["type"]
+def _translate(e: ValidationError, tree: Any, where: Where) -> MarlJaxError:
+    """The first of pydantic's errors as one :class:`ConfigError` line."""
+    err = e.errors()[0]
     parts, model, field = _resolve(err["loc"])
-    key = ".".join(parts)
     value = _lookup(tree, parts)
     if value is _MISSING:
         value = err.get("input")
-    ctx = err.get("ctx") or {}
-    if kind == "config_rule":
-        return ".".join([*parts, ctx["key"]]), ctx["problem"], ctx["hint"]
-    if kind in ("extra_forbidden", "invalid_key"):
-        return key, "unknown key", f"remove it or use one of: {', '.join(model.model_fields)}"
-    if field is None:  # a section that is not a mapping
-        return key, f"expected a mapping of keys, got {value!r}", "write it as a YAML section"
-    shown = _default_text(parts)
-    default = f"default: {shown}"
+    default = _default_text(parts) if field is not None else None
     element = len(err["loc"]) > len(parts)  # one entry of a list
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        if element:
-            item = typing.get_args(_unwrap(field.annotation))[0]
-            bound = _bound_text(typing.get_args(item)[1:], integer=True)
-            return (
-                key,
-                f"every entry must be {bound}, got {value!r}",
-                f"use e.g. the default {shown}",
-            )
-        bound = _bound_text(field.metadata, integer=_unwrap(field.annotation) is int)
-        return key, f"must be {bound}, got {value!r}", f"use e.g. the default {shown}"
-    if kind == "too_short":
-        n = ctx["min_length"]
-        entries = "entry" if n == 1 else "entries"
-        return key, f"needs at least {n} {entries}, got {value!r}", f"give {n} or more ({default})"
-    if kind == "finite_number":
-        return key, f"must be a finite number, got {value!r}", f"fix the value ({default})"
-    if kind == "string_pattern_mismatch":
-        return key, f"must not be blank, got {value!r}", f"fix the value ({default})"
-    if kind == "missing":
-        return key, "missing key", f"add it ({default})"
-    expected = _type_name(field.annotation)
-    return key, f"expected {expected}, got {value!r}", f"fix the value ({default})"
-
-
-def _translate(e: ValidationError, tree: Any, ctx: _Ctx) -> ConfigError:
-    """The first of pydantic's errors as one :class:`ConfigError` line."""
-    key, problem, hint = _explain(e.errors()[0], tree)
-    return ctx.error(key, problem, hint)
+    at = Located(".".join(parts), model, field, repr(value), default, element)
+    return where.error(*explain(err, at))
 
 
 # --------------------------------------------------------------------------- building
@@ -617,27 +468,9 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any, ctx: _Ctx) -> None:
-    """Set ``tree[a][b]... = value`` for ``key = "a.b..."``, checking each part is a key."""
-    parts = key.split(".")
-    node = tree
-    model: type[BaseModel] | None = Config
-    for i, part in enumerate(parts):
-        path = ".".join(parts[: i + 1])
-        if model is None:
-            raise ctx.error(path, "unknown key", f"{'.'.join(parts[:i])} is a value, not a section")
-        if part not in model.model_fields:
-            raise ctx.error(path, "unknown key", f"use one of: {', '.join(model.model_fields)}")
-        field = model.model_fields[part]
-        model = typing.cast(type[BaseModel], field.annotation) if _is_model(field) else None
-        if i == len(parts) - 1:
-            node[part] = value
-        else:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
+def config_yaml(cfg: Config) -> str:
+    """``cfg`` as the YAML text of a config file (``load_config`` reads it back equal)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
 def _deep_copy(x: Any) -> Any:
@@ -657,19 +490,19 @@ def config_from_dict(
     tree = _deep_copy(data if data is not None else {})
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (agents, ...)")
-    overridden: dict[str, str] = {}
-    ctx = _Ctx(source, overridden)
+    flags: dict[str, str] = {}
+    where = Where(source, flags, ConfigError)
     for item in overrides:
         try:
             key, value = parse_override(item)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
-        overridden[key] = item
-        _set_dotted(tree, key, value, ctx)
+        flags[key] = f"override {item!r}"
+        _set_dotted(tree, key, value, where)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise _translate(e, tree, ctx) from None
+        raise _translate(e, tree, where) from None
 
 
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
@@ -677,35 +510,6 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     p = Path(path)
     data = read_yaml_mapping(p, "config", "--config", "sections (agents, ...)", ConfigError)
     return config_from_dict(data, overrides, source=str(p))
-
-
-def read_yaml_mapping(
-    path: Path, kind: str, flag: str, contents: str, error: type[MarlJaxError]
-) -> dict[str, Any] | None:
-    """The mapping at the top of YAML file ``path`` (None when empty); a missing or unreadable
-    file, bad YAML or another top level raises ``error`` in one line naming ``flag``."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise error(f"{path}: {kind} file not found; check the {flag} path") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read the {kind} file ({e.strerror})") from None
-    try:
-        data = _yaml_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise error(f"{path}: not valid YAML{at}: {problem}; fix the syntax") from None
-    if data is not None and not isinstance(data, dict):
-        raise error(f"{path}: the top level must be a mapping of {contents}")
-    return data
-
-
-def save_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
-    """Write ``cfg`` as YAML atomically; returns the path."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-    return atomic_write_text(path, text)
 
 
 _DEFAULT = Config()

@@ -52,7 +52,7 @@ from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, TrainingConfig
 from marl_jax.env import market
 from marl_jax.models.recurrences import resolve_rnn_backend
-from marl_jax.models.registry import build_module, init_variables
+from marl_jax.models.registry import build_module, init_variables, model_kwargs
 from marl_jax.ppo import (
     ValueNormState,
     gae,
@@ -159,12 +159,10 @@ def build_modules(config: Config) -> dict[str, nn.Module]:
     run on ``training.rnn_backend`` (``auto``: cuDNN on a CUDA GPU, else ``lax.scan``)."""
     backend = resolve_rnn_backend(config.training.rnn_backend)
     modules = {
-        name: build_module(
-            name, getattr(config.agents, name).to_kwargs() | {"rnn_backend": backend}
-        )
+        name: build_module(name, model_kwargs(config, name) | {"rnn_backend": backend})
         for name in AGENT_NAMES
     }
-    modules["critic"] = build_module("critic", config.critic.to_kwargs())
+    modules["critic"] = build_module("critic", model_kwargs(config, "critic"))
     return modules
 
 
@@ -538,11 +536,3 @@ def make_train(
         return algo.run(state, env_params, algo.num_updates)
 
     return TrainFns(algo=algo, init=algo.init, update=algo.update, run=algo.run, train=train)
-
-
-@struct.dataclass
-class Experience:
-    """What :meth:`MAPPOTrainer.collect_experience` returns: a rollout and its market."""
-
-    transitions: Transition
-    env_params: market.EnvParams

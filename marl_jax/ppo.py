@@ -164,18 +164,9 @@ def valuenorm_init() -> ValueNormState:
     return ValueNormState(running_mean=z, running_mean_sq=z, debiasing_term=z)
 
 
-def valuenorm_update(
-    state: ValueNormState,
-    x: jax.Array,
-    beta: float = 0.99999,
-    epsilon: float = 1e-5,
-) -> ValueNormState:
-    """Fold a batch of targets ``x`` (any shape; reduced over all elements) into the EMAs.
-
-    ``epsilon`` is accepted for symmetry with the reference API; it only matters when
-    reading the statistics (:func:`valuenorm_mean_var`).
-    """
-    del epsilon
+def valuenorm_update(state: ValueNormState, x: jax.Array, beta: float = 0.99999) -> ValueNormState:
+    """Fold a batch of targets ``x`` (any shape; reduced over all elements) into the EMAs (the
+    debiasing ``epsilon`` applies when reading them: :func:`valuenorm_mean_var`)."""
     x = jnp.asarray(x, jnp.float32)
     batch_mean = jnp.mean(x)
     batch_sq = jnp.mean(x**2)

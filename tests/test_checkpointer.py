@@ -1,14 +1,12 @@
-"""Tests for marl_jax.run.checkpointer: exact round trips, retention, atomicity, original API."""
+"""Tests for marl_jax.run.checkpointer: exact round trips, retention, atomicity."""
 
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from marl_jax.compat import CheckpointManager
 from marl_jax.run.checkpointer import TrainCheckpointer
 
 
@@ -155,48 +153,3 @@ def test_restore_empty_dir_raises(tmp_path):
         assert ck.latest_step() is None and ck.best_step() is None
         with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
             ck.restore()
-
-
-def flax_vars(seed: int):
-    rng = np.random.default_rng(seed)
-    return {
-        "params": {
-            "conv_layers_0": {"kernel": jnp.asarray(rng.normal(size=(3, 4, 8)), jnp.float32)},
-            "temperature": jnp.asarray([1.0 + seed], jnp.float32),
-        },
-        "batch_stats": {
-            "conv_layers_0": {"mean": jnp.asarray(rng.normal(size=8), jnp.float32)},
-            "num_batches_tracked": jnp.asarray(seed, jnp.int32),
-        },
-    }
-
-
-def test_original_api_roundtrip(tmp_path):
-    mgr = CheckpointManager(tmp_path / "ckpts", max_checkpoints=5, best_metric="average_reward")
-    assert mgr.load_best_checkpoint() is None
-    saved = {}
-    rewards = [0.2, 0.7, 0.1, 0.3, 0.6, 0.5, 0.4]
-    for i, r in enumerate(rewards):
-        agents = {n: flax_vars(10 * i + j) for j, n in enumerate(["mlmi", "nwrqk", "mmd"])}
-        critic = flax_vars(100 + i)
-        path = mgr.save_checkpoint(agents=agents, critic=critic, metrics={"average_reward": r})
-        assert (tmp_path / "ckpts" / str(i)).resolve() == Path(path)
-        saved[i] = (agents, critic)
-    best = mgr.load_best_checkpoint()
-    assert set(best) >= {"agents", "critic", "metrics"}
-    assert best["metrics"]["average_reward"] == 0.7
-    assert_bit_exact(best["agents"], saved[1][0])
-    assert_bit_exact(best["critic"], saved[1][1])
-    assert mgr.list_checkpoints() == [1, 2, 3, 4, 5, 6]
-    # is_best=True marks a checkpoint as the best even with a lower metric
-    agents = {n: flax_vars(77) for n in ["mlmi", "nwrqk", "mmd"]}
-    mgr.save_checkpoint(agents, flax_vars(78), {"average_reward": 0.0}, is_best=True)
-    best = mgr.load_best_checkpoint()
-    assert best["step"] == 7
-    assert_bit_exact(best["critic"], flax_vars(78))
-    mgr.close()
-    # reopened: numbering continues
-    mgr2 = CheckpointManager(tmp_path / "ckpts")
-    assert mgr2.load_best_checkpoint()["step"] == 7
-    assert mgr2.save_checkpoint(agents, flax_vars(1), {"average_reward": 0.0}).endswith("/8")
-    mgr2.close()

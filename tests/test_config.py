@@ -18,10 +18,10 @@ from marl_jax.config import (
     TrainingConfig,
     config_from_dict,
     config_to_dict,
+    config_yaml,
     load_config,
     main,
     parse_override,
-    save_config,
     schema_text,
 )
 
@@ -34,23 +34,20 @@ def test_v1_is_the_full_size_default():
     cfg = load_config(V1)
     assert cfg == Config()
     a = cfg.agents
-    assert (a.mlmi.input_dim, a.mlmi.hidden_dims, a.mlmi.conv_channels, a.mlmi.kernel_sizes) == (
-        4,
+    assert (a.mlmi.hidden_dims, a.mlmi.conv_channels, a.mlmi.kernel_sizes) == (
         (256, 128, 64),
         (32, 64, 128),
         (3, 5),
     )
-    assert (a.nwrqk.input_dim, a.nwrqk.kernel_sizes) == (6, (7, 9))
-    assert (a.mmd.input_dim, a.mmd.hidden_dims, a.mmd.conv_channels, a.mmd.kernel_sizes) == (
-        3,
+    assert a.nwrqk.kernel_sizes == (7, 9)
+    assert (a.mmd.hidden_dims, a.mmd.conv_channels, a.mmd.kernel_sizes) == (
         (128, 64, 32),
         (16, 32, 64),
         (5, 7),
     )
     for _, agent in a.items():
-        assert agent.action_dim == 3 and agent.sequence_length == 48
         assert agent.dropout_rate == 0.1 and agent.temperature_init == 1.0
-    assert cfg.critic.hidden_dims == (512, 256, 128) and cfg.critic.state_dim == 13
+    assert cfg.critic.hidden_dims == (512, 256, 128) and cfg.env.window == 48
     t = cfg.training
     assert (t.clip_eps, t.gamma, t.gae_lambda, t.ent_coef) == (0.2, 0.99, 0.95, 0.01)
     assert (t.actor_lr, t.critic_lr, t.adam_eps, t.max_grad_norm) == (5e-4, 5e-4, 1e-5, 10.0)
@@ -69,7 +66,6 @@ def test_quickstart_is_small_and_short():
         assert all(s < b for s, b in zip(small.hidden_dims, big.hidden_dims, strict=True)) or (
             small.hidden_dims[0] < big.hidden_dims[0]
         )
-        assert small.sequence_length == cfg.env.window  # the models see the env's window
     assert cfg.agents.nwrqk.kernel_sizes == (7, 9)  # untouched keys keep the agent's defaults
     assert cfg.critic.hidden_dims[0] < full.critic.hidden_dims[0]
     t = cfg.training
@@ -80,14 +76,16 @@ def test_quickstart_is_small_and_short():
 def test_agent_kwargs_are_model_arguments():
     kw = load_config(V1).agents.mlmi.to_kwargs()
     assert kw == {
-        "input_dim": 4,
         "hidden_dims": [256, 128, 64],
         "conv_channels": [32, 64, 128],
         "kernel_sizes": [3, 5],
-        "action_dim": 3,
         "dropout_rate": 0.1,
         "temperature_init": 1.0,
-        "sequence_length": 48,
+    }
+    assert load_config(V1).critic.to_kwargs() == {
+        "hidden_dims": [512, 256, 128],
+        "dropout_rate": 0.1,
+        "use_layer_norm": True,
     }
     assert [n for n, _ in load_config(V1).agents.items()] == list(AGENT_NAMES)
 
@@ -129,8 +127,7 @@ def test_extra_keys_are_forbidden():
     with pytest.raises(ConfigError) as ei:
         config_from_dict({"critic": {"hidden_dims": [16], "heads": 4}}, source="run.yaml")
     assert str(ei.value) == (
-        "run.yaml: critic.heads: unknown key; remove it or use one of: "
-        "state_dim, n_agents, hidden_dims, dropout_rate, use_layer_norm"
+        "run.yaml: critic.heads: unknown key; use one of: hidden_dims, dropout_rate, use_layer_norm"
     )
 
 
@@ -153,10 +150,11 @@ def test_model_validator_error_is_one_line_naming_the_key():
 def test_agent_facts_come_from_the_agent_table():
     cfg = Config()
     for name, agent in cfg.agents.items():
-        assert agent.input_dim == agents.AGENT_BY_NAME[name].input_dim
-        assert agent.hidden_dims[0] % agents.AGENT_BY_NAME[name].heads == 0
-    assert cfg.critic.state_dim == agents.CRITIC_STATE_DIM
-    assert cfg.critic.n_agents == len(agents.AGENT_NAMES)
+        spec = agents.AGENT_BY_NAME[name]
+        assert agent.hidden_dims[0] % spec.heads == 0
+        sizes = (agent.hidden_dims, agent.conv_channels, agent.kernel_sizes)
+        assert sizes == (spec.hidden_dims, spec.conv_channels, spec.kernel_sizes)
+    assert cfg.critic.hidden_dims == agents.CRITIC_HIDDEN_DIMS
     assert cfg.critic.hidden_dims[-1] % agents.CRITIC_ATTENTION_HEADS == 0
     assert AGENT_NAMES is agents.AGENT_NAMES
 
@@ -182,8 +180,8 @@ def test_strict_types():
 def test_null_sections_and_partial_agents_take_defaults():
     assert config_from_dict({"training": None, "agents": {"mmd": None}}) == Config()
     cfg = config_from_dict({"agents": {"mmd": {"hidden_dims": [8, 8]}}})
-    assert cfg.agents.mmd.kernel_sizes == (5, 7) and cfg.agents.mmd.input_dim == 3
-    assert AgentConfig(input_dim=3, hidden_dims=(8,), conv_channels=(4, 4), kernel_sizes=(3, 3))
+    assert cfg.agents.mmd.kernel_sizes == (5, 7) and cfg.agents.mmd.hidden_dims == (8, 8)
+    assert AgentConfig(hidden_dims=(8,), conv_channels=(4, 4), kernel_sizes=(3, 3))
 
 
 def test_yaml_exponent_without_dot_is_a_float(tmp_path):
@@ -193,21 +191,16 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     assert t.actor_lr == 3e-4 and t.adam_eps == 1e-8
 
 
-def test_save_load_roundtrip(tmp_path):
+def test_yaml_roundtrip(tmp_path):
     cfg = load_config(QUICK, ["training.critic_lr=1e-3", "env.data_path=x.csv"])
-    out = save_config(cfg, tmp_path / "run" / "config.yaml")
-    assert out.exists()
-    assert [p.name for p in out.parent.iterdir()] == ["config.yaml"]  # no temp file left
+    out = tmp_path / "config.yaml"
+    out.write_text(config_yaml(cfg))
     assert load_config(out) == cfg
     assert yaml.safe_load(out.read_text()) == config_to_dict(cfg)
     assert config_from_dict(config_to_dict(cfg)) == cfg
-
-
-def test_save_is_atomic_replace(tmp_path):
-    p = tmp_path / "config.yaml"
-    p.write_text("old")
-    save_config(Config(), p)
-    assert load_config(p) == Config()
+    assert "input_dim" not in out.read_text()  # fixed sizes are not saved
+    out.write_text(config_yaml(Config()))
+    assert load_config(out) == Config()
 
 
 BAD_OVERRIDES = [
@@ -229,11 +222,13 @@ BAD_OVERRIDES = [
     ("agents.mlmi.kernel_sizes=[3]", "agents.mlmi.kernel_sizes", "at least 2"),
     ("agents.nwrqk.hidden_dims=[32, 0, 8]", "agents.nwrqk.hidden_dims", "at least 1"),
     ("agents.mlmi.hidden_dims=[32, 16, 1]", "agents.mlmi.hidden_dims", "2 or more"),
-    ("agents.mlmi.hidden_dims=[]", "agents.mlmi.hidden_dims", "at least 1"),
+    ("agents.mlmi.hidden_dims=[]", "agents.mlmi.hidden_dims", "at least one value"),
     ("agents.mlmi.hidden_dims=[30, 16, 8]", "agents.mlmi.hidden_dims", "divisible"),
-    ("agents.mmd.input_dim=4", "agents.mmd.input_dim", "set it to 3"),
+    ("agents.mmd.input_dim=3", "agents.mmd.input_dim", "derived from the agent's features"),
+    ("agents.mlmi.action_dim=5", "agents.mlmi.action_dim", "derived from the market's 3 actions"),
+    ("agents.nwrqk.sequence_length=40", "agents.nwrqk.sequence_length", "from env.window"),
     ("agents.mmd.dropout_rate=1.0", "agents.mmd.dropout_rate", "[0, 1)"),
-    ("critic.state_dim=12", "critic.state_dim", "set it to 13"),
+    ("critic.state_dim=12", "critic.state_dim", "derived from all agents' features"),
     ("critic.hidden_dims=[64, 32, 18]", "critic.hidden_dims", "multiple of 4"),
     ("env.test_frac=0.3", "env.test_frac", "at most 1"),
     ("env.train_frac=0", "env.train_frac", "(0, 1)"),
@@ -242,7 +237,7 @@ BAD_OVERRIDES = [
     ("checkpoint.max_to_keep=0", "checkpoint.max_to_keep", "at least 1"),
     ("checkpoint.save_every=0", "checkpoint.save_every", "at least 1"),
     ("checkpoint.dir=''", "checkpoint.dir", "blank"),
-    ("critic.n_agents=2", "critic.n_agents", "set it to 3"),
+    ("critic.n_agents=3", "critic.n_agents", "derived from the agents"),
     ("training.max_grad_norm=.inf", "training.max_grad_norm", "finite"),
     ("env.synthetic_n_bars=100", "env.synthetic_n_bars", "more bars"),
     ("env.data_path=5", "env.data_path", "a string or null"),
@@ -308,6 +303,8 @@ def test_parse_override():
         ("[1, 2]\n", "top level", "mapping"),
         ("agents:\n  mlmi:\n    kernel_sizes: [3]\n", "agents.mlmi.kernel_sizes", "at least 2"),
         ("training:\n  gamma: [0.9\n", "line", "not valid YAML"),
+        ("agents:\n  mlmi:\n    action_dim: 5\n", "agents.mlmi.action_dim", "remove it"),
+        ("critic:\n  n_agents: 3\n", "critic.n_agents", "derived from the agents"),
     ],
 )
 def test_bad_files(tmp_path, text, key, phrase):

@@ -1,21 +1,35 @@
 """Every config key does something: a whole run reads every leaf of ``Config`` from outside
-``marl_jax/config.py`` (validation inside config.py does not count)."""
+``marl_jax/config.py`` (validation inside config.py does not count).
+
+A model section (``agents.*``, ``critic``) goes to a model constructor whole, through
+``to_kwargs``; its keys count only when the model's own code then reads the constructor
+argument of that name (building a model with an argument it ignores is not a use).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
+import jax
 import yaml
 from pydantic import BaseModel
 from tiny_config import TINY
 
 from marl_jax import config as config_module
-from marl_jax.config import Config
+from marl_jax.config import AgentConfig, Config, CriticConfig
+from marl_jax.models import actors, components, critic
+from marl_jax.models.actors import MMDActor, StrategicActor
+from marl_jax.models.critic import CentralizedCritic
+from marl_jax.models.registry import init_variables
 from marl_jax.run.session import train_run
 from marl_jax.run.setup import RunSpec
 
 # Accessors defined in config.py whose reads count, since callers outside use them.
 PUBLIC_ACCESSORS = {"batch_size", "minibatch_size", "num_updates", "split_fractions"}
+# The model class each model section's keys are constructor arguments of.
+MODEL_OF_SECTION = {AgentConfig.__name__: StrategicActor, CriticConfig.__name__: CentralizedCritic}
+MODEL_CODE = {actors.__file__, critic.__file__, components.__file__}
 
 
 def leaf_paths(model: type[BaseModel], prefix: str = "") -> dict[tuple[str, str], str]:
@@ -39,8 +53,30 @@ def section_classes(model: type[BaseModel]) -> set[type[BaseModel]]:
     return found
 
 
-def track_reads(monkeypatch) -> set[tuple[str, str]]:
+def track_model_reads(monkeypatch) -> dict[type, set[str]]:
+    """``{model class: constructor arguments its own code read}`` (not ``__post_init__``'s
+    normalisation, not the dataclass machinery, not the registry's generic helpers)."""
+    reads: dict[type, set[str]] = {cls: set() for cls in MODEL_OF_SECTION.values()}
+    for cls in reads:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        original = cls.__getattribute__
+
+        def tracked(self, name, _original=original, _fields=fields, _cls=cls):
+            if name in _fields:
+                code = sys._getframe(1).f_code
+                if code.co_filename in MODEL_CODE and code.co_name != "__post_init__":
+                    reads[_cls].add(name)
+            return _original(self, name)
+
+        monkeypatch.setattr(cls, "__getattribute__", tracked)
+    return reads
+
+
+def track_reads(monkeypatch):
+    """A function returning the ``(section class name, field)`` pairs read so far."""
     reads: set[tuple[str, str]] = set()
+    passed: set[str] = set()  # model sections whose to_kwargs a caller outside used
+    model_reads = track_model_reads(monkeypatch)
     config_file = config_module.__file__
 
     def counts(frame) -> bool:
@@ -61,26 +97,47 @@ def track_reads(monkeypatch) -> set[tuple[str, str]]:
             return _original(self, name)
 
         monkeypatch.setattr(cls, "__getattribute__", tracked)
-        if "to_kwargs" in cls.__dict__:  # the whole section goes to a model constructor
-            to_kwargs = cls.__dict__["to_kwargs"]
+        if cls.__name__ in MODEL_OF_SECTION:
+            to_kwargs = cls.to_kwargs
 
-            def tracked_kwargs(self, _to_kwargs=to_kwargs, _fields=fields, _cls=cls):
+            def tracked_kwargs(self, _to_kwargs=to_kwargs, _cls=cls):
                 if counts(sys._getframe(1)):
-                    reads.update((_cls.__name__, f) for f in _fields)
+                    passed.add(_cls.__name__)
                 return _to_kwargs(self)
 
             monkeypatch.setattr(cls, "to_kwargs", tracked_kwargs)
-    return reads
+
+    def result() -> set[tuple[str, str]]:
+        used = {
+            (section, name)
+            for section in passed
+            for name in model_reads[MODEL_OF_SECTION[section]]
+            if name in config_module.__dict__[section].model_fields
+        }
+        return reads | used
+
+    return result
 
 
 def test_the_tracker_sees_reads_outside_config_only(monkeypatch):
     reads = track_reads(monkeypatch)
     cfg = Config()
-    assert not reads  # building and validating inside config.py is not a use
+    assert not reads()  # building and validating inside config.py is not a use
     _ = cfg.training.gamma
-    assert ("TrainingConfig", "gamma") in reads and ("Config", "training") in reads
+    assert ("TrainingConfig", "gamma") in reads() and ("Config", "training") in reads()
     _ = cfg.training.num_updates
-    assert ("TrainingConfig", "total_timesteps") in reads
+    assert ("TrainingConfig", "total_timesteps") in reads()
+
+
+def test_a_model_section_counts_only_where_the_model_reads_it(monkeypatch):
+    reads = track_reads(monkeypatch)
+    kwargs = Config().agents.mmd.to_kwargs()
+    assert not {key for key in reads() if key[0] == "AgentConfig"}  # passed, not yet used
+    kwargs.update(hidden_dims=[8, 8], conv_channels=[4, 4, 4])
+    init_variables(MMDActor(**kwargs, sequence_length=4), jax.random.key(0))
+    used = {name for section, name in reads() if section == "AgentConfig"}
+    assert used == set(AgentConfig.model_fields)  # the forward pass reads every one
+    assert not {key for key in reads() if key[0] == "CriticConfig"}
 
 
 def test_every_config_key_is_read_by_a_run(tmp_path, monkeypatch):
@@ -89,5 +146,5 @@ def test_every_config_key_is_read_by_a_run(tmp_path, monkeypatch):
     reads = track_reads(monkeypatch)
     out = tmp_path / "run"
     train_run(RunSpec(out=str(out), config=str(config)), progress=False)
-    unread = sorted(path for key, path in leaf_paths(Config).items() if key not in reads)
+    unread = sorted(path for key, path in leaf_paths(Config).items() if key not in reads())
     assert not unread, f"config keys that no code outside marl_jax/config.py reads: {unread}"

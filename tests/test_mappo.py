@@ -1,4 +1,4 @@
-"""MAPPO trainer: training-mode rule, purity under vmap, traced hyperparameters, original API."""
+"""MAPPO trainer: training-mode rule, purity under vmap, traced hyperparameters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import optax
 import pytest
 from tiny_config import TINY, tiny
 
-from marl_jax.compat import MAPPOTrainer
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
 from marl_jax.mappo import MAPPO, Batch, HyperParams, make_train
@@ -163,43 +162,3 @@ def test_unrolling_the_learn_loop_changes_the_program_not_the_result(cfg, env_pa
     ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(m_rolled["loss"]), float(m_unrolled["loss"]), rtol=1e-5)
-
-
-def test_mappo_trainer_runs_the_original_loop(cfg, env_params, tmp_path):
-    trainer = MAPPOTrainer(
-        TINY["training"],
-        agents=TINY["agents"],
-        critic=TINY["critic"],
-        checkpoint={"dir": str(tmp_path / "ignored"), "max_to_keep": 1},
-        checkpoint_dir=tmp_path,
-    )
-    rewards = []
-    for episode in range(2):
-        experiences = trainer.collect_experience(env_params, n_steps=8)
-        metrics = trainer.update_agents(experiences)
-        rewards.append(metrics["average_reward"])
-        trainer.save_checkpoint(metrics)
-        assert {"loss", "value_loss", "mlmi/entropy"} <= set(metrics)
-        assert episode + 1 == int(trainer.state.update_step)
-    best = trainer.checkpoints.load_best_checkpoint()
-    assert best["metrics"]["average_reward"] == pytest.approx(max(rewards))
-    # checkpoint.max_to_keep=1 keeps the latest plus the best; checkpoint_dir wins over dir.
-    assert trainer.checkpoints.list_checkpoints() == sorted({1, best["step"]})
-    assert not (tmp_path / "ignored").exists()
-    assert set(best["agents"]) == {"mlmi", "nwrqk", "mmd"}
-
-
-def test_mappo_trainer_ranks_by_the_configured_metric(cfg, env_params, tmp_path):
-    trainer = MAPPOTrainer(
-        TINY["training"],
-        agents=TINY["agents"],
-        critic=TINY["critic"],
-        checkpoint={"dir": str(tmp_path), "best_metric": "rank_me"},
-    )
-    experiences = trainer.collect_experience(env_params, n_steps=8)
-    metrics = trainer.update_agents(experiences)
-    for score in (1.0, 5.0, 2.0):
-        trainer.save_checkpoint({**metrics, "rank_me": score})
-    best = trainer.checkpoints.load_best_checkpoint()
-    assert best["metrics"]["rank_me"] == 5.0
-    assert set(best["agents"]) == {"mlmi", "nwrqk", "mmd"}

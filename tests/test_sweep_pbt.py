@@ -20,7 +20,7 @@ from marl_jax.sweep.pbt import (
     Lineage,
     PBTSettings,
     apply_plan,
-    hparams_table,
+    host_hparams,
     plan,
     to_hyperparams,
 )
@@ -83,7 +83,7 @@ def population() -> TrainState:
 
 
 def table_of(state: TrainState) -> dict[str, np.ndarray]:
-    return hparams_table(state.hparams, ["actor_lr", "critic_lr", "ent_coef", "gamma"])
+    return host_hparams(state.hparams, ["actor_lr", "critic_lr", "ent_coef", "gamma"])
 
 
 def injected_rate(opt_state) -> np.ndarray:

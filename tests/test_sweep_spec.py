@@ -14,18 +14,14 @@ import pytest
 from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.errors import MarlJaxError
 from marl_jax.mappo import HyperParams
+from marl_jax.sweep.members import describe, expand, member_hparams, random_samples, seeds
 from marl_jax.sweep.spec import (
     CONFIG_KEYS,
     TRACED_KEYS,
     SweepError,
     SweepSpec,
-    describe,
-    expand,
-    hparam_table,
     load_sweep,
     parse_grid_override,
-    random_samples,
-    seeds,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,11 +112,11 @@ def test_member_configs_carry_the_values_and_nothing_else(base, write):
     assert [m.values["training.gamma"] for m in members_of(groups)] == [0.5, 0.5, 0.9, 0.9]
 
 
-def test_hparam_table_matches_the_member_configs(base, write):
+def test_member_hparams_matches_the_member_configs(base, write):
     members = members_of(
         expand(base, load_sweep(write("grid:\n  training.critic_lr: [1.0e-4, 2.0e-4, 4.0e-4]\n")))
     )
-    table = hparam_table(members)
+    table = member_hparams(members)
     assert list(table) == [f.name for f in dataclasses.fields(HyperParams)]
     for name, column in table.items():
         assert column.dtype == np.float32 and column.shape == (3,)
@@ -361,7 +357,7 @@ def test_shipped_sweeps(write):
     assert spec.strategy == "pbt" and spec.pbt is not None and spec.pbt.interval == 10
     (group,) = expand(quick, spec)
     assert len(group.members) == 8 and {m.seed for m in group.members} == {quick.seed}
-    lr = hparam_table(group.members)["actor_lr"]
+    lr = member_hparams(group.members)["actor_lr"]
     assert lr.min() >= np.float32(3e-4) and lr.max() <= np.float32(3e-3)
 
 

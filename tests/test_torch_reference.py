@@ -11,14 +11,14 @@ import torch
 
 from bridge.torch_reference import (
     AGENT_CLASSES,
-    AGENT_ORDER,
+    AGENT_NAMES,
     CentralizedCritic,
     MMDActor,
     PositionalEncoding,
     build_reference_models,
 )
 
-MODEL_NAMES = (*AGENT_ORDER, "critic")
+MODEL_NAMES = (*AGENT_NAMES, "critic")
 OUTPUT_KEYS = ("action_probs", "logits", "value", "log_prob", "entropy", "attention_weights")
 ATOL = 1e-5
 
@@ -56,7 +56,7 @@ def loaded_models(reference_ckpt_path: Path) -> dict[str, torch.nn.Module]:
     ckpt = torch.load(reference_ckpt_path, weights_only=True, map_location="cpu")
     sds = ckpt["model_state_dicts"]
     models = build_reference_models()
-    for name in AGENT_ORDER:
+    for name in AGENT_NAMES:
         models[name].load_state_dict(sds["agents"][name], strict=True)
     models["critic"].load_state_dict(sds["critic"], strict=True)
     for model in models.values():
@@ -125,12 +125,12 @@ def test_fresh_initialisation_values() -> None:
 
 def test_checkpoint_loads_weights_only(reference_ckpt_path: Path) -> None:
     ckpt = torch.load(reference_ckpt_path, weights_only=True, map_location="cpu")
-    assert set(ckpt["model_state_dicts"]["agents"]) == set(AGENT_ORDER)
+    assert set(ckpt["model_state_dicts"]["agents"]) == set(AGENT_NAMES)
     assert "critic" in ckpt["model_state_dicts"]
     assert "metadata" in ckpt
 
 
-@pytest.mark.parametrize("name", AGENT_ORDER)
+@pytest.mark.parametrize("name", AGENT_NAMES)
 def test_positional_encoding_buffer_matches_checkpoint(reference_ckpt_path: Path, name) -> None:
     ckpt = torch.load(reference_ckpt_path, weights_only=True, map_location="cpu")
     stored = ckpt["model_state_dicts"]["agents"][name]["pos_encoding.pe"]
@@ -139,7 +139,7 @@ def test_positional_encoding_buffer_matches_checkpoint(reference_ckpt_path: Path
     torch.testing.assert_close(computed, stored, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", AGENT_ORDER)
+@pytest.mark.parametrize("name", AGENT_NAMES)
 def test_agent_reproduces_reference_outputs(loaded_models, reference_io, name: str) -> None:
     model = loaded_models[name]
     state = torch.from_numpy(np.array(reference_io[f"{name}/input"]))
@@ -157,10 +157,10 @@ def test_agent_reproduces_reference_outputs(loaded_models, reference_io, name: s
 def test_critic_reproduces_reference_outputs(loaded_models, reference_io) -> None:
     critic = loaded_models["critic"]
     states = torch.from_numpy(np.array(reference_io["critic/input"]))
-    agent_states = {n: torch.from_numpy(np.array(reference_io[f"{n}/input"])) for n in AGENT_ORDER}
+    agent_states = {n: torch.from_numpy(np.array(reference_io[f"{n}/input"])) for n in AGENT_NAMES}
     # The critic input is each agent's state averaged over the sequence, in agent order.
     np.testing.assert_allclose(
-        torch.cat([agent_states[n].mean(-1) for n in AGENT_ORDER], dim=-1).numpy(),
+        torch.cat([agent_states[n].mean(-1) for n in AGENT_NAMES], dim=-1).numpy(),
         reference_io["critic/input"],
         rtol=0,
         atol=ATOL,
@@ -170,8 +170,8 @@ def test_critic_reproduces_reference_outputs(loaded_models, reference_io) -> Non
     np.testing.assert_allclose(
         out["value"].numpy(), reference_io["critic/value"], rtol=0, atol=ATOL
     )
-    assert list(out["agent_values"]) == list(AGENT_ORDER)
-    for n in AGENT_ORDER:
+    assert list(out["agent_values"]) == list(AGENT_NAMES)
+    for n in AGENT_NAMES:
         np.testing.assert_allclose(
             out["agent_values"][n].numpy(),
             reference_io[f"critic/agent_values/{n}"],
@@ -200,7 +200,7 @@ def test_state_dict_round_trip(loaded_models, reference_ckpt_path: Path) -> None
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", AGENT_ORDER)
+@pytest.mark.parametrize("name", AGENT_NAMES)
 def test_two_dimensional_input_is_broadcast(name: str) -> None:
     torch.manual_seed(0)
     model = AGENT_CLASSES[name]().eval()
@@ -222,7 +222,7 @@ def test_two_dimensional_input_is_broadcast(name: str) -> None:
         torch.testing.assert_close(out2[key], outb[key])
 
 
-@pytest.mark.parametrize("name", AGENT_ORDER)
+@pytest.mark.parametrize("name", AGENT_NAMES)
 def test_other_sequence_lengths_keep_their_length(name: str) -> None:
     model = AGENT_CLASSES[name]().eval()
     with torch.no_grad():

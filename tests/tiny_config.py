@@ -7,7 +7,7 @@ from typing import Any
 
 TINY: dict[str, Any] = {
     "agents": {
-        name: {"hidden_dims": [8, 8, 8], "conv_channels": [4, 4, 4], "sequence_length": 8}
+        name: {"hidden_dims": [8, 8, 8], "conv_channels": [4, 4, 4]}
         for name in ("mlmi", "nwrqk", "mmd")
     },
     "critic": {"hidden_dims": [16, 8, 8]},

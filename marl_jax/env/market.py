@@ -56,8 +56,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from marl_jax.agents import AGENT_NAMES
-
 from .data import Bars, canonical_split, split_bounds
 from .features import (
     AGENT_FEATURES,
@@ -68,8 +66,6 @@ from .features import (
 )
 
 __all__ = [
-    "AGENTS",
-    "NUM_ACTIONS",
     "EnvParams",
     "EnvState",
     "make_env_params",
@@ -82,8 +78,6 @@ __all__ = [
     "positions_from_actions",
 ]
 
-AGENTS = AGENT_NAMES
-NUM_ACTIONS = 3
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 
 

@@ -2,7 +2,6 @@
 
 from marl_jax.models.actors import (
     ACTOR_CLASSES,
-    AGENT_ORDER,
     MLMIActor,
     MMDActor,
     NWRQKActor,
@@ -24,7 +23,6 @@ from marl_jax.models.critic import CentralizedCritic
 
 __all__ = [
     "ACTOR_CLASSES",
-    "AGENT_ORDER",
     "BatchNorm1d",
     "CentralizedCritic",
     "Conv1d",

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, AGENTS
+from marl_jax.agents import AGENT_BY_NAME, AGENTS, NUM_ACTIONS
 from marl_jax.models.components import (
     ACTIVATIONS,
     ConvBlock,
@@ -28,6 +28,7 @@ from marl_jax.models.components import (
 
 Array = jax.Array
 MIN_TEMPERATURE = 0.1
+_MLMI, _NWRQK, _MMD = (AGENT_BY_NAME[name] for name in ("mlmi", "nwrqk", "mmd"))
 
 
 class StrategicActor(nn.Module):
@@ -43,13 +44,14 @@ class StrategicActor(nn.Module):
     every other output reads (the trainer's rollout and loss).
     """
 
-    input_dim: int = 4
-    hidden_dims: Sequence[int] = (256, 128, 64)
-    action_dim: int = 3
+    # The original's base class defaults are MLMI's sizes.
+    input_dim: int = _MLMI.input_dim
+    hidden_dims: Sequence[int] = _MLMI.hidden_dims
+    action_dim: int = NUM_ACTIONS
     dropout_rate: float = 0.1
     temperature_init: float = 1.0
-    conv_channels: Sequence[int] = (32, 64, 128)
-    kernel_sizes: Sequence[int] = (3, 5)
+    conv_channels: Sequence[int] = _MLMI.conv_channels
+    kernel_sizes: Sequence[int] = _MLMI.kernel_sizes
     sequence_length: int = 48
     rnn_backend: str = "scan"
 
@@ -185,28 +187,28 @@ class StrategicActor(nn.Module):
 class MLMIActor(StrategicActor):
     """Momentum specialist: gelu/BatchNorm convs, 2-layer LSTM, 8 heads, gelu residual MLP."""
 
-    input_dim: int = AGENT_BY_NAME["mlmi"].input_dim
-    hidden_dims: Sequence[int] = (256, 128, 64)
-    conv_channels: Sequence[int] = (32, 64, 128)
-    kernel_sizes: Sequence[int] = (3, 5)
+    input_dim: int = _MLMI.input_dim
+    hidden_dims: Sequence[int] = _MLMI.hidden_dims
+    conv_channels: Sequence[int] = _MLMI.conv_channels
+    kernel_sizes: Sequence[int] = _MLMI.kernel_sizes
 
-    attention_heads: ClassVar[int] = AGENT_BY_NAME["mlmi"].heads
+    attention_heads: ClassVar[int] = _MLMI.heads
 
 
 class NWRQKActor(StrategicActor):
     """Support/resistance specialist: three swish/LayerNorm convs, 3-layer BiLSTM."""
 
-    input_dim: int = AGENT_BY_NAME["nwrqk"].input_dim
-    hidden_dims: Sequence[int] = (256, 128, 64)
-    conv_channels: Sequence[int] = (32, 64, 128)
-    kernel_sizes: Sequence[int] = (7, 9)
+    input_dim: int = _NWRQK.input_dim
+    hidden_dims: Sequence[int] = _NWRQK.hidden_dims
+    conv_channels: Sequence[int] = _NWRQK.conv_channels
+    kernel_sizes: Sequence[int] = _NWRQK.kernel_sizes
 
     conv_activation: ClassVar[str] = "swish"
     conv_norm: ClassVar[str] = "layer"
     extra_conv_kernel: ClassVar[int | None] = 5
     rnn_layers: ClassVar[int] = 3
     bidirectional: ClassVar[bool] = True
-    attention_heads: ClassVar[int] = AGENT_BY_NAME["nwrqk"].heads
+    attention_heads: ClassVar[int] = _NWRQK.heads
     head_activation: ClassVar[str] = "swish"
     output_head_halves: ClassVar[bool] = False
 
@@ -214,21 +216,20 @@ class NWRQKActor(StrategicActor):
 class MMDActor(StrategicActor):
     """Regime specialist: relu/InstanceNorm convs, 2-layer GRU, 4 heads, volatility adjust."""
 
-    input_dim: int = AGENT_BY_NAME["mmd"].input_dim
-    hidden_dims: Sequence[int] = (128, 64, 32)
-    conv_channels: Sequence[int] = (16, 32, 64)
-    kernel_sizes: Sequence[int] = (5, 7)
+    input_dim: int = _MMD.input_dim
+    hidden_dims: Sequence[int] = _MMD.hidden_dims
+    conv_channels: Sequence[int] = _MMD.conv_channels
+    kernel_sizes: Sequence[int] = _MMD.kernel_sizes
 
     conv_activation: ClassVar[str] = "relu"
     conv_norm: ClassVar[str] = "instance"
     rnn_type: ClassVar[str] = "gru"
-    attention_heads: ClassVar[int] = AGENT_BY_NAME["mmd"].heads
+    attention_heads: ClassVar[int] = _MMD.heads
     residual_outputs: ClassVar[bool] = False
     output_head_halves: ClassVar[bool] = False
     volatility_adjusted: ClassVar[bool] = True
 
 
-AGENT_ORDER: tuple[str, ...] = AGENT_NAMES
 ACTOR_CLASSES: dict[str, type[StrategicActor]] = {
     agent.name: globals()[agent.model] for agent in AGENTS
 }

@@ -9,8 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marl_jax.agents import AGENT_NAMES as AGENT_ORDER
-from marl_jax.agents import CRITIC_STATE_DIM
+from marl_jax.agents import AGENT_NAMES, CRITIC_HIDDEN_DIMS, CRITIC_STATE_DIM
 from marl_jax.models.components import LayerNorm, Linear, ResidualBlock, uniform_init
 
 Array = jax.Array
@@ -54,8 +53,8 @@ def order_agent_names(agent_states: Mapping[str, Array]) -> list[str]:
     the known agents; any other names keep their given order.
     """
     names = list(agent_states)
-    if set(names) <= set(AGENT_ORDER):
-        return [name for name in AGENT_ORDER if name in agent_states]
+    if set(names) <= set(AGENT_NAMES):
+        return [name for name in AGENT_NAMES if name in agent_states]
     return names
 
 
@@ -67,8 +66,8 @@ class CentralizedCritic(nn.Module):
     """
 
     state_dim: int = CRITIC_STATE_DIM
-    n_agents: int = len(AGENT_ORDER)
-    hidden_dims: Sequence[int] = (512, 256, 128)
+    n_agents: int = len(AGENT_NAMES)
+    hidden_dims: Sequence[int] = CRITIC_HIDDEN_DIMS
     dropout_rate: float = 0.1
     use_layer_norm: bool = True
 

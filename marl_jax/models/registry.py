@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marl_jax.agents import MODEL_NAMES
+from marl_jax.agents import FIXED_BY, MODEL_NAMES, fixed_sizes
 from marl_jax.models.actors import ACTOR_CLASSES, StrategicActor
 from marl_jax.models.critic import CentralizedCritic
+
+if TYPE_CHECKING:
+    from marl_jax.config import Config
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {**ACTOR_CLASSES, "critic": CentralizedCritic}
 
@@ -38,6 +41,26 @@ def build_module(name: str, config: Mapping[str, Any] | None = None) -> nn.Modul
     if name not in MODEL_CLASSES:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     return MODEL_CLASSES[name](**dict(config or {}))
+
+
+def model_kwargs(config: Config, name: str) -> dict[str, Any]:
+    """Model ``name``'s constructor keyword arguments: its config section plus the sizes the
+    agent table and ``env.window`` fix (:func:`marl_jax.agents.fixed_sizes`)."""
+    section = config.critic if name == "critic" else getattr(config.agents, name)
+    return section.to_kwargs() | fixed_sizes(name, config.env.window)
+
+
+def configurable_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A model configuration (``module_config``, e.g. a checkpoint's) as a config section: the
+    fixed sizes are dropped. Raises ValueError in one line when one disagrees with the agent
+    table (``sequence_length`` has no weights and follows ``env.window``, so any goes)."""
+    fixed = fixed_sizes(name, window=0)
+    for key, want in fixed.items():
+        if key != "sequence_length" and key in kwargs and kwargs[key] != want:
+            raise ValueError(
+                f"model {name} has {key}={kwargs[key]}, but {FIXED_BY[key]} fix it at {want}"
+            )
+    return {k: v for k, v in kwargs.items() if k not in fixed}
 
 
 def example_input(module: nn.Module, batch: int = 1) -> jax.Array:

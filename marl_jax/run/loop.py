@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from marl_jax.config import config_to_dict, save_config
+from marl_jax.config import config_to_dict, config_yaml
 from marl_jax.mappo import TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.files import atomic_write_text
@@ -93,7 +93,7 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     else:
         state = init_fn(rng, run.train_params, run.init)
         atomic_write_text(metrics_path, "")
-    save_config(cfg, run.dir.config)
+    atomic_write_text(run.dir.config, config_yaml(cfg))
 
     update = jax.jit(algo.update)
     writer = _tensorboard_writer(run.dir.tensorboard) if tensorboard else None

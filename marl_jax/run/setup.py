@@ -10,13 +10,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, MODEL_NAMES
+from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.env import data as bar_data
 from marl_jax.env import market
 from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO
-from marl_jax.models.registry import module_config
+from marl_jax.models.registry import configurable_kwargs, module_config
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.sources import load_models_from
 
@@ -104,15 +104,12 @@ def load_init(spec: str) -> tuple[dict[str, dict], dict[str, dict], str]:
 def config_with_models(cfg: Config, configs: Mapping[str, Mapping], source: str) -> Config:
     """``cfg`` with its model sections replaced by a checkpoint's configurations."""
     data = config_to_dict(cfg)
-    for name in AGENT_NAMES:
-        given = configs[name]["input_dim"]
-        if given != AGENT_BY_NAME[name].input_dim:
-            raise RunError(
-                f"--init-from {source}: agent {name} takes {given} features, but the market "
-                f"serves {AGENT_BY_NAME[name].input_dim}"
-            )
-        data["agents"][name] = dict(configs[name])
-    data["critic"] = dict(configs["critic"])
+    try:
+        for name in AGENT_NAMES:
+            data["agents"][name] = configurable_kwargs(name, configs[name])
+        data["critic"] = configurable_kwargs("critic", configs["critic"])
+    except ValueError as err:
+        raise RunError(f"--init-from {source}: {err}; it cannot run in this market") from None
     return config_from_dict(data, source=source)
 
 

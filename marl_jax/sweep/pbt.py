@@ -13,7 +13,7 @@ two halves:
   optimizers' injected learning rates from them.
 
 :class:`Lineage` accumulates the events, so a runner can checkpoint them and report who copied
-whom. :func:`hparams_table` and :func:`to_hyperparams` convert between the batched
+whom. :func:`host_hparams` and :func:`to_hyperparams` convert between the batched
 :class:`HyperParams` and the host table that :func:`plan` reads and writes.
 """
 
@@ -36,7 +36,7 @@ __all__ = [
     "PBTPlan",
     "PBTSettings",
     "apply_plan",
-    "hparams_table",
+    "host_hparams",
     "plan",
     "to_hyperparams",
 ]
@@ -218,9 +218,7 @@ def apply_plan(state: TrainState, source: jax.Array, new_hparams: HyperParams) -
     )
 
 
-def hparams_table(
-    hparams: HyperParams, names: Iterable[str] | None = None
-) -> dict[str, np.ndarray]:
+def host_hparams(hparams: HyperParams, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Host copy of a population's hyperparameters: name -> ``(P,)`` array (all fields, or
     ``names``)."""
     names = list(names) if names is not None else [f.name for f in dataclasses.fields(hparams)]

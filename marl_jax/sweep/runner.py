@@ -50,13 +50,14 @@ from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import env_params_for, load_market
 from marl_jax.run.steps import model_metadata
 from marl_jax.sweep import pbt as pbt_lib
+from marl_jax.sweep.members import Group, Member, describe, expand, member_hparams, seeds
 from marl_jax.sweep.population import (
     Population,
     PopulationProgram,
     fitting_width,
     member_mesh,
 )
-from marl_jax.sweep.spec import Group, Member, SweepSpec, describe, expand, hparam_table, seeds
+from marl_jax.sweep.spec import SweepSpec
 
 __all__ = ["SweepOptions", "run_sweep"]
 
@@ -283,7 +284,7 @@ class GroupTrainer:
                 self.cfg, self.train_params, len(members), self.mesh
             )
             program = self._program(width)
-            pop = program.init(seeds(members), hparam_table(members))
+            pop = program.init(seeds(members), member_hparams(members))
             host: dict[str, Any] = {"update": 0, "failed": {}, "lineage": []}
         else:
             program, pop, host = restored

@@ -1,4 +1,4 @@
-"""Sweep files: YAML -> a frozen, validated :class:`SweepSpec`, expanded into compiled groups.
+"""Sweep files: YAML -> a frozen, validated :class:`SweepSpec` (expanded by :mod:`.members`).
 
 A sweep file names dotted config keys (``training.actor_lr``) and the values to try::
 
@@ -14,26 +14,23 @@ A sweep file names dotted config keys (``training.actor_lr``) and the values to 
 The population is grid x random samples x seeds, in that order. Keys are *traced* (``seed``
 and the fields of :class:`marl_jax.mappo.HyperParams`, so one compiled program runs them all)
 or *static* (anything else: they change the compiled program, so each of their values makes a
-:class:`Group`). Every problem raises :class:`SweepError`, one line naming the file, the key and
-what to do. :func:`load_sweep` reads a file plus ``--grid KEY=V1,V2`` overrides; :func:`expand`
-checks every value against a base :class:`~marl_jax.config.Config` and returns the groups.
+:class:`~marl_jax.sweep.members.Group`). Every problem raises :class:`SweepError`, one line
+naming the file, the key and what to do. :func:`load_sweep` reads a file plus ``--grid
+KEY=V1,V2`` overrides; :func:`marl_jax.sweep.members.expand` checks every value against a base
+:class:`~marl_jax.config.Config` and returns the groups.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import itertools
 import math
 import os
-import re
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import numpy as np
-import yaml
 from annotated_types import Ge, Gt
 from pydantic import (
     BaseModel,
@@ -41,34 +38,32 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError, PydanticUndefined
+from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
-from marl_jax.config import (
-    Config,
-    ConfigError,
+from marl_jax.config import Config, ConfigError, parse_override
+from marl_jax.errors import MarlJaxError
+from marl_jax.mappo import HPARAM_NAMES
+from marl_jax.validation import (
     Float,
     Int,
+    Located,
     Name,
-    _bound_text,
-    _float,
-    _int,
-    _is_model,
-    _type_name,
-    _unwrap,
-    _yaml_scalar,
-    config_from_dict,
-    config_to_dict,
-    parse_override,
+    Where,
+    as_float,
+    as_int,
+    explain,
+    is_model,
     read_yaml_mapping,
+    rule,
+    type_name,
+    unwrap,
+    yaml_scalar,
 )
-from marl_jax.errors import MarlJaxError, one_line
-from marl_jax.mappo import HPARAM_NAMES
 
 __all__ = [
     "CONFIG_KEYS",
@@ -76,18 +71,11 @@ __all__ = [
     "STRATEGIES",
     "TRACED_KEYS",
     "Distribution",
-    "Group",
-    "Member",
     "PBTSpec",
     "SweepError",
     "SweepSpec",
-    "describe",
-    "expand",
-    "hparam_table",
     "load_sweep",
     "parse_grid_override",
-    "random_samples",
-    "seeds",
 ]
 
 
@@ -101,7 +89,7 @@ class SweepError(MarlJaxError, ValueError):
 def _config_leaves(model: type[BaseModel], prefix: str = "") -> dict[str, FieldInfo]:
     out: dict[str, FieldInfo] = {}
     for name, field in model.model_fields.items():
-        if _is_model(field):
+        if is_model(field):
             out.update(
                 _config_leaves(typing.cast(type[BaseModel], field.annotation), prefix + name + ".")
             )
@@ -125,17 +113,10 @@ PBT_METRICS: tuple[str, ...] = ("average_reward", "episode_log_return", "loss")
 
 
 def _is_float_key(key: str) -> bool:
-    return _unwrap(CONFIG_KEYS[key].annotation) is float
+    return unwrap(CONFIG_KEYS[key].annotation) is float
 
 
 # --------------------------------------------------------------------------- models
-
-
-def _rule(key: str, problem: str, hint: str) -> PydanticCustomError:
-    """A rule broken at ``key`` (relative to the model that raises it)."""
-    return PydanticCustomError(
-        "sweep_rule", "{key}: {problem}; {hint}", {"key": key, "problem": problem, "hint": hint}
-    )
 
 
 def _pair(value: Any) -> Any:
@@ -144,7 +125,7 @@ def _pair(value: Any) -> Any:
     return value
 
 
-PositiveFloat = Annotated[float, BeforeValidator(_float), Gt(0)]
+PositiveFloat = Annotated[float, BeforeValidator(as_float), Gt(0)]
 Pair = Annotated[tuple[Float, Float], BeforeValidator(_pair)]
 PositivePair = Annotated[tuple[PositiveFloat, PositiveFloat], BeforeValidator(_pair)]
 Values = Annotated[list[Any], Field(min_length=1)]
@@ -167,13 +148,13 @@ class Distribution(_Model):
     def _check(self) -> Self:
         given = [name for name in type(self).model_fields if getattr(self, name) is not None]
         if len(given) != 1:
-            raise _rule(
+            raise rule(
                 "",
                 f"give exactly one distribution, got {', '.join(given) or 'none'}",
                 "write e.g. {log_uniform: [1.0e-4, 1.0e-3]}",
             )
         if self.log_uniform is not None and self.log_uniform[0] <= 0:
-            raise _rule(
+            raise rule(
                 "log_uniform",
                 f"low must be > 0, got {self.log_uniform[0]!r}",
                 "use a positive low, or uniform",
@@ -181,9 +162,7 @@ class Distribution(_Model):
         for name in ("uniform", "log_uniform"):
             pair = getattr(self, name)
             if pair is not None and not pair[0] < pair[1]:
-                raise _rule(
-                    name, f"low must be below high, got {list(pair)!r}", "write [low, high]"
-                )
+                raise rule(name, f"low must be below high, got {list(pair)!r}", "write [low, high]")
         return self
 
     @property
@@ -226,7 +205,7 @@ class PBTSpec(_Model):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in PBT_METRICS:
-            raise _rule("", f"unknown metric {value!r}", f"use one of: {', '.join(PBT_METRICS)}")
+            raise rule("", f"unknown metric {value!r}", f"use one of: {', '.join(PBT_METRICS)}")
         return value
 
 
@@ -237,7 +216,7 @@ class SweepSpec(_Model):
     strategy: Literal["grid", "random", "pbt"] = Field("grid", description="grid, random or pbt")
     grid: dict[str, Values] = Field(default_factory=dict, description="key -> values to cross")
     random: dict[str, Distribution] = Field(default_factory=dict, description="key -> dist")
-    samples: Annotated[int, Ge(1), BeforeValidator(_int)] | None = Field(
+    samples: Annotated[int, Ge(1), BeforeValidator(as_int)] | None = Field(
         None, description="random draws (required with random)"
     )
     sample_seed: Int = Field(0, ge=0, description="seed of the random draws")
@@ -263,11 +242,11 @@ class SweepSpec(_Model):
                 _check_key(f"{section}.{key}", key)
         for key in self.grid:
             if key in self.random:
-                raise _rule(f"grid.{key}", "is also a random key", "sweep each key in one section")
+                raise rule(f"grid.{key}", "is also a random key", "sweep each key in one section")
         for key, dist in self.random.items():
             if dist.choice is None and not _is_float_key(key):
-                expected = _type_name(CONFIG_KEYS[key].annotation)
-                raise _rule(
+                expected = type_name(CONFIG_KEYS[key].annotation)
+                raise rule(
                     f"random.{key}",
                     f"{dist.kind} draws real numbers but {key} takes {expected}",
                     "use {choice: [...]}",
@@ -275,7 +254,7 @@ class SweepSpec(_Model):
         self._check_sections()
         if "seed" in self.keys and self.seeds != 1:
             section = "grid" if "seed" in self.grid else "random"
-            raise _rule(
+            raise rule(
                 "seeds",
                 f"must be 1 when {section}.seed lists the seeds, got {self.seeds}",
                 f"remove seeds or {section}.seed",
@@ -284,7 +263,7 @@ class SweepSpec(_Model):
             hparams = ", ".join(TRACED_KEYS[1:])
             for key in self.random:
                 if key not in TRACED_KEYS:
-                    raise _rule(
+                    raise rule(
                         f"random.{key}",
                         "is static (it changes the compiled program) and pbt perturbs only "
                         "traced hyperparameters",
@@ -292,7 +271,7 @@ class SweepSpec(_Model):
                         + hparams,
                     )
             if not self.perturbed_keys:
-                raise _rule(
+                raise rule(
                     "strategy",
                     "pbt needs a traced hyperparameter in grid or random to perturb",
                     f"add one of: {hparams}",
@@ -302,27 +281,27 @@ class SweepSpec(_Model):
     def _check_sections(self) -> None:
         """Which sections each strategy takes."""
         if self.random and self.strategy == "grid":
-            raise _rule(
+            raise rule(
                 "random",
                 "strategy grid does not sample",
                 "set strategy: random (or pbt), or move the keys to grid",
             )
         if self.strategy == "random" and not self.random:
-            raise _rule(
+            raise rule(
                 "random",
                 "strategy random needs keys to sample",
                 "add a random section, or use strategy: grid",
             )
         if self.random and self.samples is None:
-            raise _rule("samples", "missing; random keys need a number of draws", "add samples: K")
+            raise rule("samples", "missing; random keys need a number of draws", "add samples: K")
         if not self.random:
             for name in ("samples", "sample_seed"):
                 if name in self.model_fields_set:
-                    raise _rule(
+                    raise rule(
                         name, "is only used with random keys", f"remove {name} or add random keys"
                     )
         if self.pbt is not None and self.strategy != "pbt":
-            raise _rule(
+            raise rule(
                 "pbt",
                 f"is only used with strategy pbt, not {self.strategy}",
                 "set strategy: pbt or remove the pbt section",
@@ -358,8 +337,9 @@ class SweepSpec(_Model):
         """Members: grid points x random samples x seeds."""
         return math.prod(len(v) for v in self.grid.values()) * (self.samples or 1) * self.seeds
 
-    def _where(self) -> _Where:
-        return _Where(self._source, self._overrides)
+    def where(self) -> Where:
+        """Where the sweep's keys came from (the file, ``--grid`` flags), for messages."""
+        return _where(self._source, self._overrides)
 
 
 _SECTION_KEYS = ("grid", "random", "pbt")
@@ -371,7 +351,7 @@ def _check_key(label: str, key: str) -> None:
         return
     if key in _SECTIONS:
         example = next(k for k in CONFIG_KEYS if k.startswith(key + "."))
-        raise _rule(
+        raise rule(
             label, "is a config section, not a value", f"sweep one of its keys, e.g. {example}"
         )
     near = [k for k in CONFIG_KEYS if k.endswith("." + key)]
@@ -380,42 +360,16 @@ def _check_key(label: str, key: str) -> None:
         hint = f"did you mean {near[0]}?" + (f" (or {', '.join(near[1:3])})" if near[1:] else "")
     else:
         hint = "see configs/schema.json for the keys"
-    raise _rule(label, "unknown config key", hint)
+    raise rule(label, "unknown config key", hint)
 
 
 # --------------------------------------------------------------------------- errors
 
-
-class _Where:
-    """Where a sweep's keys came from (the file or a ``--grid`` flag), for error messages."""
-
-    def __init__(self, source: str, overrides: Mapping[str, str]):
-        self.source = source
-        self.overrides = overrides
-
-    def of(self, key: str) -> str:
-        for k, flag in self.overrides.items():
-            if key == k or key.startswith(k + "."):
-                return flag if self.source == _NO_FILE else f"{self.source} ({flag})"
-        return self.source
-
-    def error(self, key: str, problem: str, hint: str) -> SweepError:
-        return SweepError(one_line(f"{self.of(key)}: {key}: {problem}; {hint}"))
-
-
 _NO_FILE = "--grid"
 
 
-def _shown(value: Any) -> str:
-    try:
-        return _yaml_scalar(value)
-    except yaml.YAMLError:
-        return repr(value)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so that YAML shows them as lists."""
-    return list(value) if isinstance(value, tuple) else value
+def _where(source: str, overrides: Mapping[str, str]) -> Where:
+    return Where(None if source == _NO_FILE else source, overrides, SweepError)
 
 
 def _field_at(loc: tuple[int | str, ...]) -> tuple[type[BaseModel], FieldInfo | None]:
@@ -430,13 +384,6 @@ def _field_at(loc: tuple[int | str, ...]) -> tuple[type[BaseModel], FieldInfo | 
     return model, field
 
 
-def _default_hint(field: FieldInfo | None) -> str:
-    if field is None or field.default in (None, PydanticUndefined):
-        return "fix the value"
-    default = field.default
-    return f"fix the value (default: {_shown(_plain(default))})"
-
-
 _EXAMPLES = {
     "grid": "write e.g. training.actor_lr: [1.0e-3, 3.0e-3]",
     "random": "write e.g. training.actor_lr: {log_uniform: [1.0e-4, 1.0e-3]}",
@@ -444,18 +391,12 @@ _EXAMPLES = {
 }
 
 
-def _explain(err: Any) -> tuple[str, str, str]:
+def _explain(err: ErrorDetails) -> tuple[str, str, str]:
     """``(key, problem, hint)`` for one pydantic error of a sweep file."""
-    loc: tuple[int | str, ...] = err["loc"]
-    kind: str = err["type"]
-    ctx = err.get("ctx") or {}
+    loc = err["loc"]
+    kind = err["type"]
     key = ".".join(p for p in loc if isinstance(p, str) and p != "[key]")
-    got = _shown(err.get("input"))
-    if kind == "sweep_rule":
-        return ".".join(p for p in (key, ctx["key"]) if p), ctx["problem"], ctx["hint"]
-    model, field = _field_at(loc)
-    if kind == "extra_forbidden":
-        return key, "unknown key", f"use one of: {', '.join(model.model_fields)}"
+    got = yaml_scalar(err.get("input"))
     if "[key]" in loc:
         return key, f"keys must be dotted config keys, got {got}", "e.g. training.actor_lr"
     if len(loc) == 2 and loc[0] == "random" and kind in ("model_type", "model_attributes_type"):
@@ -470,38 +411,14 @@ def _explain(err: Any) -> tuple[str, str, str]:
         return key, f"expected a list of values, got {got}", f"write [{got}]"
     if kind == "sweep_pair":
         return key, f"expected [low, high], got {got}", "give two numbers"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        element = isinstance(loc[-1], int)
-        integer = isinstance(err.get("input"), int)
-        # the field's whole range where it has one, else the bound that failed
-        bound = _bound_text(field.metadata if field is not None else [], integer)
-        if element or bound == "in range":
-            bound = _bound_text([_Bounds(ctx)], integer)
-        which = "every entry" if element else ""
-        return key, f"{which} must be {bound}, got {got}", _default_hint(field)
-    if kind == "too_short":
-        return key, f"needs at least one value, got {got}", "give one or more values, or remove it"
-    if kind == "literal_error":
-        return key, f"must be one of {ctx['expected']}, got {got}", _default_hint(field)
-    if kind == "finite_number":
-        return key, f"must be a finite number, got {got}", _default_hint(field)
-    if kind == "string_pattern_mismatch":
-        return key, f"must not be blank, got {got}", _default_hint(field)
-    if kind == "config_type" and isinstance(loc[-1], int):
+    element = bool(loc) and isinstance(loc[-1], int)
+    if kind == "config_type" and element:
         return key, f"every entry must be a number, got {got}", "fix the value"
-    if kind == "missing":
-        return key, "missing key", "add it"
-    expected = _type_name(field.annotation) if field is not None else "a valid value"
-    return key, f"expected {expected}, got {got}", _default_hint(field)
-
-
-class _Bounds:
-    """A pydantic error's bound context, shaped like the annotated_types metadata."""
-
-    def __init__(self, ctx: Mapping[str, Any]):
-        for k in ("gt", "ge", "lt", "le"):
-            if k in ctx:
-                setattr(self, k, ctx[k])
+    model, field = _field_at(loc)
+    default = None
+    if field is not None and field.default not in (None, PydanticUndefined):
+        default = yaml_scalar(field.default)
+    return explain(err, Located(key, model, field, got, default, element))
 
 
 # --------------------------------------------------------------------------- loading
@@ -550,171 +467,7 @@ def load_sweep(path: str | os.PathLike[str] | None, grid: Sequence[str] = ()) ->
     try:
         spec = SweepSpec.model_validate(tree)
     except ValidationError as e:
-        raise _Where(source, overrides).error(*_explain(e.errors()[0])) from None
+        raise _where(source, overrides).error(*_explain(e.errors()[0])) from None
     spec._source = source
     spec._overrides = overrides
     return spec
-
-
-# --------------------------------------------------------------------------- expansion
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """One run of the population: its global index, seed, swept values and whole config."""
-
-    index: int
-    seed: int
-    values: dict[str, Any]  # dotted key -> value, every swept key but seed
-    config: Config
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """Members that share one compiled program (the same static values)."""
-
-    static: dict[str, Any]  # static dotted key -> value
-    config: Config  # base + static overrides: build the program from this
-    members: tuple[Member, ...]
-
-
-_INNER = "sweep member"
-_INNER_PREFIX = re.compile(rf"^{_INNER}(?: \(override .*?\))?: ")
-
-
-def _apply(tree: dict[str, Any], values: Mapping[str, Any]) -> Config:
-    """The config ``tree`` with ``values`` set as ``--set key=value`` overrides."""
-    overrides = [f"{k}={_yaml_scalar(v)}" for k, v in values.items()]
-    return config_from_dict(tree, overrides, source=_INNER)
-
-
-def _inner(e: ConfigError) -> str:
-    return _INNER_PREFIX.sub("", one_line(e), count=1)
-
-
-def _leaf(cfg: Config, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _field_adapter(key: str) -> TypeAdapter[Any]:
-    if key not in _ADAPTERS:
-        field = CONFIG_KEYS[key]
-        _ADAPTERS[key] = TypeAdapter(
-            Annotated[field.annotation, *field.metadata], config=ConfigDict(allow_inf_nan=False)
-        )
-    return _ADAPTERS[key]
-
-
-_ADAPTERS: dict[str, TypeAdapter[Any]] = {}
-
-
-def _check_value(tree: dict[str, Any], label: str, key: str, value: Any, where: _Where) -> None:
-    """Raise at ``label`` if ``value`` breaks ``key``'s own type or bounds."""
-    try:
-        _field_adapter(key).validate_python(value)
-        return
-    except ValidationError:
-        pass
-    try:  # the config's own words for the problem
-        _apply(tree, {key: value})
-        inner = f"not a valid {key}"
-    except ConfigError as e:
-        inner = _inner(e)
-    raise where.error(
-        label, f"{_shown(value)} is not a valid value ({inner})", "change or remove it"
-    )
-
-
-def random_samples(spec: SweepSpec) -> list[dict[str, Any]]:
-    """The ``samples`` draws of the random keys (``[{}]`` without any), reproducible from
-    ``sample_seed``; keys draw their columns in file order, so appending a key keeps the
-    earlier keys' draws."""
-    if not spec.random:
-        return [{}]
-    n = typing.cast(int, spec.samples)
-    rng = np.random.default_rng(spec.sample_seed)
-    columns = {key: dist.sample(rng, n) for key, dist in spec.random.items()}
-    return [{key: column[i] for key, column in columns.items()} for i in range(n)]
-
-
-def _settings(base: Config, spec: SweepSpec) -> Iterable[tuple[dict[str, Any], int]]:
-    """``(values, seed)`` per member in grid x sample x seed order."""
-    draws = random_samples(spec)
-    for point in itertools.product(*spec.grid.values()):
-        for draw in draws:
-            values = {**dict(zip(spec.grid, point, strict=True)), **draw}
-            if "seed" in values:
-                yield values, values.pop("seed")
-            else:
-                for i in range(spec.seeds):
-                    yield values, base.seed + i
-
-
-def expand(base: Config, spec: SweepSpec) -> list[Group]:
-    """The population of ``spec`` over ``base``, as compiled groups of members.
-
-    Every value is checked against its config key, and every member's whole config is
-    validated; the first problem raises :class:`SweepError` naming the key and value.
-    """
-    where = spec._where()
-    tree = config_to_dict(base)
-    for key, values in spec.grid.items():
-        for value in values:
-            _check_value(tree, f"grid.{key}", key, value, where)
-    for key, dist in spec.random.items():
-        for value in dist.extremes():
-            _check_value(tree, f"random.{key}", key, value, where)
-
-    static_keys = spec.static_keys
-    rows: dict[tuple[Any, ...], list[tuple[dict[str, Any], Config]]] = {}
-    for values, seed in _settings(base, spec):
-        try:
-            cfg = _apply(tree, {**values, "seed": seed})
-        except ConfigError as e:
-            shown = ", ".join(f"{k}={_shown(v)}" for k, v in {**values, "seed": seed}.items())
-            raise SweepError(
-                f"{where.source}: {shown}: this combination is not a valid config "
-                f"({_inner(e)}); change the sweep so that every combination is valid"
-            ) from None
-        swept = {k: _leaf(cfg, k) for k in values}
-        rows.setdefault(tuple(swept[k] for k in static_keys), []).append((swept, cfg))
-
-    groups: list[Group] = []
-    index = 0
-    for key, members in rows.items():
-        static = dict(zip(static_keys, key, strict=True))
-        group_cfg = _apply(tree, static)  # valid: it is a member's config but for traced keys
-        built = []
-        for swept, cfg in members:
-            built.append(Member(index=index, seed=cfg.seed, values=swept, config=cfg))
-            index += 1
-        groups.append(Group(static=static, config=group_cfg, members=tuple(built)))
-    return groups
-
-
-def hparam_table(members: Sequence[Member]) -> dict[str, np.ndarray]:
-    """Per-member float32 arrays of every :class:`HyperParams` field, from each config."""
-    return {
-        name: np.asarray([getattr(m.config.training, name) for m in members], np.float32)
-        for name in HPARAM_NAMES
-    }
-
-
-def seeds(members: Sequence[Member]) -> np.ndarray:
-    """The members' seeds (int64)."""
-    return np.asarray([m.seed for m in members], np.int64)
-
-
-def describe(groups: Sequence[Group]) -> str:
-    """One line: how many compiled groups, each with its static values and member count."""
-    parts = []
-    for g in groups:
-        static = " ".join(f"{k}={_shown(_plain(v))}" for k, v in g.static.items())
-        n = len(g.members)
-        counted = f"{n} member{'s' if n != 1 else ''}"
-        parts.append(f"{static} ({counted})" if static else counted)
-    n = len(groups)
-    return f"{n} compiled group{'s' if n != 1 else ''}: {', '.join(parts)}"
