@@ -68,11 +68,8 @@ class CheckpointManager:
         self._ckpt.save(
             step,
             state,
-            config={"best_metric": self.best_metric, "is_best": is_best},
-            norm={},
             metrics=metrics,
             is_best=is_best,
-            force=True,
         )
         self._ckpt.wait_until_finished()
         return str(self._ckpt.step_path(step))
@@ -86,7 +83,7 @@ class CheckpointManager:
 
     def load_checkpoint(self, step: int | None = None) -> dict[str, Any]:
         """Like ``load_best_checkpoint`` for a given step (default: the latest)."""
-        state, _, _, metrics = self._ckpt.restore(step)
+        state, metrics = self._ckpt.restore(step)
         if step is None:
             step = self._ckpt.latest_step()
         return {

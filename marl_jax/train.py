@@ -10,7 +10,6 @@ the latest one. At the end the run directory holds ``config.yaml``, the checkpoi
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -47,37 +46,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notices are not for users
-    from marl_jax.errors import MarlJaxError, one_line
+    from marl_jax.errors import cli_main
+
+    return cli_main(lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
     from marl_jax.run.cache import enable_compilation_cache
 
-    try:
-        enable_compilation_cache()
-        from marl_jax.run.report import format_report
-        from marl_jax.run.session import train_run
-        from marl_jax.run.setup import RunSpec
+    enable_compilation_cache()
+    from marl_jax.run.report import format_report
+    from marl_jax.run.session import train_run
+    from marl_jax.run.setup import RunSpec
 
-        spec = RunSpec(
-            out=args.out,
-            config=args.config,
-            overrides=tuple(args.set),
-            data=args.data,
-            resume=args.resume,
-            init_from=args.init_from,
-            seed=args.seed,
-            total_timesteps=args.total_timesteps,
-        )
-        result = train_run(spec, progress=not args.no_progress, tensorboard=args.tensorboard)
-        print(format_report(result.report))
-        exported = result.exported
-        print(
-            f"run directory: {result.run.out}"
-            + (f" (exported {exported.name})" if exported else "")
-        )
-        return 0
-    except MarlJaxError as err:
-        print("error: " + one_line(err), file=sys.stderr)
-        return 2
+    spec = RunSpec(
+        out=args.out,
+        config=args.config,
+        overrides=tuple(args.set),
+        data=args.data,
+        resume=args.resume,
+        init_from=args.init_from,
+        seed=args.seed,
+        total_timesteps=args.total_timesteps,
+    )
+    result = train_run(spec, progress=not args.no_progress, tensorboard=args.tensorboard)
+    print(format_report(result.report))
+    exported = result.exported
+    print(f"run directory: {result.run.out}" + (f" (exported {exported.name})" if exported else ""))
+    return 0
 
 
 if __name__ == "__main__":

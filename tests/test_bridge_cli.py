@@ -265,11 +265,8 @@ def run_dir(tmp_path_factory):
             checkpointer.save(
                 step,
                 {"x": np.zeros(2, np.float32)},
-                config={},
-                norm={},
                 metrics={"average_reward": reward},
                 models=items,
-                force=True,
             )
     return run, state_dicts
 

@@ -42,26 +42,17 @@ def assert_bit_exact(a, b):
         assert x.tobytes() == y.tobytes()
 
 
-CONFIG = {"training": {"actor_lr": 5e-4, "hidden": [32, 16]}, "seed": 0}
-NORM = {
-    "valuenorm": {"running_mean": jnp.float32(0.25), "debiasing_term": jnp.float32(0.5)},
-    "features": {"mean": jnp.arange(13, dtype=jnp.float32) / 3},
-}
-
-
 def test_roundtrip_bit_exact(tmp_path):
     state = make_state()
     assert state["rng"].dtype == jnp.uint32
     metrics = {"average_reward": np.float32(0.125), "loss": jnp.float32(2.5), "update": 3}
     with TrainCheckpointer(tmp_path / "ckpt") as ck:
-        assert ck.save(3, state, config=CONFIG, norm=NORM, metrics=metrics)
+        assert ck.save(3, state, metrics=metrics)
         ck.wait_until_finished()
         assert ck.latest_step() == 3
         # concrete target
-        got, cfg, norm, m = ck.restore(3, target=make_state(seed=1))
+        got, m = ck.restore(3, target=make_state(seed=1))
         assert_bit_exact(got, state)
-        assert cfg == CONFIG
-        assert_bit_exact(norm, NORM)
         assert m == {"average_reward": 0.125, "loss": 2.5, "update": 3}
         # abstract target, latest step by default
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
@@ -72,14 +63,12 @@ def test_roundtrip_bit_exact(tmp_path):
         assert_bit_exact(got3, state)
 
 
-def test_typed_prng_key_and_empty_norm(tmp_path):
+def test_typed_prng_key_and_empty_metrics(tmp_path):
     state = {"key": jax.random.key(3), "w": jnp.ones(2, jnp.float32)}
     with TrainCheckpointer(tmp_path, async_save=False) as ck:
-        ck.save(0, state, config={}, norm={}, metrics={})
-        got, cfg, norm, metrics = ck.restore(
-            0, target={"key": jax.random.key(0), "w": jnp.zeros(2)}
-        )
-        assert norm == {} and cfg == {} and metrics == {}
+        ck.save(0, state, metrics={})
+        got, metrics = ck.restore(0, target={"key": jax.random.key(0), "w": jnp.zeros(2)})
+        assert metrics == {}
         assert_bit_exact(jax.random.key_data(got["key"]), jax.random.key_data(state["key"]))
 
 
@@ -87,11 +76,11 @@ def test_retention_latest_and_best(tmp_path):
     rewards = [0.1, 0.9, 0.3, 0.2, 0.5, 0.4, 0.6, 0.0]  # best is step 1
     with TrainCheckpointer(tmp_path, max_to_keep=5) as ck:
         for step, r in enumerate(rewards):
-            ck.save(step, make_state(step), config=CONFIG, norm=NORM, metrics={"average_reward": r})
+            ck.save(step, make_state(step), metrics={"average_reward": r})
         ck.wait_until_finished()
         assert ck.all_steps() == [1, 3, 4, 5, 6, 7]
         assert ck.best_step() == 1 and ck.latest_step() == 7
-        got, _, _, m = ck.restore(ck.best_step(), target=make_state())
+        got, m = ck.restore(ck.best_step(), target=make_state())
         assert_bit_exact(got, make_state(1))
         assert m["average_reward"] == 0.9
     on_disk = sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit())
@@ -100,7 +89,7 @@ def test_retention_latest_and_best(tmp_path):
     with TrainCheckpointer(tmp_path, max_to_keep=5) as ck2:
         assert ck2.latest_step() == 7 and ck2.best_step() == 1
         # a later, better step takes over as best; the old best falls out of the window
-        ck2.save(8, make_state(8), config=CONFIG, norm=NORM, metrics={"average_reward": 2.0})
+        ck2.save(8, make_state(8), metrics={"average_reward": 2.0})
         ck2.wait_until_finished()
         assert ck2.best_step() == 8
         assert ck2.all_steps() == [4, 5, 6, 7, 8]
@@ -108,26 +97,30 @@ def test_retention_latest_and_best(tmp_path):
 
 def test_nan_or_missing_metric_never_best(tmp_path):
     with TrainCheckpointer(tmp_path, max_to_keep=2, async_save=False) as ck:
-        ck.save(0, make_state(), config={}, norm={}, metrics={"average_reward": -5.0})
-        ck.save(1, make_state(), config={}, norm={}, metrics={"average_reward": float("nan")})
-        ck.save(2, make_state(), config={}, norm={}, metrics={"loss": 1.0})
-        ck.save(3, make_state(), config={}, norm={}, metrics={"average_reward": -9.0})
+        ck.save(0, make_state(), metrics={"average_reward": -5.0})
+        ck.save(1, make_state(), metrics={"average_reward": float("nan")})
+        ck.save(2, make_state(), metrics={"loss": 1.0})
+        ck.save(3, make_state(), metrics={"average_reward": -9.0})
         assert ck.best_step() == 0
         assert ck.all_steps() == [0, 2, 3]
 
 
-def test_save_every(tmp_path):
-    with TrainCheckpointer(tmp_path, save_every=3, async_save=False) as ck:
-        saved = [ck.save(s, make_state(), config={}, norm={}, metrics={}) for s in range(1, 8)]
-        assert saved == [False, False, True, False, False, True, False]
-        assert ck.save(7, make_state(), config={}, norm={}, metrics={}, force=True)
-        assert ck.all_steps() == [3, 6, 7]
+def test_every_given_step_is_saved_and_no_best_without_a_metric(tmp_path):
+    """The caller picks the steps; ``best_metric=None`` keeps the latest N and no best."""
+    with TrainCheckpointer(tmp_path, max_to_keep=2, best_metric=None, async_save=False) as ck:
+        for step, r in zip((3, 5, 6, 11), (9.0, 0.0, 0.0, 0.0), strict=True):
+            assert ck.save(step, make_state(step), metrics={"average_reward": r})
+        assert ck.best_step() is None
+        assert ck.all_steps() == [6, 11]  # step 3, the highest reward, is not kept
+        got, m = ck.restore(6, target=make_state())
+        assert_bit_exact(got, make_state(6))
+        assert m == {"average_reward": 0.0}
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
     state = make_state()
     with TrainCheckpointer(tmp_path, async_save=False) as ck:
-        ck.save(1, state, config=CONFIG, norm=NORM, metrics={"average_reward": 0.0})
+        ck.save(1, state, metrics={"average_reward": 0.0})
         # A crash mid-write leaves Orbax's temporary folder (here: a partial copy of a
         # real step, with the items but not finalised) ...
         tmp = tmp_path / "2.orbax-checkpoint-tmp-1234567890"
@@ -143,7 +136,7 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
         with pytest.raises(FileNotFoundError):
             ck2.restore(2)
         # the resumed run can write step 2 for real
-        ck2.save(2, state, config=CONFIG, norm=NORM, metrics={"average_reward": 1.0})
+        ck2.save(2, state, metrics={"average_reward": 1.0})
         assert ck2.latest_step() == 2
     assert not tmp.exists()
 

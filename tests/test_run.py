@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from tiny_config import TINY, tiny
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
 from marl_jax.run.files import atomic_write_bytes, atomic_write_text
+from marl_jax.run.metrics import metrics_lines, tenth_mean, trim_metrics_log
+from marl_jax.run.plots import smoothed_reward
 from marl_jax.run.rundir import RunError, RunLock
 from marl_jax.run.session import train_run
 from marl_jax.run.setup import RunSpec, env_params_for, load_init
@@ -156,3 +159,22 @@ def test_the_compilation_cache_folder_follows_the_environment(monkeypatch, tmp_p
     assert cache_dir() is None
     monkeypatch.setenv("MARL_JAX_NO_COMPILATION_CACHE", "0")
     assert cache_dir() == tmp_path / "jax"
+
+
+def test_the_tenth_mean_the_smoothing_and_the_metrics_log_trim(tmp_path):
+    """The pieces runs and sweeps share: tenth means, the smoothed curve, the resume trim."""
+    assert tenth_mean([float(v) for v in range(20)]) == 18.5
+    assert tenth_mean([float(v) for v in range(20)], first=True) == 0.5
+    assert tenth_mean([3.0]) == 3.0 and math.isnan(tenth_mean([]))
+    updates, smooth = smoothed_reward(
+        [{"update": i + 1, "average_reward": 1e-4 * i} for i in range(20)]
+    )
+    np.testing.assert_array_equal(updates, np.arange(2, 21))
+    np.testing.assert_allclose(smooth, np.arange(19) + 0.5)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(metrics_lines([{"update": u} for u in (1, 2, 3)]) + '{"update": 4, "lo')
+    assert trim_metrics_log(path, lambda r: True, write=None) == [{"update": u} for u in (1, 2, 3)]
+    assert path.read_text().endswith('"lo')  # write=None only reads
+    rows = trim_metrics_log(path, lambda r: r["update"] <= 2)
+    assert rows == [{"update": 1}, {"update": 2}]
+    assert path.read_text() == metrics_lines(rows)

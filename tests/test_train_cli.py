@@ -52,12 +52,12 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]
 
 
 def final_state(run_dir: Path, checkpoints: str = "checkpoints"):
-    """The latest step's training state (without the models), config and metrics, and the
-    models that the step embeds."""
+    """The latest step's training state with the models that the step embeds, and its
+    metrics."""
     with TrainCheckpointer(run_dir / checkpoints) as ckpt:
-        state, config, _, metrics = ckpt.restore()
+        state, metrics = ckpt.restore()
     _, bundle = load_models_from(f"{run_dir}:latest")
-    return {**state, "agents": bundle.agents, "critic": bundle.critic}, config, metrics
+    return {**state, "agents": bundle.agents, "critic": bundle.critic}, metrics
 
 
 def write_config_and_run(tmp_path: Path, name: str, data: dict, *extra: str) -> Path:
@@ -92,9 +92,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     code, _, err = finish(a)
     assert code == 0, err
 
-    s_state, s_config, _ = final_state(straight)
-    k_state, k_config, _ = final_state(killed)
-    assert s_config == k_config
+    s_state, _ = final_state(straight)
+    k_state, _ = final_state(killed)
+    assert (straight / "config.yaml").read_text() == (killed / "config.yaml").read_text()
     s_leaves, k_leaves = jax.tree.leaves(s_state), jax.tree.leaves(k_state)
     assert len(s_leaves) == len(k_leaves) > 10
     for x, y in zip(s_leaves, k_leaves, strict=True):
@@ -225,7 +225,7 @@ def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path,
     assert code == 0
     exported = torch.load(out / "strategic_marl.pt", weights_only=True)
     original = torch.load(reference_ckpt_path, weights_only=True)
-    state, _, _ = final_state(out)
+    state, _ = final_state(out)
     ckpt = load_pt_checkpoint(out / "strategic_marl.pt")
     rng = np.random.default_rng(0)
     for name, cls in torch_reference.AGENT_CLASSES.items():
@@ -260,14 +260,25 @@ def test_a_run_can_be_made_longer_and_equals_a_straight_run(tmp_path, capsys):
     assert "only be made longer" in capsys.readouterr().err
     assert train_cli.main([*args, "--total-timesteps", "128"]) == 0
     straight = write_config_and_run(tmp_path, "straight", long)
-    e_state, e_config, _ = final_state(extended)
-    s_state, s_config, _ = final_state(straight)
+    e_state, _ = final_state(extended)
+    s_state, _ = final_state(straight)
+    e_config, s_config = (
+        yaml.safe_load((d / "config.yaml").read_text()) for d in (extended, straight)
+    )
     assert e_config == s_config and e_config["training"]["total_timesteps"] == 128
     assert int(e_state["update_step"]) == 4
     for x, y in zip(jax.tree.leaves(e_state), jax.tree.leaves(s_state), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     rows = (extended / "metrics.jsonl").read_text().splitlines()
     assert rows == (straight / "metrics.jsonl").read_text().splitlines()
+
+    # A resume checks the market against the normalisation its checkpoint was trained with.
+    e_config["env"]["synthetic_seed"] += 1
+    (extended / "config.yaml").write_text(yaml.safe_dump(e_config))
+    assert train_cli.main([*args, "--total-timesteps", "160"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "feature normalisation differs" in err and "\n" not in err
+    assert str(extended / "checkpoints" / "4") in err
 
 
 def test_a_run_directory_in_use_is_refused_with_the_owner_pid(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the training state: keep the latest N and the best, resume exactly.
+"""Orbax checkpoints of the training state: keep the latest N (and the best), resume exactly.
 
 Design: ONE ``orbax.checkpoint.CheckpointManager`` per run directory, using Orbax's own
 retention and atomicity, nothing hand-rolled:
@@ -7,16 +7,20 @@ retention and atomicity, nothing hand-rolled:
   BestN(n=1)])``. A step survives when it is among the latest ``max_to_keep`` OR it is the
   single best one, so the best checkpoint outlives the rolling window. (The older
   ``max_to_keep``/``best_fn`` options cannot express "latest N plus the best": with
-  ``best_fn`` set, ``max_to_keep`` keeps the N best instead of the N latest.)
+  ``best_fn`` set, ``max_to_keep`` keeps the N best instead of the N latest.) Without a
+  ``best_metric`` (a sweep: a step holds a whole population, which has no single score)
+  there is no best: ``LatestN`` alone.
 - The ranking is Orbax's ``best_fn`` over a tiny metrics record that the manager writes
   with each step: ``{"score": metrics[best_metric]}`` (higher is better; a missing or NaN
   metric ranks lowest; ``is_best=True`` ranks +inf so an explicitly flagged save wins).
   ``best_fn`` also gives ``best_step()``.
 - Each step folder holds the items ``state`` (the training pytree, ``StandardSave``, exact
-  dtypes), ``norm`` (normalisation statistics pytree, ``StandardSave``; omitted when empty)
-  and ``meta`` (``JsonSave``: the resolved config and the metrics). A training run also saves
-  the model items (``variables``, ``models``; see :mod:`marl_jax.run.modeldir`), so every
-  step is a model directory that ``--init-from`` and ``bridge to-pt`` read directly.
+  dtypes) and ``meta`` (``JsonSave``: the metrics). A training run also saves the model items
+  (``variables``, ``models``; see :mod:`marl_jax.run.modeldir`), so every step is a model
+  directory that ``--init-from`` and ``bridge to-pt`` read directly. The config is not saved
+  here: the run's ``config.yaml`` (a sweep's ``sweep.yaml``) beside the checkpoints holds it.
+- The caller decides which updates to save (``checkpoint.save_every`` and the last one):
+  ``save`` writes every step it is given.
 - Atomicity: Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it
   into place only when every item is written (plus a ``commit_success`` marker where renames
   are not atomic). Unfinalised folders are never listed by ``latest_step()``/``all_steps()``
@@ -88,14 +92,13 @@ def _rank(tracked: Mapping[str, Any]) -> float:
 
 
 class TrainCheckpointer:
-    """Orbax checkpoints of a training-state pytree plus config, norm statistics and metrics.
+    """Orbax checkpoints of a training-state pytree plus its metrics (and any model items).
 
     Args:
         directory: the run's checkpoint folder (created if missing).
         max_to_keep: how many of the latest steps to keep (the best step is kept besides).
-        best_metric: key of ``metrics`` that ranks checkpoints; higher is better.
-        save_every: ``save`` only writes steps that are multiples of this (``force=True``
-            writes any step, e.g. the final one).
+        best_metric: key of ``metrics`` that ranks checkpoints, higher is better; None: no
+            best step, only the latest ``max_to_keep``.
         async_save: write in a background thread (call ``wait_until_finished`` or
             ``close`` before reading the files from another process).
         read_only: open an existing folder to read: nothing is created, cleaned or deleted.
@@ -105,31 +108,23 @@ class TrainCheckpointer:
         self,
         directory: str | os.PathLike[str],
         max_to_keep: int = 5,
-        best_metric: str = "average_reward",
-        save_every: int = 1,
+        best_metric: str | None = "average_reward",
         *,
         async_save: bool = True,
         read_only: bool = False,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
-        if save_every < 1:
-            raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
         self.best_metric = best_metric
-        self.save_every = save_every
-        preservation = ocm.AnyPreservationPolicy(
-            [
-                ocm.LatestN(n=max_to_keep),
-                ocm.BestN(get_metric_fn=_rank, reverse=False, n=1),
-            ]
-        )
+        policies: list[Any] = [ocm.LatestN(n=max_to_keep)]
+        if best_metric is not None:
+            policies.append(ocm.BestN(get_metric_fn=_rank, reverse=False, n=1))
         options = ocp.CheckpointManagerOptions(
-            best_fn=_rank,
+            best_fn=_rank if best_metric is not None else None,
             best_mode="max",
-            preservation_policy=preservation,
-            save_decision_policy=ocm.FixedIntervalPolicy(save_every),
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save,
             create=not read_only,
@@ -145,7 +140,10 @@ class TrainCheckpointer:
         return self._manager.latest_step()
 
     def best_step(self) -> int | None:
-        """Step with the highest ``best_metric`` (latest flagged ``is_best`` wins), or None."""
+        """Step with the highest ``best_metric`` (latest flagged ``is_best`` wins), or None
+        (also without a ``best_metric``)."""
+        if self.best_metric is None:
+            return None
         return self._manager.best_step()
 
     def all_steps(self) -> list[int]:
@@ -154,9 +152,6 @@ class TrainCheckpointer:
     def step_path(self, step: int) -> Path:
         return self.directory / str(step)
 
-    def should_save(self, step: int) -> bool:
-        return self._manager.should_save(step)
-
     # ------------------------------------------------------------------ save / restore
 
     def save(
@@ -164,50 +159,39 @@ class TrainCheckpointer:
         step: int,
         state_pytree: Any,
         *,
-        config: Mapping[str, Any],
-        norm: Any,
         metrics: Mapping[str, Any],
         models: Mapping[str, Any] | None = None,
         is_best: bool = False,
-        force: bool = False,
     ) -> bool:
-        """Save ``step`` (if ``step % save_every == 0`` or ``force``); returns whether it did.
+        """Saves ``step``; returns whether Orbax wrote it (False for a step already saved).
 
-        ``state_pytree`` and ``norm`` are pytrees of arrays/scalars saved with their exact
-        dtypes; ``config`` and ``metrics`` must be JSON-like (arrays become numbers/lists).
-        ``models`` are extra Orbax items saved in the same step (``modeldir.model_items``).
+        ``state_pytree`` is a pytree of arrays/scalars saved with their exact dtypes;
+        ``metrics`` must be JSON-like (arrays become numbers/lists). ``models`` are extra Orbax
+        items saved in the same step (``modeldir.model_items``).
         """
         metrics_json = _to_json(dict(metrics))
         items: dict[str, Any] = {
             "state": ocp.args.StandardSave(state_pytree),
-            "meta": ocp.args.JsonSave(
-                {
-                    "config": _to_json(dict(config)),
-                    "metrics": metrics_json,
-                    "has_norm": bool(jax.tree.leaves(norm)),
-                }
-            ),
+            "meta": ocp.args.JsonSave({"metrics": metrics_json}),
+            **(models or {}),
         }
-        if jax.tree.leaves(norm):
-            items["norm"] = ocp.args.StandardSave(norm)
-        items.update(models or {})
-        tracked = {_SCORE: _score(metrics_json, self.best_metric, is_best)}
+        tracked = None
+        if self.best_metric is not None:
+            tracked = {_SCORE: _score(metrics_json, self.best_metric, is_best)}
         return self._manager.save(
-            step, args=ocp.args.Composite(**items), metrics=tracked, force=force
+            step, args=ocp.args.Composite(**items), metrics=tracked, force=True
         )
 
     def restore(
         self,
         step: int | None = None,
         target: Any = None,
-        *,
-        norm_target: Any = None,
-    ) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
-        """Restore ``(state, config, norm, metrics)`` of ``step`` (default: the latest).
+    ) -> tuple[Any, dict[str, Any]]:
+        """Restore ``(state, metrics)`` of ``step`` (default: the latest).
 
         ``target`` (concrete arrays or ``jax.ShapeDtypeStruct`` leaves) gives the tree
         structure, dtypes and placement of the state; without it, dicts and lists come
-        back as saved with JAX arrays as leaves. ``norm`` is ``{}`` when none was saved.
+        back as saved with JAX arrays as leaves.
         """
         self.wait_until_finished()
         if step is None:
@@ -218,15 +202,11 @@ class TrainCheckpointer:
             raise FileNotFoundError(
                 f"no checkpoint for step {step} in {self.directory}; have {self.all_steps()}"
             )
-        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"
-        ]
-        items: dict[str, Any] = {"state": ocp.args.StandardRestore(target)}
-        if meta.get("has_norm", False):
-            items["norm"] = ocp.args.StandardRestore(norm_target)
-        out = self._manager.restore(step, args=ocp.args.Composite(**items))
-        norm = out["norm"] if meta.get("has_norm", False) else {}
-        return out["state"], meta["config"], norm, meta["metrics"]
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        )
+        out = self._manager.restore(step, args=args)
+        return out["state"], out["meta"]["metrics"]
 
     def restore_item(
         self, step: int, name: str, target: Any = None, *, on_host: bool = False

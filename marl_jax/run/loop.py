@@ -8,45 +8,23 @@ XLA while loop around a full-size update costs about half an update again
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 
-from marl_jax.config import config_to_dict, config_yaml
+from marl_jax.config import config_yaml
 from marl_jax.mappo import TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.files import atomic_write_text
+from marl_jax.run.metrics import metrics_lines, to_floats, trim_metrics_log
 from marl_jax.run.rundir import RunError
 from marl_jax.run.setup import Run
-from marl_jax.run.steps import restore_state, save_step
+from marl_jax.run.steps import restore_state, save_step, saved_normalisation
 
-__all__ = ["read_metrics_log", "to_floats", "train_loop"]
-
-
-def read_metrics_log(path: Path, up_to: int | None = None) -> list[dict]:
-    """Records of ``metrics.jsonl`` (those with ``update <= up_to`` when given)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: everything after it is unreliable
-        if up_to is None or row.get("update", 0) <= up_to:
-            rows.append(row)
-    return rows
-
-
-def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """One update's metrics as Python floats."""
-    return {k: float(np.asarray(v)) for k, v in metrics.items()}
+__all__ = ["train_loop"]
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -70,8 +48,19 @@ def _tensorboard_writer(path: Path):
 def _checkpointer(run: Run) -> TrainCheckpointer:
     k = run.cfg.checkpoint
     return TrainCheckpointer(
-        run.dir.checkpoints, max_to_keep=k.max_to_keep, best_metric=k.best_metric, save_every=1
+        run.dir.checkpoints, max_to_keep=k.max_to_keep, best_metric=k.best_metric
     )
+
+
+def _check_normalisation(run: Run, checkpointer: TrainCheckpointer, step: int) -> None:
+    """A resume must see the market its checkpoint was trained on: the same normalisation."""
+    if saved_normalisation(checkpointer, step).to_dict() != run.norm.to_dict():
+        data = run.cfg.env.data_path or "the synthetic market"
+        raise RunError(
+            f"{data}: its feature normalisation differs from the one checkpoint "
+            f"{run.dir.checkpoints / str(step)} was trained with; resume with the data the "
+            "run started with, or start a new run"
+        )
 
 
 def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> TrainState:
@@ -80,7 +69,7 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     cfg, algo = run.cfg, run.algo
     save_every = cfg.checkpoint.save_every
     total = algo.num_updates
-    steps_per_update = cfg.training.num_envs * cfg.training.rollout_len
+    steps_per_update = cfg.training.batch_size
     checkpointer = _checkpointer(run)
     init_fn = jax.jit(algo.init)
     rng = jax.random.key(cfg.seed)
@@ -88,8 +77,13 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     if resume and checkpointer.latest_step() is not None:
         target = jax.eval_shape(init_fn, rng, run.train_params, run.init)
         state, _ = restore_state(checkpointer, algo, target)
-        rows = read_metrics_log(metrics_path, up_to=int(state.update_step))
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        step = int(state.update_step)
+        try:
+            _check_normalisation(run, checkpointer, step)
+        except RunError:
+            checkpointer.close()
+            raise
+        trim_metrics_log(metrics_path, lambda row: row.get("update", 0) <= step)
     else:
         state = init_fn(rng, run.train_params, run.init)
         atomic_write_text(metrics_path, "")
@@ -98,7 +92,6 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     update = jax.jit(algo.update)
     writer = _tensorboard_writer(run.dir.tensorboard) if tensorboard else None
     bar = _progress(total, int(state.update_step), progress)
-    config_dict = config_to_dict(cfg)
     last_good = checkpointer.latest_step()
     since_save: list[dict] = []
     if progress and int(state.update_step) < total:
@@ -126,7 +119,7 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
             state = new_state
             row["env_steps"] = step * steps_per_update
             with metrics_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+                fh.write(metrics_lines([row]))
             if writer is not None:
                 for key, value in row.items():
                     writer.add_scalar(key, value, step)
@@ -141,7 +134,6 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
                     checkpointer,
                     algo,
                     state,
-                    config=config_dict,
                     norm=run.norm,
                     metrics={**means, "update": step},
                 )

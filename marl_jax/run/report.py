@@ -1,24 +1,37 @@
-"""The end of a run: the test-split report, its plots, and the ``.pt`` export."""
+"""The end of a run: the test-split report, its plots, and the ``.pt`` export.
+
+:func:`test_split_report` and :func:`export_pt` work on any trained state (a run's, a sweep
+member's, a checkpoint's); :func:`write_report` is a run's use of them.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from marl_jax.agents import AGENT_NAMES
-from marl_jax.env import evaluate
+from marl_jax.config import Config
+from marl_jax.env import evaluate, market
+from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.files import atomic_write_text
-from marl_jax.run.loop import read_metrics_log
+from marl_jax.run.metrics import read_metrics_log, tenth_mean
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.setup import Run, env_params_for
 from marl_jax.run.steps import model_metadata
 
-__all__ = ["REPORT_METRICS", "export_pt", "format_report", "greedy_policy", "write_report"]
+__all__ = [
+    "REPORT_METRICS",
+    "export_pt",
+    "format_report",
+    "greedy_policy",
+    "test_split_report",
+    "write_report",
+]
 
 REPORT_METRICS = ("sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover")
 
@@ -33,39 +46,41 @@ def greedy_policy(algo: MAPPO, state: TrainState):
     return lambda obs: np.asarray(act(state, obs))
 
 
-def _tail_mean(rows: Sequence[Mapping], first: bool) -> float | None:
-    if not rows:
-        return None
-    k = max(1, len(rows) // 10)
-    part = rows[:k] if first else rows[-k:]
-    return float(np.mean([r["average_reward"] for r in part]))
-
-
-def write_report(run: Run, state: TrainState) -> dict:
-    """Evaluates the greedy policy and the baselines on the test split; writes
-    ``report.json``, ``equity_curve.png`` and ``learning_curve.png``."""
-    cfg = run.cfg
-    test_params = env_params_for(cfg, run.bars, "test", run.norm)
+def test_split_report(
+    cfg: Config, algo: MAPPO, state: TrainState, test_params: market.EnvParams
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The greedy policy of ``state`` and the baselines on the test split: the report's
+    ``split``, ``policy`` and ``baselines`` entries, and the equity curves by name."""
     policy_metrics, baselines, curves = evaluate.evaluate_split(
-        greedy_policy(run.algo, state), test_params, "test", seed=cfg.seed, batch_size=2048
+        greedy_policy(algo, state), test_params, "test", seed=cfg.seed, batch_size=2048
     )
-    plot_equity_curves(
-        curves, run.dir.equity_curve, title="test split: trained policy (greedy) vs baselines"
-    )
-    rows = read_metrics_log(run.dir.metrics)
-    updates = int(state.update_step)
     report = {
         "split": "test",
         "policy": {k: policy_metrics[k] for k in REPORT_METRICS},
         "baselines": {name: {k: m[k] for k in REPORT_METRICS} for name, m in baselines.items()},
-        "training": {
-            "updates": updates,
-            "env_steps": updates * cfg.training.num_envs * cfg.training.rollout_len,
-            "first_10pct_reward": _tail_mean(rows, first=True),
-            "last_10pct_reward": _tail_mean(rows, first=False),
-        },
-        "normalisation": run.norm.to_dict(),
     }
+    return report, curves
+
+
+def write_report(run: Run, state: TrainState) -> dict:
+    """Evaluates the greedy policy and the baselines on the test split; writes
+    ``report.json``, ``equity_curve.png`` and ``learning_curve.png`` of the run."""
+    cfg = run.cfg
+    test_params = env_params_for(cfg, run.bars, "test", run.norm)
+    report, curves = test_split_report(cfg, run.algo, state, test_params)
+    plot_equity_curves(
+        curves, run.dir.equity_curve, title="test split: trained policy (greedy) vs baselines"
+    )
+    rows = read_metrics_log(run.dir.metrics)
+    rewards = [r["average_reward"] for r in rows]
+    updates = int(state.update_step)
+    report["training"] = {
+        "updates": updates,
+        "env_steps": updates * cfg.training.batch_size,
+        "first_10pct_reward": tenth_mean(rewards, first=True) if rows else None,
+        "last_10pct_reward": tenth_mean(rewards) if rows else None,
+    }
+    report["normalisation"] = run.norm.to_dict()
     atomic_write_text(run.dir.report, json.dumps(report, indent=2) + "\n")
     if rows:
         plot_learning_curve(rows, run.dir.learning_curve)
@@ -82,19 +97,21 @@ def format_report(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def export_pt(run: Run, state: TrainState) -> Path | None:
-    """Writes ``strategic_marl.pt`` in the original format (needs torch through the bridge)."""
+def export_pt(path: Path, algo: MAPPO, state: TrainState, norm: FeatureNorm) -> Path | None:
+    """Writes the models of ``state`` to ``path`` as a ``.pt`` file in the original format,
+    with the feature normalisation in its metadata. Needs torch (through the bridge): without
+    it, prints a warning and returns None."""
     try:
         from bridge.convert import new_checkpoint, save_pt_checkpoint
     except ImportError as err:
-        print(f"warning: {run.dir.export_pt.name} not written: the bridge needs torch ({err})")
+        print(f"warning: {path} not written: the bridge needs torch ({err})")
         return None
-    variables = jax.tree.map(np.asarray, run.algo.model_variables(state))
+    variables = jax.tree.map(np.asarray, algo.model_variables(state))
     ckpt = new_checkpoint(
         {name: variables["agents"][name] for name in AGENT_NAMES},
         variables["critic"],
-        run.algo.modules,
-        metadata=model_metadata(state, run.norm),
+        algo.modules,
+        metadata=model_metadata(state, norm),
     )
-    save_pt_checkpoint(ckpt, run.dir.export_pt)
-    return run.dir.export_pt
+    save_pt_checkpoint(ckpt, path)
+    return path

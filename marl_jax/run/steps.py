@@ -1,9 +1,10 @@
 """Training checkpoint steps: the training state plus an embedded model directory.
 
 A step saves the models as ``variables`` + ``models`` (the model-directory items of
-:mod:`marl_jax.run.modeldir`) and the rest of the :class:`~marl_jax.mappo.TrainState`
-(optimizer states, ValueNorm, environments, hyperparameters, rng, step) as ``state``; nothing
-is stored twice. ``restore_state`` joins them back into a ``TrainState`` exactly.
+:mod:`marl_jax.run.modeldir`, whose metadata holds the feature normalisation) and the rest of
+the :class:`~marl_jax.mappo.TrainState` (optimizer states, ValueNorm, environments,
+hyperparameters, rng, step) as ``state``; nothing is stored twice. ``restore_state`` joins them
+back into a ``TrainState`` exactly; ``saved_normalisation`` reads the normalisation back.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from marl_jax.agents import MODEL_NAMES
 from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
-from marl_jax.run.modeldir import VARIABLES_ITEM, model_items
+from marl_jax.run.modeldir import MODELS_ITEM, VARIABLES_ITEM, model_items
 
-__all__ = ["model_metadata", "norm_tree", "restore_state", "save_step"]
+__all__ = ["model_metadata", "restore_state", "save_step", "saved_normalisation"]
 
 _MODEL_FIELDS = ("params", "constants")
 
@@ -30,15 +29,6 @@ def _rest(state: TrainState) -> dict[str, Any]:
         field: getattr(state, field)
         for field in state.__dataclass_fields__
         if field not in _MODEL_FIELDS
-    }
-
-
-def norm_tree(norm: FeatureNorm) -> dict[str, np.ndarray]:
-    """The feature normalisation as a pytree of float64 arrays (saved with each step)."""
-    return {
-        "center": np.asarray(norm.center, np.float64),
-        "scale": np.asarray(norm.scale, np.float64),
-        "clip": np.asarray(norm.clip, np.float64),
     }
 
 
@@ -55,22 +45,19 @@ def save_step(
     algo: MAPPO,
     state: TrainState,
     *,
-    config: Mapping[str, Any],
     norm: FeatureNorm,
     metrics: Mapping[str, Any],
 ) -> int:
-    """Saves ``state`` as step ``state.update_step`` (forced) and waits until it is on disk."""
+    """Saves ``state`` as step ``state.update_step`` (its models recording ``norm``) and waits
+    until it is on disk."""
     step = int(state.update_step)
     variables = algo.model_variables(state)
     metadata = model_metadata(state, norm)
     checkpointer.save(
         step,
         _rest(state),
-        config=config,
-        norm=norm_tree(norm),
         metrics=metrics,
         models=model_items(variables["agents"], variables["critic"], algo.modules, metadata),
-        force=True,
     )
     checkpointer.wait_until_finished()
     return step
@@ -80,7 +67,7 @@ def restore_state(
     checkpointer: TrainCheckpointer, algo: MAPPO, target: TrainState, step: int | None = None
 ) -> tuple[TrainState, dict[str, Any]]:
     """``(state, metrics)`` of ``step`` (default: the latest), shaped like ``target``."""
-    rest, _, _, metrics = checkpointer.restore(step, target=_rest(target))
+    rest, metrics = checkpointer.restore(step, target=_rest(target))
     step = int(rest["update_step"]) if step is None else step
     variables = checkpointer.restore_item(step, VARIABLES_ITEM, algo.model_variables(target))
     by_model = {**variables["agents"], "critic": variables["critic"]}
@@ -89,3 +76,9 @@ def restore_state(
         name: {k: v for k, v in by_model[name].items() if k != "params"} for name in MODEL_NAMES
     }
     return target.replace(params=params, constants=constants, **rest), metrics
+
+
+def saved_normalisation(checkpointer: TrainCheckpointer, step: int) -> FeatureNorm:
+    """The feature normalisation that step ``step`` was trained with (its models' metadata)."""
+    info = checkpointer.restore_json(step, MODELS_ITEM)
+    return FeatureNorm.from_dict(json.loads(info["metadata"]["feature_normalisation"]))

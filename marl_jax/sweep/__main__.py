@@ -12,7 +12,6 @@ SLURM and Open MPI jobs and TPU pods by itself; elsewhere give ``--coordinator H
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -85,7 +84,7 @@ def init_distributed(args: argparse.Namespace) -> None:
             if value is None
         ]
         if missing:
-            from marl_jax.sweep.runner import SweepRunError
+            from marl_jax.sweep.coordination import SweepRunError
 
             raise SweepRunError(
                 f"multi-host needs --coordinator, --num-processes and --process-id together; "
@@ -97,7 +96,7 @@ def init_distributed(args: argparse.Namespace) -> None:
         else:
             jax.distributed.initialize()
     except Exception as err:  # the coordinator service raises several kinds
-        from marl_jax.sweep.runner import SweepRunError
+        from marl_jax.sweep.coordination import SweepRunError
 
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SweepRunError(
@@ -108,38 +107,38 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    from marl_jax.errors import MarlJaxError, one_line
+    from marl_jax.errors import cli_main
 
-    try:
-        init_distributed(args)
-        from marl_jax.config import load_config
-        from marl_jax.run.cache import enable_compilation_cache
-        from marl_jax.sweep.runner import SweepOptions, SweepRunError, run_sweep
-        from marl_jax.sweep.spec import load_sweep
+    return cli_main(lambda: _sweep(args))
 
-        enable_compilation_cache()
-        if args.export_top < 1:
-            raise SweepRunError(f"--export-top must be at least 1, got {args.export_top}")
-        if args.members_per_device is not None and args.members_per_device < 1:
-            raise SweepRunError(
-                f"--members-per-device must be at least 1, got {args.members_per_device}"
-            )
-        cfg = load_config(args.config, args.set)
-        spec = load_sweep(args.sweep, args.grid)
-        options = SweepOptions(
-            out=Path(args.out),
-            resume=args.resume,
-            progress=not args.no_progress,
-            export_top=args.export_top,
-            members_per_device=args.members_per_device,
+
+def _sweep(args: argparse.Namespace) -> int:
+    init_distributed(args)
+    from marl_jax.config import load_config
+    from marl_jax.run.cache import enable_compilation_cache
+    from marl_jax.sweep.coordination import SweepRunError
+    from marl_jax.sweep.runner import SweepOptions, run_sweep
+    from marl_jax.sweep.spec import load_sweep
+
+    enable_compilation_cache()
+    if args.export_top < 1:
+        raise SweepRunError(f"--export-top must be at least 1, got {args.export_top}")
+    if args.members_per_device is not None and args.members_per_device < 1:
+        raise SweepRunError(
+            f"--members-per-device must be at least 1, got {args.members_per_device}"
         )
-        run_sweep(cfg, spec, options)
-        print(f"sweep folder: {args.out}")
-        return 0
-    except MarlJaxError as err:
-        print("error: " + one_line(err), file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.set)
+    spec = load_sweep(args.sweep, args.grid)
+    options = SweepOptions(
+        out=Path(args.out),
+        resume=args.resume,
+        progress=not args.no_progress,
+        export_top=args.export_top,
+        members_per_device=args.members_per_device,
+    )
+    run_sweep(cfg, spec, options)
+    print(f"sweep folder: {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
