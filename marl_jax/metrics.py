@@ -109,7 +109,7 @@ def max_drawdown(returns) -> float:
     """Largest fall of the equity ``exp(cumsum(returns))`` from its running peak (a fraction
     in [0, 1); the starting equity 1 counts as a peak)."""
     r = _f64(returns)
-    return float(-empyrical.max_drawdown(np.expm1(r))) if len(r) else 0.0
+    return max(0.0, float(-empyrical.max_drawdown(np.expm1(r)))) if len(r) else 0.0
 
 
 def calmar_ratio(returns, periods_per_year: float) -> float:

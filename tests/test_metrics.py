@@ -46,7 +46,7 @@ def test_riskless_returns_give_zero_ratios_not_nan():
         M.calmar_ratio(flat, 252),
         M.max_drawdown(flat),
     ):
-        assert value == 0.0
+        assert value == 0.0 and math.copysign(1, value) == 1  # not -0.0
     s = M.summary(flat, flat, np.full(50, 1e-3), 252)
     assert all(math.isfinite(v) for v in s.values())
     assert s["beta"] == 0.0 and s["active_ir"] == 0.0 and s["psr"] == 0.5
