@@ -20,7 +20,20 @@ from marl_jax.run.steps import model_metadata
 
 __all__ = ["REPORT_METRICS", "export_pt", "format_report", "greedy_policy", "write_report"]
 
-REPORT_METRICS = ("sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover")
+# The printed table's columns; report.json holds every key of marl_jax.metrics.summary.
+REPORT_METRICS = (
+    "sharpe",
+    "total_log_return",
+    "max_drawdown",
+    "hit_rate",
+    "turnover",
+    "beta",
+    "alpha_t",
+    "active_ir",
+    "psr",
+    "active_ir_0x_cost",
+    "active_ir_2x_cost",
+)
 
 
 def greedy_policy(algo: MAPPO, state: TrainState):
@@ -42,12 +55,19 @@ def _tail_mean(rows: Sequence[Mapping], first: bool) -> float | None:
 
 
 def write_report(run: Run, state: TrainState) -> dict:
-    """Evaluates the greedy policy and the baselines on the test split; writes
-    ``report.json``, ``equity_curve.png`` and ``learning_curve.png``."""
+    """Evaluates the greedy policy and the baselines (the linear one fitted on the train
+    split) on the test split; writes ``report.json``, ``equity_curve.png`` and
+    ``learning_curve.png``."""
     cfg = run.cfg
     test_params = env_params_for(cfg, run.bars, "test", run.norm)
+    linear = evaluate.LinearBaseline.fit(env_params_for(cfg, run.bars, "train", run.norm))
     policy_metrics, baselines, curves = evaluate.evaluate_split(
-        greedy_policy(run.algo, state), test_params, "test", seed=cfg.seed, batch_size=2048
+        greedy_policy(run.algo, state),
+        test_params,
+        "test",
+        seed=cfg.seed,
+        batch_size=2048,
+        linear=linear,
     )
     plot_equity_curves(
         curves, run.dir.equity_curve, title="test split: trained policy (greedy) vs baselines"
@@ -56,8 +76,8 @@ def write_report(run: Run, state: TrainState) -> dict:
     updates = int(state.update_step)
     report = {
         "split": "test",
-        "policy": {k: policy_metrics[k] for k in REPORT_METRICS},
-        "baselines": {name: {k: m[k] for k in REPORT_METRICS} for name, m in baselines.items()},
+        "policy": policy_metrics,
+        "baselines": baselines,
         "training": {
             "updates": updates,
             "env_steps": updates * cfg.training.num_envs * cfg.training.rollout_len,
@@ -74,11 +94,13 @@ def write_report(run: Run, state: TrainState) -> dict:
 
 def format_report(report: Mapping) -> str:
     """The report as a text table."""
-    header = f"{'test split':16s}" + "".join(f"{k:>18s}" for k in REPORT_METRICS)
+    width = {k: max(11, len(k) + 2) for k in REPORT_METRICS}
+    header = f"{'test split':16s}" + "".join(f"{k:>{width[k]}s}" for k in REPORT_METRICS)
     lines = [header, "-" * len(header)]
     entries = [("policy (greedy)", report["policy"]), *report["baselines"].items()]
     for name, metrics in entries:
-        lines.append(f"{name:16s}" + "".join(f"{metrics[k]:>18.4f}" for k in REPORT_METRICS))
+        cells = "".join(f"{metrics[k]:>{width[k]}.4f}" for k in REPORT_METRICS)
+        lines.append(f"{name:16s}" + cells)
     return "\n".join(lines)
 
 
