@@ -1,4 +1,5 @@
-"""Acceptance 5 (learnable structure) and the evaluator's metrics, baselines and plot."""
+"""Acceptance 5 (learnable structure) and the evaluator's metrics, baselines (the linear one
+included) and plot."""
 
 import os
 
@@ -6,16 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from marl_jax import metrics
 from marl_jax.env.data import synthetic_bars
 from marl_jax.env.evaluate import (
     BASELINES,
-    compute_metrics,
+    LinearBaseline,
+    evaluate_baselines,
     evaluate_policy,
     evaluate_split,
     periods_per_year_for,
     run_baseline,
     simulate,
 )
+from marl_jax.env.features import AGENT_FEATURES, NUM_FEATURES
 from marl_jax.env.market import make_env_params
 from marl_jax.run.plots import plot_equity_curves
 
@@ -38,17 +42,20 @@ def test_momentum_beats_random_on_synthetic_bars(cost_bps):
         assert momentum > 0
 
 
-def test_metrics_by_hand():
-    rewards = np.array([0.1, -0.2, 0.05, 0.0])
-    positions = np.array([1.0, 1.0, -0.5, 0.0])
-    pnl = np.array([0.1, -0.2, 0.06, 0.0])
-    m = compute_metrics(rewards, positions, pnl, periods_per_year=4)
-    assert m["total_log_return"] == pytest.approx(-0.05)
-    assert m["sharpe"] == pytest.approx(rewards.mean() / rewards.std(ddof=1) * 2)
-    assert m["max_drawdown"] == pytest.approx(1 - np.exp(-0.2))
-    assert m["hit_rate"] == pytest.approx(2 / 3)
-    assert m["turnover"] == pytest.approx((1 + 0 + 1.5 + 0.5) / 4)
+def test_metrics_are_the_summary_against_buy_and_hold(params):
+    lo, last = int(params.start_lo), int(params.last_bar)
+    pos = np.random.default_rng(1).choice([-1, 0, 1 / 3, 1], size=last - lo).astype(np.float32)
+    run = simulate(pos, params)
+    next_r = np.asarray(params.log_returns)[lo + 1 : last + 1]
+    hold = metrics.net_returns(next_r, np.ones_like(pos), 3.0)
+    expected = metrics.summary(
+        run.rewards, pos, hold, 252 * 48, gross=run.pnl, benchmark_gross=next_r, cost_bps=3.0
+    )
+    assert run.metrics == pytest.approx(expected)
+    assert {"alpha_t", "active_ir", "psr", "sharpe_2x_cost"} <= set(run.metrics)
     assert periods_per_year_for(30) == 252 * 48
+    third = simulate(np.full(last - lo, 1 / 3), params).metrics
+    assert third["beta"] == pytest.approx(1 / 3, rel=1e-6) and third["active_ir"] == 0.0
 
 
 def test_simulate_matches_the_environment_reward(params):
@@ -83,16 +90,77 @@ def test_evaluate_split_and_atomic_plot(tmp_path, params):
         return np.repeat(np.where(up, 2, 0)[:, None], 3, axis=1)
 
     png = tmp_path / "plots" / "equity.png"
-    metrics, base, curves = evaluate_split(policy, params)
+    policy_metrics, base, curves = evaluate_split(policy, params)
     plot_equity_curves(curves, png)
-    assert set(base) == set(BASELINES)
-    for m in (metrics, *base.values()):
+    assert set(base) == set(BASELINES) - {"linear"}  # no fitted linear model given
+    for m in (policy_metrics, *base.values()):
         assert {"total_log_return", "sharpe", "max_drawdown", "hit_rate", "turnover"} <= set(m)
     n = int(params.last_bar) - int(params.start_lo)
-    assert set(curves) == {"policy", *BASELINES} and all(len(c) == n + 1 for c in curves.values())
+    assert set(curves) == {"policy", *base} and all(len(c) == n + 1 for c in curves.values())
     assert base["flat"]["total_log_return"] == 0 and base["buy_and_hold"]["turnover"] == 1 / n
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(png.parent) == ["equity.png"]  # no temp file left behind
     before = png.stat().st_size
     plot_equity_curves({"a": np.linspace(1, 2, 50)}, png)
     assert png.stat().st_size != before
+
+
+def _planted(bars, split: str, feature: int, seed: int = 0):
+    """The bars' params with random features and a next return that is a known linear
+    function of one of them: ``r[t+1] = 1e-3 * features[t, feature] + noise``."""
+    p = make_env_params(bars, split, cost_bps=1.0)
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(len(bars), NUM_FEATURES)).astype(np.float32)
+    r = np.r_[0.0, 1e-3 * feats[:-1, feature] + rng.normal(0, 2e-3, len(bars) - 1)]
+    return p.replace(features=jnp.asarray(feats), log_returns=jnp.asarray(r, jnp.float32))
+
+
+def test_linear_baseline_finds_a_planted_linear_signal():
+    bars = synthetic_bars(6000, seed=5)
+    train, test = _planted(bars, "train", feature=6), _planted(bars, "test", feature=6)
+    model = LinearBaseline.fit(train)
+    assert int(np.argmax(np.abs(model.weights))) == 6 and model.weights[6] > 0
+    assert model.weights[6] == pytest.approx(1e-3, rel=0.15)
+    ts = np.arange(int(test.start_lo), int(test.last_bar))
+    pred = model.predict(np.asarray(test.features)[ts])
+    nxt = np.asarray(test.log_returns)[ts + 1]
+    ic = np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(nxt)))[0, 1]
+    assert ic > 0.2  # rank IC out of sample
+    base = evaluate_baselines(test, seed=0, linear=model)
+    assert set(base) == set(BASELINES)
+    lin = base["linear"].metrics
+    assert lin["active_ir"] > 3.0 and lin["sharpe"] > base["buy_and_hold"].metrics["sharpe"]
+    assert lin["turnover"] > 0.5  # flips about every other bar, and pays for it:
+    assert lin["sharpe_0x_cost"] > lin["sharpe_1x_cost"] > lin["sharpe_2x_cost"]
+    # Fitted on the train split only: later bars do not move it, its last target does.
+    end = int(train.last_bar)
+    later = train.replace(
+        log_returns=train.log_returns.at[end + 1 :].set(0.05),
+        features=train.features.at[end:].set(3.0),
+    )
+    np.testing.assert_array_equal(LinearBaseline.fit(later).weights, model.weights)
+    last = train.replace(log_returns=train.log_returns.at[end].set(0.05))
+    assert not np.array_equal(LinearBaseline.fit(last).weights, model.weights)
+    with pytest.raises(ValueError, match="LinearBaseline.fit"):
+        run_baseline("linear", test)
+
+
+def test_linear_baseline_pays_what_a_policy_holding_its_positions_pays():
+    bars = synthetic_bars(3000, seed=6)
+    test = _planted(bars, "test", feature=2)
+    model = LinearBaseline.fit(_planted(bars, "train", feature=2))
+
+    def same_as_linear(obs):  # the bar's 13 features are each agent's last window column
+        feats = np.zeros((obs["critic"].shape[0], NUM_FEATURES))
+        for name, (a, b) in AGENT_FEATURES.items():
+            feats[:, a:b] = np.asarray(obs[name])[:, :, -1]
+        side = np.sign(model.predict(feats)).astype(np.int64)
+        return np.repeat((side + 1)[:, None], 3, axis=1)
+
+    linear = run_baseline("linear", test, linear=model)
+    assert evaluate_policy(same_as_linear, test) == pytest.approx(linear.metrics)
+    pos = linear.positions
+    expected = pos * np.asarray(test.log_returns)[linear.bar_index + 1] - 1e-4 * np.abs(
+        np.diff(np.r_[0, pos])
+    )
+    np.testing.assert_allclose(linear.rewards, expected, atol=1e-7)

@@ -135,9 +135,11 @@ def test_report_has_policy_and_baselines(tmp_path):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     keys = {"sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover"}
-    assert set(report["policy"]) == keys
-    assert set(report["baselines"]) == {"buy_and_hold", "flat", "random", "momentum"}
-    assert all(set(m) == keys for m in report["baselines"].values())
+    keys |= {"sortino", "beta", "alpha_t", "active_ir", "psr", "active_ir_2x_cost"}
+    assert set(report["policy"]) >= keys
+    assert set(report["baselines"]) == {"buy_and_hold", "flat", "random", "momentum", "linear"}
+    assert all(set(m) == set(report["policy"]) for m in report["baselines"].values())
+    assert report["baselines"]["buy_and_hold"]["beta"] == pytest.approx(1.0)
     assert report["baselines"]["flat"]["total_log_return"] == 0.0
     resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert resolved["training"]["total_timesteps"] == 64

@@ -12,27 +12,26 @@ split_fractions=(0.7, 0.15, 0.15), periods_per_year=None, batch_size=8192) -> di
     params and ``split``, ``norm``, ``cost_bps`` are ignored; given ``Bars``, params are built
     with :func:`~marl_jax.env.market.make_env_params` (``norm=None`` fits on the train split).
 ``evaluate_split(policy_fn, bars_or_params, split="test", norm=None, cost_bps=1.0, *,
-seed=0, ...) -> (metrics, baseline_metrics, curves)``
+seed=0, linear=None, ...) -> (metrics, baseline_metrics, curves)``
     The policy and every baseline; ``curves`` maps ``"policy"`` and each baseline name to its
     equity curve (``N + 1`` values starting at 1).
 ``run_policy`` / ``run_baseline`` / ``simulate`` return an :class:`EvalRun` (positions,
 rewards, pnl, equity, metrics) for finer control.
-``BASELINES = ("buy_and_hold", "flat", "random", "momentum")``
-    Positions 1; 0; the mean of three uniform random actions minus 1; the sign of the last
-    ``MOMENTUM_LOOKBACK`` (20) bars' log return.
-``compute_metrics(rewards, positions, pnl, periods_per_year) -> dict``
+``BASELINES = ("buy_and_hold", "flat", "random", "momentum", "linear")``
+    Positions 1; 0; the position of three uniform random actions; the sign of the last
+    ``MOMENTUM_LOOKBACK`` (20) bars' log return; the sign of a :class:`LinearBaseline`'s
+    prediction. ``linear`` needs the fitted model (``linear=LinearBaseline.fit(train_params)``,
+    fitted on the train split); without it the other four are evaluated.
 
 A split of ``EnvParams`` is evaluated at every bar ``t`` in ``[start_lo, last_bar)``: at each
 bar the position is set and the reward is exactly the environment's,
 ``position_t * r_{t+1} - cost_bps * 1e-4 * |position_t - position_{t-1}|`` with a flat position
-before the first bar.
+before the first bar. Actions become positions in :func:`positions_for` and the cost is
+charged by :func:`marl_jax.metrics.net_returns`: the policy and every baseline pay through them.
 
-Metrics (keys): ``total_log_return`` (sum of rewards); ``sharpe`` (mean / std of the per-bar
-rewards times ``sqrt(periods_per_year)``; 0 when the std is 0); ``max_drawdown`` (largest
-fall of the equity ``exp(cumsum(rewards))`` from its running peak, a fraction in [0, 1));
-``hit_rate`` (share of bars with a non-zero position whose gross pnl is > 0; 0 with no
-exposure); ``turnover`` (mean ``|position_t - position_{t-1}|`` per bar); plus ``n_steps``,
-``exposure`` (mean ``|position|``) and ``final_equity``. ``periods_per_year`` defaults to
+Metrics: :func:`marl_jax.metrics.summary` of the net returns, with buy-and-hold's net returns
+over the same bars as the benchmark (alpha, beta, active IR) and the cost sensitivity at 0x, 1x
+and 2x the split's ``cost_bps``. ``periods_per_year`` defaults to
 ``252 * 24 * 60 / interval_minutes`` (252 trading days of 24 hours, as for index futures that
 trade nearly round the clock): 12096 for 30-minute bars.
 """
@@ -46,16 +45,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from marl_jax import metrics
+
 from .data import Bars
-from .features import FeatureNorm
-from .market import DEFAULT_FRACTIONS, EnvParams, make_env_params, observations
+from .features import NUM_FEATURES, FeatureNorm
+from .market import (
+    DEFAULT_FRACTIONS,
+    EnvParams,
+    make_env_params,
+    observations,
+    positions_from_actions,
+)
 
 __all__ = [
     "BASELINES",
+    "LINEAR_RIDGE",
     "MOMENTUM_LOOKBACK",
     "EvalRun",
+    "LinearBaseline",
     "periods_per_year_for",
-    "compute_metrics",
+    "positions_for",
     "simulate",
     "run_policy",
     "run_baseline",
@@ -64,9 +73,15 @@ __all__ = [
     "evaluate_split",
 ]
 
-BASELINES = ("buy_and_hold", "flat", "random", "momentum")
+BASELINES = ("buy_and_hold", "flat", "random", "momentum", "linear")
 MOMENTUM_LOOKBACK = 20
 TRADING_DAYS = 252
+# Ridge penalty of the linear baseline, per bar (the loss is the mean squared error plus
+# LINEAR_RIDGE * |w|^2). The features are normalised to about unit scale, so a direction of
+# the features with variance v keeps v / (v + 0.1) of its least-squares weight: the main
+# directions are barely shrunk, near-collinear ones (v << 0.1), where least squares fits
+# noise, are. Fixed, so that choosing it reads no validation or test bar.
+LINEAR_RIDGE = 0.1
 _batched_observations = jax.jit(observations)
 
 
@@ -80,40 +95,50 @@ class EvalRun:
     metrics: dict
 
 
+@dataclass(frozen=True)
+class LinearBaseline:
+    """A ridge regression of the next bar's log return on the 13 normalised features of the
+    current bar; its position is the sign of the prediction."""
+
+    weights: np.ndarray  # (13,)
+    intercept: float
+    ridge: float = LINEAR_RIDGE
+
+    @classmethod
+    def fit(cls, train_params: EnvParams, ridge: float = LINEAR_RIDGE) -> LinearBaseline:
+        """Fits on every evaluation bar of ``train_params`` (the train split: its targets
+        ``r[t+1]`` stay inside the split). The intercept is not penalised."""
+        ts = _eval_bars(train_params)
+        x = np.asarray(train_params.features, dtype=np.float64)[ts]
+        y = np.asarray(train_params.log_returns, dtype=np.float64)[ts + 1]
+        x_mean, y_mean = x.mean(axis=0), y.mean()
+        xc = x - x_mean
+        gram = xc.T @ xc / len(ts) + ridge * np.eye(NUM_FEATURES)
+        weights = np.linalg.solve(gram, xc.T @ (y - y_mean) / len(ts))
+        return cls(weights, float(y_mean - x_mean @ weights), float(ridge))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predicted next-bar log returns for normalised features ``(N, 13)``."""
+        return np.asarray(features, dtype=np.float64) @ self.weights + self.intercept
+
+    def positions(self, params: EnvParams) -> np.ndarray:
+        """The sign of the prediction at every evaluation bar of ``params``."""
+        return np.sign(self.predict(np.asarray(params.features)[_eval_bars(params)]))
+
+
 def periods_per_year_for(interval_minutes: float) -> float:
     return TRADING_DAYS * 24 * 60 / float(interval_minutes)
 
 
-def compute_metrics(
-    rewards: np.ndarray, positions: np.ndarray, pnl: np.ndarray, periods_per_year: float
-) -> dict:
-    rewards = np.asarray(rewards, dtype=np.float64)
-    positions = np.asarray(positions, dtype=np.float64)
-    pnl = np.asarray(pnl, dtype=np.float64)
-    n = len(rewards)
-    if n == 0:
-        raise ValueError("no steps to evaluate")
-    std = rewards.std(ddof=1) if n > 1 else 0.0
-    sharpe = float(rewards.mean() / std * np.sqrt(periods_per_year)) if std > 1e-15 else 0.0
-    log_equity = np.r_[0.0, np.cumsum(rewards)]
-    drawdown = 1.0 - np.exp(log_equity - np.maximum.accumulate(log_equity))
-    exposed = positions != 0
-    hits = (pnl > 0) & exposed
-    turnover = np.abs(np.diff(np.r_[0.0, positions]))
-    return {
-        "total_log_return": float(rewards.sum()),
-        "sharpe": sharpe,
-        "max_drawdown": float(drawdown.max()),
-        "hit_rate": float(hits.sum() / exposed.sum()) if exposed.any() else 0.0,
-        "turnover": float(turnover.mean()),
-        "n_steps": int(n),
-        "exposure": float(np.abs(positions).mean()),
-        "final_equity": float(np.exp(log_equity[-1])),
-    }
-
-
 def _eval_bars(params: EnvParams) -> np.ndarray:
     return np.arange(int(params.start_lo), int(params.last_bar))
+
+
+def positions_for(actions: np.ndarray, params: EnvParams) -> np.ndarray:
+    """The positions that int actions ``(N, 3)`` taken at consecutive bars of ``params`` hold,
+    as the environment maps them."""
+    del params  # the mapping does not depend on the split today
+    return np.asarray(positions_from_actions(actions), dtype=np.float32)
 
 
 def simulate(
@@ -126,13 +151,21 @@ def simulate(
         raise ValueError(f"expected {len(ts)} positions, got {positions.shape}")
     next_r = np.asarray(params.log_returns)[ts + 1]
     pnl = positions * next_r
-    cost = np.float32(params.cost_bps * 1e-4) * np.abs(np.diff(np.r_[np.float32(0), positions]))
-    rewards = (pnl - cost).astype(np.float32)
+    rewards = metrics.net_returns(pnl, positions, params.cost_bps)
+    hold = np.ones_like(positions)
     ppy = periods_per_year or periods_per_year_for(params.interval_minutes)
-    equity = np.exp(np.r_[0.0, np.cumsum(rewards, dtype=np.float64)])
-    return EvalRun(
-        ts, positions, rewards, pnl, equity, compute_metrics(rewards, positions, pnl, ppy)
+    scores = metrics.summary(
+        rewards,
+        positions,
+        metrics.net_returns(next_r, hold, params.cost_bps),
+        ppy,
+        gross=pnl,
+        benchmark_gross=next_r,
+        benchmark_positions=hold,
+        cost_bps=params.cost_bps,
     )
+    equity = np.exp(np.r_[0.0, np.cumsum(rewards, dtype=np.float64)])
+    return EvalRun(ts, positions, rewards, pnl, equity, scores)
 
 
 def _as_params(bars_or_params, split, norm, cost_bps, split_fractions) -> EnvParams:
@@ -168,11 +201,16 @@ def run_policy(
     actions = np.concatenate(chunks).astype(np.int64)
     if actions.min() < 0 or actions.max() > 2:
         raise ValueError("policy actions must be 0, 1 or 2")
-    return simulate((actions - 1).mean(axis=1), params, periods_per_year)
+    return simulate(positions_for(actions, params), params, periods_per_year)
 
 
 def run_baseline(
-    name: str, params: EnvParams, *, seed: int = 0, periods_per_year: float | None = None
+    name: str,
+    params: EnvParams,
+    *,
+    seed: int = 0,
+    periods_per_year: float | None = None,
+    linear: LinearBaseline | None = None,
 ) -> EvalRun:
     ts = _eval_bars(params)
     if name == "buy_and_hold":
@@ -181,11 +219,15 @@ def run_baseline(
         positions = np.zeros(len(ts))
     elif name == "random":
         actions = np.random.default_rng(seed).integers(0, 3, size=(len(ts), 3))
-        positions = (actions - 1).mean(axis=1)
+        positions = positions_for(actions, params)
     elif name == "momentum":
         cum = np.cumsum(np.asarray(params.log_returns, dtype=np.float64))
         lag = np.maximum(ts - MOMENTUM_LOOKBACK, 0)
         positions = np.sign(cum[ts] - cum[lag])
+    elif name == "linear":
+        if linear is None:
+            raise ValueError("the linear baseline needs linear=LinearBaseline.fit(train_params)")
+        positions = linear.positions(params)
     else:
         raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
     return simulate(positions, params, periods_per_year)
@@ -216,11 +258,16 @@ def evaluate_baselines(
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     periods_per_year: float | None = None,
     seed: int = 0,
+    linear: LinearBaseline | None = None,
 ) -> dict[str, EvalRun]:
+    """Every baseline of :data:`BASELINES` (``linear`` only when the fitted model is given)."""
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
+    names = BASELINES if linear is not None else tuple(b for b in BASELINES if b != "linear")
     return {
-        name: run_baseline(name, params, seed=seed, periods_per_year=periods_per_year)
-        for name in BASELINES
+        name: run_baseline(
+            name, params, seed=seed, periods_per_year=periods_per_year, linear=linear
+        )
+        for name in names
     }
 
 
@@ -235,9 +282,12 @@ def evaluate_split(
     periods_per_year: float | None = None,
     batch_size: int = 8192,
     seed: int = 0,
+    linear: LinearBaseline | None = None,
 ) -> tuple[dict, dict[str, dict], dict[str, np.ndarray]]:
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
     run = run_policy(policy_fn, params, periods_per_year=periods_per_year, batch_size=batch_size)
-    baselines = evaluate_baselines(params, periods_per_year=periods_per_year, seed=seed)
+    baselines = evaluate_baselines(
+        params, periods_per_year=periods_per_year, seed=seed, linear=linear
+    )
     curves = {"policy": run.equity, **{k: v.equity for k, v in baselines.items()}}
     return run.metrics, {k: v.metrics for k, v in baselines.items()}, curves

@@ -33,7 +33,20 @@ __all__ = [
     "write_report",
 ]
 
-REPORT_METRICS = ("sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover")
+# The printed table's columns; report.json holds every key of marl_jax.metrics.summary.
+REPORT_METRICS = (
+    "sharpe",
+    "total_log_return",
+    "max_drawdown",
+    "hit_rate",
+    "turnover",
+    "beta",
+    "alpha_t",
+    "active_ir",
+    "psr",
+    "active_ir_0x_cost",
+    "active_ir_2x_cost",
+)
 
 
 def greedy_policy(algo: MAPPO, state: TrainState):
@@ -47,27 +60,39 @@ def greedy_policy(algo: MAPPO, state: TrainState):
 
 
 def test_split_report(
-    cfg: Config, algo: MAPPO, state: TrainState, test_params: market.EnvParams
+    cfg: Config,
+    algo: MAPPO,
+    state: TrainState,
+    test_params: market.EnvParams,
+    linear: evaluate.LinearBaseline | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The greedy policy of ``state`` and the baselines on the test split: the report's
-    ``split``, ``policy`` and ``baselines`` entries, and the equity curves by name."""
+    """The greedy policy of ``state`` and the baselines (``linear`` among them when given) on
+    the test split: the report's ``split``, ``policy`` and ``baselines`` entries (every metric
+    of :func:`marl_jax.metrics.summary`), and the equity curves by name."""
     policy_metrics, baselines, curves = evaluate.evaluate_split(
-        greedy_policy(algo, state), test_params, "test", seed=cfg.seed, batch_size=2048
+        greedy_policy(algo, state),
+        test_params,
+        "test",
+        seed=cfg.seed,
+        batch_size=2048,
+        linear=linear,
     )
     report = {
         "split": "test",
-        "policy": {k: policy_metrics[k] for k in REPORT_METRICS},
-        "baselines": {name: {k: m[k] for k in REPORT_METRICS} for name, m in baselines.items()},
+        "policy": policy_metrics,
+        "baselines": baselines,
     }
     return report, curves
 
 
 def write_report(run: Run, state: TrainState) -> dict:
-    """Evaluates the greedy policy and the baselines on the test split; writes
-    ``report.json``, ``equity_curve.png`` and ``learning_curve.png`` of the run."""
+    """Evaluates the greedy policy and the baselines (the linear one fitted on the train split)
+    on the test split; writes ``report.json``, ``equity_curve.png`` and ``learning_curve.png``
+    of the run."""
     cfg = run.cfg
     test_params = env_params_for(cfg, run.bars, "test", run.norm)
-    report, curves = test_split_report(cfg, run.algo, state, test_params)
+    linear = evaluate.LinearBaseline.fit(run.train_params)
+    report, curves = test_split_report(cfg, run.algo, state, test_params, linear)
     plot_equity_curves(
         curves, run.dir.equity_curve, title="test split: trained policy (greedy) vs baselines"
     )
@@ -89,11 +114,13 @@ def write_report(run: Run, state: TrainState) -> dict:
 
 def format_report(report: Mapping) -> str:
     """The report as a text table."""
-    header = f"{'test split':16s}" + "".join(f"{k:>18s}" for k in REPORT_METRICS)
+    width = {k: max(11, len(k) + 2) for k in REPORT_METRICS}
+    header = f"{'test split':16s}" + "".join(f"{k:>{width[k]}s}" for k in REPORT_METRICS)
     lines = [header, "-" * len(header)]
     entries = [("policy (greedy)", report["policy"]), *report["baselines"].items()]
     for name, metrics in entries:
-        lines.append(f"{name:16s}" + "".join(f"{metrics[k]:>18.4f}" for k in REPORT_METRICS))
+        cells = "".join(f"{metrics[k]:>{width[k]}.4f}" for k in REPORT_METRICS)
+        lines.append(f"{name:16s}" + cells)
     return "\n".join(lines)
 
 

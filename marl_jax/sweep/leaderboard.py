@@ -61,7 +61,8 @@ def leaderboard(
     for result in results:
         cfg = result.program.config
         test = env_params_for(cfg, bars, "test", market.get_normalisation(result.train_params))
-        baselines = evaluate.evaluate_baselines(test, seed=cfg.seed)
+        linear = evaluate.LinearBaseline.fit(result.train_params)
+        baselines = evaluate.evaluate_baselines(test, seed=cfg.seed, linear=linear)
         for pos, member in enumerate(result.members):
             hp = {k: float(np.asarray(getattr(result.state.hparams, k))[pos]) for k in HPARAM_NAMES}
             history = result.rows[member.index]
