@@ -48,7 +48,15 @@ import numpy as np
 
 from .data import Bars
 from .features import FeatureNorm
-from .market import DEFAULT_FRACTIONS, EnvParams, make_env_params, observations
+from .market import (
+    DEFAULT_FRACTIONS,
+    EnvParams,
+    make_env_params,
+    net_returns,
+    observations,
+    periods_per_year_for,
+    positions_from_actions,
+)
 
 __all__ = [
     "BASELINES",
@@ -66,7 +74,6 @@ __all__ = [
 
 BASELINES = ("buy_and_hold", "flat", "random", "momentum")
 MOMENTUM_LOOKBACK = 20
-TRADING_DAYS = 252
 _batched_observations = jax.jit(observations)
 
 
@@ -78,10 +85,6 @@ class EvalRun:
     pnl: np.ndarray  # (N,) gross: position * next return
     equity: np.ndarray  # (N + 1,) starting at 1
     metrics: dict
-
-
-def periods_per_year_for(interval_minutes: float) -> float:
-    return TRADING_DAYS * 24 * 60 / float(interval_minutes)
 
 
 def compute_metrics(
@@ -124,9 +127,7 @@ def simulate(
     positions = np.asarray(positions, dtype=np.float32).reshape(-1)
     if positions.shape != ts.shape:
         raise ValueError(f"expected {len(ts)} positions, got {positions.shape}")
-    next_r = np.asarray(params.log_returns)[ts + 1]
-    pnl = positions * next_r
-    cost = np.float32(params.cost_bps * 1e-4) * np.abs(np.diff(np.r_[np.float32(0), positions]))
+    pnl, cost = (np.asarray(x) for x in net_returns(positions, params, ts))
     rewards = (pnl - cost).astype(np.float32)
     ppy = periods_per_year or periods_per_year_for(params.interval_minutes)
     equity = np.exp(np.r_[0.0, np.cumsum(rewards, dtype=np.float64)])
@@ -168,7 +169,7 @@ def run_policy(
     actions = np.concatenate(chunks).astype(np.int64)
     if actions.min() < 0 or actions.max() > 2:
         raise ValueError("policy actions must be 0, 1 or 2")
-    return simulate((actions - 1).mean(axis=1), params, periods_per_year)
+    return simulate(positions_from_actions(actions, params, ts), params, periods_per_year)
 
 
 def run_baseline(
