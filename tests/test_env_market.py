@@ -14,6 +14,7 @@ from marl_jax.env.market import (
     get_normalisation,
     get_return_stats,
     make_env_params,
+    make_multi_env_params,
     net_returns,
     observation_at,
     observations,
@@ -42,6 +43,7 @@ def _state(t, position=0.0, step_count=0, equity=1.0, dsr_b=0.0) -> EnvState:
         signal=jnp.float32(position),
         dsr_a=jnp.float32(0.0),
         dsr_b=jnp.float32(dsr_b),
+        instrument=jnp.int32(0),
     )
 
 
@@ -426,3 +428,46 @@ def test_the_config_keys_reach_the_environment():
     )
     np.testing.assert_array_equal(np.asarray(p.vol_scale), np.asarray(direct.vol_scale))
     assert np.asarray(p.vol_scale).max() == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------- several instruments
+
+
+def test_several_instruments_normalise_apart_and_draw_at_reset():
+    other = _bars_from_returns(np.random.default_rng(6).normal(-3e-4, 8e-3, 1200)[::-1])
+    multi, parts = make_multi_env_params(
+        [DRIFTING, other], "train", reward="excess", episode_len=16, cost_bps=0.0
+    )
+    n0 = len(DRIFTING)
+    # Each instrument keeps its own normalisation and statistics, fitted on its own train split.
+    for k, (bars, part, offset) in enumerate([(DRIFTING, parts[0], 0), (other, parts[1], n0)]):
+        norm = fit_normalisation(bars, FRACTIONS)
+        np.testing.assert_allclose(np.asarray(multi.norm_center[k]), norm.center, rtol=1e-5)
+        rows = np.asarray(multi.features)[offset : offset + len(bars)]
+        np.testing.assert_allclose(rows, norm.apply(compute_features(bars)), atol=1e-5)
+        assert float(multi.return_mean[k]) == float(part.return_mean)
+        assert int(multi.start_lo[k]) == int(part.start_lo) + offset
+        assert int(multi.last_bar[k]) == int(part.last_bar) + offset
+    assert float(multi.return_mean[0]) > 0 > float(multi.return_mean[1])
+    assert float(multi.log_returns[n0]) == 0.0  # no return across the seam
+    # reset draws both instruments, and starts inside the drawn one's training split.
+    keys = jax.random.split(jax.random.PRNGKey(4), 1000)
+    _, states = jax.jit(jax.vmap(reset, in_axes=(0, None)))(keys, multi)
+    k, t = np.asarray(states.instrument), np.asarray(states.t)
+    assert 400 < (k == 1).sum() < 600
+    lo, hi = np.asarray(multi.start_lo)[k], np.asarray(multi.start_hi)[k]
+    assert np.all((lo <= t) & (t <= hi))
+    np.testing.assert_allclose(np.asarray(states.dsr_b), np.asarray(multi.return_sq)[k])
+    # An episode ends at its own instrument's last bar and earns its own instrument's excess.
+    long, jstep = jnp.array([2, 2, 2]), jax.jit(step)
+    last0 = int(multi.last_bar[0])
+    _, _, _, done, info = jstep(keys[0], _state(last0 - 1), long, multi)
+    assert bool(info["terminated"]) and bool(done)
+    t1 = n0 + 500
+    s1 = _state(t1).replace(instrument=jnp.int32(1))
+    _, s2, reward, done, info = jstep(keys[0], s1, long, multi)
+    assert not bool(done) and int(s2.instrument) == 1
+    r = float(multi.log_returns[t1 + 1])
+    np.testing.assert_allclose(float(reward), r - float(multi.return_mean[1]), rtol=1e-5)
+    obs = observation_at(multi, t1)
+    np.testing.assert_array_equal(obs["mmd"], observation_at(parts[1], 500)["mmd"])

@@ -51,6 +51,15 @@ position_sizing="fixed", ..., return_stats=None) -> EnvParams``
     ``t`` the agents acted at), ``pnl`` (``position * next return``), ``cost``,
     ``terminated``, ``truncated``, ``next_obs`` and ``next_critic_obs`` (the observation of the
     true next state, before any automatic reset: bootstrap truncated episodes with it).
+``make_multi_env_params(bars_list, split="train", *, norms=None, return_stats=None, **kw)
+-> (EnvParams, [EnvParams])``
+    Several instruments in one environment: each instrument's split is built with
+    ``make_env_params`` (its own normalisation, ``mu``, ``m2`` and volatility scale, fitted on
+    its own training split) and their arrays are concatenated along time; ``start_lo``,
+    ``start_hi``, ``last_bar``, ``return_mean``, ``return_sq`` become ``(K,)`` arrays of global
+    bar indices and statistics. ``reset`` draws the instrument uniformly, then its start; an
+    episode never leaves its instrument. The list holds each instrument's own ``EnvParams``
+    (for evaluation and for saving its normalisation).
 ``observation_at(params, t) -> obs``
     The observation at bar ``t`` (also used by the evaluator over a whole split).
 ``positions_from_actions(actions, params, bars)`` / ``net_returns(positions, params, bars)``
@@ -107,6 +116,7 @@ __all__ = [
     "next_signal",
     "differential_sharpe",
     "get_return_stats",
+    "make_multi_env_params",
     "periods_per_year_for",
     "REWARDS",
     "ACTION_MODES",
@@ -138,8 +148,10 @@ class EnvParams:
     norm_scale: jax.Array  # (13,) float32
     window_means: jax.Array  # (T, 13) float32: mean of features[t-window+1 : t+1] (critic obs)
     vol_scale: jax.Array  # (T,) float32: position per unit of signal at bar t (1 when fixed)
-    return_mean: jax.Array  # float32 scalar: mean bar return of the training split (mu)
-    return_sq: jax.Array  # float32 scalar: mean square bar return of the training split
+    # float32 scalars, or (K,) over the instruments of a multi-instrument market (as are
+    # start_lo, start_hi and last_bar):
+    return_mean: jax.Array  # mean bar return of the training split (mu)
+    return_sq: jax.Array  # mean square bar return of the training split
     episode_len: int = struct.field(pytree_node=False, default=256)
     window: int = struct.field(pytree_node=False, default=48)
     cost_bps: float = struct.field(pytree_node=False, default=1.0)
@@ -161,6 +173,7 @@ class EnvState:
     signal: jax.Array  # float32: the agents' signal behind ``position``, in [-1, 1]
     dsr_a: jax.Array  # float32: EMA of the net return (differential Sharpe ratio's A)
     dsr_b: jax.Array  # float32: EMA of the squared net return (B)
+    instrument: jax.Array  # int32: the instrument of a multi-instrument market (else 0)
 
 
 def fit_normalisation(
@@ -315,6 +328,57 @@ def make_env_params(
     )
 
 
+def make_multi_env_params(
+    bars_list: Sequence[Bars],
+    split: str = "train",
+    *,
+    norms: Sequence[FeatureNorm] | None = None,
+    return_stats: Sequence[tuple[float, float]] | None = None,
+    **kwargs,
+) -> tuple[EnvParams, list[EnvParams]]:
+    """Several instruments in one environment (see the module docstring); ``kwargs`` go to
+    :func:`make_env_params` for every instrument, ``norms`` and ``return_stats`` per
+    instrument (``None``: fitted on each instrument's training split)."""
+    k = len(bars_list)
+    if k == 0:
+        raise ValueError("make_multi_env_params needs at least one instrument")
+    norms = [None] * k if norms is None else list(norms)
+    stats = [None] * k if return_stats is None else list(return_stats)
+    if len(norms) != k or len(stats) != k:
+        raise ValueError(f"give one norm and one return_stats per instrument ({k})")
+    parts = [
+        make_env_params(bars, split, norm=norm, return_stats=st, **kwargs)
+        for bars, norm, st in zip(bars_list, norms, stats, strict=True)
+    ]
+    offsets = np.cumsum([0] + [len(p.log_returns) for p in parts[:-1]]).astype(np.int32)
+
+    def stack(name: str, shift: bool = False) -> jax.Array:
+        values = [getattr(p, name) for p in parts]
+        return jnp.stack([v + o for v, o in zip(values, offsets, strict=True)] if shift else values)
+
+    def concat(name: str) -> jax.Array:
+        return jnp.concatenate([getattr(p, name) for p in parts])
+
+    return parts[0].replace(
+        features=concat("features"),
+        log_returns=concat("log_returns"),  # each instrument's first return is 0
+        window_means=concat("window_means"),
+        vol_scale=concat("vol_scale"),
+        start_lo=stack("start_lo", shift=True),
+        start_hi=stack("start_hi", shift=True),
+        last_bar=stack("last_bar", shift=True),
+        norm_center=stack("norm_center"),
+        norm_scale=stack("norm_scale"),
+        return_mean=stack("return_mean"),
+        return_sq=stack("return_sq"),
+    ), parts
+
+
+def _of_instrument(value: jax.Array, instrument: jax.Array) -> jax.Array:
+    """A per-instrument field's value for ``instrument`` (a scalar field is instrument 0's)."""
+    return jnp.reshape(value, (-1,))[instrument]
+
+
 def observation_at(params: EnvParams, t) -> dict[str, jax.Array]:
     """The observation dict at bar ``t`` (``t >= window - 1``)."""
     start = jnp.asarray(t, dtype=jnp.int32) - (params.window - 1)
@@ -393,7 +457,14 @@ def differential_sharpe(
 
 
 def _reset_state(key: jax.Array, params: EnvParams) -> EnvState:
-    t0 = jax.random.randint(key, (), params.start_lo, params.start_hi + 1, dtype=jnp.int32)
+    count = params.start_lo.size  # instruments (static)
+    instrument = jnp.zeros((), jnp.int32)
+    if count > 1:
+        key, pick = jax.random.split(key)
+        instrument = jax.random.randint(pick, (), 0, count, dtype=jnp.int32)
+    lo = _of_instrument(params.start_lo, instrument)
+    hi = _of_instrument(params.start_hi, instrument)
+    t0 = jax.random.randint(key, (), lo, hi + 1, dtype=jnp.int32)
     return EnvState(
         t=t0,
         start=t0,
@@ -402,7 +473,8 @@ def _reset_state(key: jax.Array, params: EnvParams) -> EnvState:
         equity=jnp.ones((), jnp.float32),
         signal=jnp.zeros((), jnp.float32),
         dsr_a=jnp.zeros((), jnp.float32),
-        dsr_b=params.return_sq.astype(jnp.float32),
+        dsr_b=_of_instrument(params.return_sq, instrument).astype(jnp.float32),
+        instrument=instrument,
     )
 
 
@@ -419,9 +491,10 @@ def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
     net = pnl - cost
     dsr_a, dsr_b = state.dsr_a, state.dsr_b
     if params.reward == "excess":
-        reward = net - position * params.return_mean
+        reward = net - position * _of_instrument(params.return_mean, state.instrument)
     elif params.reward == "differential_sharpe":
-        floor = jnp.float32(DSR_VAR_FLOOR) * params.return_sq + jnp.float32(1e-30)
+        m2 = _of_instrument(params.return_sq, state.instrument)
+        floor = jnp.float32(DSR_VAR_FLOOR) * m2 + jnp.float32(1e-30)
         reward, dsr_a, dsr_b = differential_sharpe(net, dsr_a, dsr_b, params.dsr_eta, floor)
     else:
         reward = net
@@ -436,8 +509,9 @@ def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
         signal=signal,
         dsr_a=dsr_a.astype(jnp.float32),
         dsr_b=dsr_b.astype(jnp.float32),
+        instrument=state.instrument,
     )
-    terminated = next_t >= params.last_bar
+    terminated = next_t >= _of_instrument(params.last_bar, state.instrument)
     truncated = (step_count >= params.episode_len) & ~terminated
     done = terminated | truncated
 
