@@ -58,8 +58,9 @@ position_sizing="fixed", ..., return_stats=None) -> EnvParams``
     its own training split) and their arrays are concatenated along time; ``start_lo``,
     ``start_hi``, ``last_bar``, ``return_mean``, ``return_sq`` become ``(K,)`` arrays of global
     bar indices and statistics. ``reset`` draws the instrument uniformly, then its start; an
-    episode never leaves its instrument. The list holds each instrument's own ``EnvParams``
-    (for evaluation and for saving its normalisation).
+    episode never leaves its instrument. The static fields (cost, window, bar interval) are
+    the first instrument's. The list holds each instrument's own ``EnvParams`` (evaluate and
+    save each instrument's normalisation with these).
 ``observation_at(params, t) -> obs``
     The observation at bar ``t`` (also used by the evaluator over a whole split).
 ``positions_from_actions(actions, params, bars)`` / ``net_returns(positions, params, bars)``
