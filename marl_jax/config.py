@@ -310,6 +310,28 @@ class EnvConfig(_Section):
     synthetic_n_bars: Int = Field(20_000, ge=1, description="bars of synthetic data")
     synthetic_seed: Int = Field(0, ge=0, description="seed of the synthetic data")
     norm_clip: Float = Field(10.0, gt=0, description="clip normalised features to +-this")
+    reward: Literal["pnl", "excess", "differential_sharpe"] = Field(
+        "pnl",
+        description="pnl: net return; excess: net return less position x the train split's "
+        "mean bar return; differential_sharpe: Moody and Saffell's DSR of the net return",
+    )
+    dsr_eta: Float = Field(0.01, gt=0, lt=1, description="EMA rate of the differential Sharpe")
+    action_mode: Literal["target", "delta"] = Field(
+        "target",
+        description="target: the mean vote is the position; delta: bearish reduces, neutral "
+        "holds, bullish increases the position (the seed's meaning), within [-1, 1]",
+    )
+    delta_step: Float = Field(
+        0.5, gt=0, le=2, description="delta: position change when all three agents agree"
+    )
+    position_sizing: Literal["fixed", "vol_target"] = Field(
+        "fixed",
+        description="fixed: position = signal; vol_target: signal x target_vol / EWMA "
+        "volatility of past returns, capped at max_leverage (Zhang, Zohren, Roberts 2020)",
+    )
+    vol_span: Int = Field(60, ge=1, description="vol_target: EWMA span of the volatility, bars")
+    target_vol: Float = Field(0.1, gt=0, description="vol_target: annualised target volatility")
+    max_leverage: Float = Field(2.0, gt=0, description="vol_target: cap on |position|")
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -53,7 +53,9 @@ from .market import (
     DEFAULT_FRACTIONS,
     EnvParams,
     make_env_params,
+    net_returns,
     observations,
+    periods_per_year_for,
     positions_from_actions,
 )
 
@@ -75,7 +77,6 @@ __all__ = [
 
 BASELINES = ("buy_and_hold", "flat", "random", "momentum", "linear")
 MOMENTUM_LOOKBACK = 20
-TRADING_DAYS = 252
 # Ridge penalty of the linear baseline, per bar (the loss is the mean squared error plus
 # LINEAR_RIDGE * |w|^2). The features are normalised to about unit scale, so a direction of
 # the features with variance v keeps v / (v + 0.1) of its least-squares weight: the main
@@ -126,9 +127,6 @@ class LinearBaseline:
         return np.sign(self.predict(np.asarray(params.features)[_eval_bars(params)]))
 
 
-def periods_per_year_for(interval_minutes: float) -> float:
-    return TRADING_DAYS * 24 * 60 / float(interval_minutes)
-
 
 def _eval_bars(params: EnvParams) -> np.ndarray:
     return np.arange(int(params.start_lo), int(params.last_bar))
@@ -137,8 +135,7 @@ def _eval_bars(params: EnvParams) -> np.ndarray:
 def positions_for(actions: np.ndarray, params: EnvParams) -> np.ndarray:
     """The positions that int actions ``(N, 3)`` taken at consecutive bars of ``params`` hold,
     as the environment maps them."""
-    del params  # the mapping does not depend on the split today
-    return np.asarray(positions_from_actions(actions), dtype=np.float32)
+    return np.asarray(positions_from_actions(actions, params, _eval_bars(params)))
 
 
 def simulate(
@@ -149,9 +146,9 @@ def simulate(
     positions = np.asarray(positions, dtype=np.float32).reshape(-1)
     if positions.shape != ts.shape:
         raise ValueError(f"expected {len(ts)} positions, got {positions.shape}")
-    next_r = np.asarray(params.log_returns)[ts + 1]
-    pnl = positions * next_r
-    rewards = metrics.net_returns(pnl, positions, params.cost_bps)
+    next_r = np.asarray(params.log_returns, dtype=np.float64)[ts + 1]
+    pnl, cost = (np.asarray(x) for x in net_returns(positions, params, ts))
+    rewards = pnl - cost  # float32, as the environment's reward under env.reward=pnl
     hold = np.ones_like(positions)
     ppy = periods_per_year or periods_per_year_for(params.interval_minutes)
     scores = metrics.summary(

@@ -7,12 +7,15 @@ Everything the environment needs lives in :class:`EnvParams` (arrays plus static
 Contract
 --------
 ``make_env_params(bars, split="train", *, episode_len=256, cost_bps=1.0, window=48, norm=None,
-split_fractions=(0.7, 0.15, 0.15), features=None) -> EnvParams``
+split_fractions=(0.7, 0.15, 0.15), features=None, reward="pnl", action_mode="target",
+position_sizing="fixed", ..., return_stats=None) -> EnvParams``
     Computes the 13 features (or takes precomputed raw ``features``), normalises them with
     ``norm`` (``None``: fit on the training split with :func:`fit_normalisation`; a given
     :class:`~marl_jax.env.features.FeatureNorm` is applied as it is) and records the valid start
     range of the chosen split. ``get_normalisation(params)`` gives the ``FeatureNorm`` back so a
-    trainer can save it (``norm.to_dict()``).
+    trainer can save it (``norm.to_dict()``). ``return_stats`` ``(mu, m2)``: the mean and mean
+    square of the bar returns the training split pays (``None``: computed from the training
+    split of ``bars``, so every split of one market shares them; ``get_return_stats(params)``).
 ``reset(key, params) -> (obs, state)``
     A fresh episode at a uniformly drawn start bar ``t0`` in ``[params.start_lo,
     params.start_hi]``: flat position, equity 1.
@@ -20,11 +23,25 @@ split_fractions=(0.7, 0.15, 0.15), features=None) -> EnvParams``
     ``actions``: int32 ``(3,)`` in agent order (mlmi, nwrqk, mmd), 0 bearish / 1 neutral /
     2 bullish. The agents act at bar ``t = state.t``:
 
-    - ``position = mean(actions - 1)`` in ``[-1, 1]``;
-    - ``reward = position * log(close[t+1] / close[t]) - cost_bps * 1e-4 * |position -
-      previous_position|`` (float32 scalar, shared by the agents; the first step of an episode
-      starts from a flat position);
-    - ``equity <- equity * exp(reward)``; the state moves to bar ``t + 1``;
+    - the agents' combined vote is ``mean(actions - 1)`` in ``[-1, 1]``; the signal is the
+      vote itself (``action_mode="target"``) or the previous signal moved by
+      ``delta_step * vote`` and clipped to ``[-1, 1]`` (``"delta"``, the seed's meaning:
+      bearish reduces, neutral holds, bullish increases);
+    - ``position = signal * vol_scale[t]``: ``vol_scale`` is 1 (``position_sizing="fixed"``)
+      or ``min(target_vol / sigma_t, max_leverage)`` (``"vol_target"``, Zhang, Zohren and
+      Roberts 2020), ``sigma_t`` an annualised EWMA (span ``vol_span`` bars) of the squared
+      returns up to bar ``t``: past returns only;
+    - ``pnl = position * r[t+1]`` with ``r[t+1] = log(close[t+1] / close[t])``, ``cost =
+      cost_bps * 1e-4 * |position - previous_position|`` (the first step of an episode starts
+      from a flat position), net return ``pnl - cost``;
+    - ``reward`` (float32 scalar, shared by the agents): the net return (``reward="pnl"``);
+      ``position * (r[t+1] - mu) - cost`` with ``mu`` the training split's mean bar return
+      (``"excess"``: a constant position earns nothing in expectation); or Moody and
+      Saffell's differential Sharpe ratio of the net return (``"differential_sharpe"``, EMA
+      rate ``dsr_eta``, see :func:`differential_sharpe`; each episode starts its EMAs at
+      ``A = 0`` and ``B = m2``, a unit position's mean square return on the training split);
+    - ``equity <- equity * exp(pnl - cost)``, whatever the reward; the state moves to bar
+      ``t + 1``;
     - ``terminated``: bar ``t + 1`` is the last bar of the split (no next return left);
       ``truncated``: ``episode_len`` steps were taken and the episode did not terminate;
       ``done = terminated | truncated``.
@@ -34,8 +51,22 @@ split_fractions=(0.7, 0.15, 0.15), features=None) -> EnvParams``
     ``t`` the agents acted at), ``pnl`` (``position * next return``), ``cost``,
     ``terminated``, ``truncated``, ``next_obs`` and ``next_critic_obs`` (the observation of the
     true next state, before any automatic reset: bootstrap truncated episodes with it).
+``make_multi_env_params(bars_list, split="train", *, norms=None, return_stats=None, **kw)
+-> (EnvParams, [EnvParams])``
+    Several instruments in one environment: each instrument's split is built with
+    ``make_env_params`` (its own normalisation, ``mu``, ``m2`` and volatility scale, fitted on
+    its own training split) and their arrays are concatenated along time; ``start_lo``,
+    ``start_hi``, ``last_bar``, ``return_mean``, ``return_sq`` become ``(K,)`` arrays of global
+    bar indices and statistics. ``reset`` draws the instrument uniformly, then its start; an
+    episode never leaves its instrument. The static fields (cost, window, bar interval) are
+    the first instrument's. The list holds each instrument's own ``EnvParams`` (evaluate and
+    save each instrument's normalisation with these).
 ``observation_at(params, t) -> obs``
     The observation at bar ``t`` (also used by the evaluator over a whole split).
+``positions_from_actions(actions, params, bars)`` / ``net_returns(positions, params, bars)``
+    The environment's positions and its ``(pnl, cost)`` for actions taken at consecutive bars
+    from a flat start: the evaluator scores a policy with these, so it applies the same
+    positions and costs as training.
 
 Observation: a dict of float32 arrays, ``mlmi`` ``(4, 48)``, ``nwrqk`` ``(6, 48)``, ``mmd``
 ``(3, 48)``: the agent's normalised features (columns 0-3, 4-9, 10-12 of ``FEATURE_NAMES``) for
@@ -76,9 +107,27 @@ __all__ = [
     "observation_at",
     "observations",
     "positions_from_actions",
+    "net_returns",
+    "trade_returns",
+    "combined_vote",
+    "next_signal",
+    "differential_sharpe",
+    "get_return_stats",
+    "make_multi_env_params",
+    "periods_per_year_for",
+    "REWARDS",
+    "ACTION_MODES",
+    "POSITION_SIZINGS",
 ]
 
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+REWARDS = ("pnl", "excess", "differential_sharpe")
+ACTION_MODES = ("target", "delta")
+POSITION_SIZINGS = ("fixed", "vol_target")
+TRADING_DAYS = 252
+# The differential Sharpe ratio's variance estimate is floored at this share of the training
+# split's mean square return, so a long flat stretch cannot blow the next reward up.
+DSR_VAR_FLOOR = 1e-2
 
 
 @struct.dataclass
@@ -93,11 +142,20 @@ class EnvParams:
     norm_center: jax.Array  # (13,) float32, the FeatureNorm used (for saving)
     norm_scale: jax.Array  # (13,) float32
     window_means: jax.Array  # (T, 13) float32: mean of features[t-window+1 : t+1] (critic obs)
+    vol_scale: jax.Array  # (T,) float32: position per unit of signal at bar t (1 when fixed)
+    # float32 scalars, or (K,) over the instruments of a multi-instrument market (as are
+    # start_lo, start_hi and last_bar):
+    return_mean: jax.Array  # mean bar return of the training split (mu)
+    return_sq: jax.Array  # mean square bar return of the training split
     episode_len: int = struct.field(pytree_node=False, default=256)
     window: int = struct.field(pytree_node=False, default=48)
     cost_bps: float = struct.field(pytree_node=False, default=1.0)
     norm_clip: float = struct.field(pytree_node=False, default=10.0)
     interval_minutes: float = struct.field(pytree_node=False, default=30.0)
+    reward: str = struct.field(pytree_node=False, default="pnl")
+    action_mode: str = struct.field(pytree_node=False, default="target")
+    delta_step: float = struct.field(pytree_node=False, default=0.5)
+    dsr_eta: float = struct.field(pytree_node=False, default=0.01)
 
 
 @struct.dataclass
@@ -105,8 +163,12 @@ class EnvState:
     t: jax.Array  # int32: current bar index (the agents act here)
     start: jax.Array  # int32: bar the episode started at
     step_count: jax.Array  # int32: steps taken in this episode
-    position: jax.Array  # float32: position held since the last step
-    equity: jax.Array  # float32: exp of the summed rewards of this episode
+    position: jax.Array  # float32: position held since the last step (sized)
+    equity: jax.Array  # float32: exp of the summed net returns of this episode
+    signal: jax.Array  # float32: the agents' signal behind ``position``, in [-1, 1]
+    dsr_a: jax.Array  # float32: EMA of the net return (differential Sharpe ratio's A)
+    dsr_b: jax.Array  # float32: EMA of the squared net return (B)
+    instrument: jax.Array  # int32: the instrument of a multi-instrument market (else 0)
 
 
 def fit_normalisation(
@@ -135,6 +197,48 @@ def get_normalisation(params: EnvParams) -> FeatureNorm:
     )
 
 
+def get_return_stats(params: EnvParams) -> tuple[float, float]:
+    """``(mu, m2)``: the training split's mean and mean square bar return that ``params``
+    reward with (pass them as ``return_stats`` to build another market's splits alike)."""
+    return float(params.return_mean), float(params.return_sq)
+
+
+def periods_per_year_for(interval_minutes: float) -> float:
+    """Bars per year: 252 trading days of 24 hours (12096 for 30-minute bars)."""
+    return TRADING_DAYS * 24 * 60 / float(interval_minutes)
+
+
+def _episode_range(n: int, split: str, fractions: Sequence[float], window: int) -> tuple:
+    """``(start_lo, start_hi, last_bar)`` of a split's episodes; ValueError if it has none."""
+    s0, s1 = split_bounds(n, fractions)[canonical_split(split)]
+    lo = max(s0, WARMUP_BARS + window - 1)
+    hi = s1 - 2
+    if hi < lo:
+        raise ValueError(
+            f"split {split!r} holds bars [{s0}, {s1}) but episodes need a start in "
+            f"[{lo}, {hi}] (warm-up {WARMUP_BARS} + window {window} - 1, and one next bar): "
+            f"use more bars than {n}"
+        )
+    return lo, hi, s1 - 1
+
+
+def _vol_scale(
+    log_returns: np.ndarray, span: int, target_vol: float, max_leverage: float, per_year: float
+) -> np.ndarray:
+    """``min(target_vol / sigma_t, max_leverage)`` per bar: ``sigma_t`` is the annualised
+    EWMA (span ``span``, weights normalised as pandas' ``adjust=True``) of the squared returns
+    ``r[1..t]``; bar 0 has no return yet and gets 0."""
+    decay = 1.0 - 2.0 / (span + 1.0)
+    out = np.zeros(len(log_returns))
+    num = den = 0.0
+    for t in range(1, len(log_returns)):
+        num = decay * num + float(log_returns[t]) ** 2
+        den = decay * den + 1.0
+        sigma = np.sqrt(num / den * per_year)
+        out[t] = max_leverage if sigma * max_leverage <= target_vol else target_vol / sigma
+    return out
+
+
 def make_env_params(
     bars: Bars,
     split: str = "train",
@@ -146,6 +250,15 @@ def make_env_params(
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     features: np.ndarray | None = None,
     norm_clip: float = 10.0,
+    reward: str = "pnl",
+    dsr_eta: float = 0.01,
+    action_mode: str = "target",
+    delta_step: float = 0.5,
+    position_sizing: str = "fixed",
+    vol_span: int = 60,
+    target_vol: float = 0.1,
+    max_leverage: float = 2.0,
+    return_stats: tuple[float, float] | None = None,
 ) -> EnvParams:
     """Build the environment for one split of ``bars`` (see the module docstring).
 
@@ -154,43 +267,111 @@ def make_env_params(
     """
     if episode_len < 1 or window < 1:
         raise ValueError("episode_len and window must be >= 1")
+    for name, value, allowed in (
+        ("reward", reward, REWARDS),
+        ("action_mode", action_mode, ACTION_MODES),
+        ("position_sizing", position_sizing, POSITION_SIZINGS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} {value!r} is unknown; use one of {', '.join(allowed)}")
     n = len(bars)
     raw = compute_features(bars) if features is None else np.asarray(features)
     if raw.shape != (n, NUM_FEATURES):
         raise ValueError(f"features have shape {raw.shape}, expected ({n}, {NUM_FEATURES})")
     if norm is None:
         norm = fit_normalisation(split_fractions=split_fractions, features=raw, clip=norm_clip)
-    s0, s1 = split_bounds(n, split_fractions)[canonical_split(split)]
-    lo = max(s0, WARMUP_BARS + window - 1)
-    hi = s1 - 2
-    if hi < lo:
-        raise ValueError(
-            f"split {split!r} holds bars [{s0}, {s1}) but episodes need a start in "
-            f"[{lo}, {hi}] (warm-up {WARMUP_BARS} + window {window} - 1, and one next bar): "
-            f"use more bars than {n}"
-        )
+    lo, hi, last = _episode_range(n, split, split_fractions, window)
     normed = norm.apply(raw)
     cums = np.cumsum(np.r_[np.zeros((1, NUM_FEATURES)), normed.astype(np.float64)], axis=0)
     means = np.zeros_like(normed)
     means[window - 1 :] = (cums[window:] - cums[: n - window + 1]) / window
     logc = np.log(bars.close)
     log_returns = np.r_[0.0, np.diff(logc)]
+    if return_stats is None:
+        # The returns the training split's episodes pay: r[t + 1] for t in [lo, last).
+        t_lo, _, t_last = _episode_range(n, "train", split_fractions, window)
+        paid = log_returns[t_lo + 1 : t_last + 1]
+        return_stats = (float(paid.mean()), float(np.mean(paid**2)))
     interval = bars.interval_minutes
+    interval = float(interval) if np.isfinite(interval) else 30.0
+    if position_sizing == "vol_target":
+        per_year = periods_per_year_for(interval)
+        scale = _vol_scale(log_returns, vol_span, target_vol, max_leverage, per_year)
+    else:
+        scale = np.ones(n)
     return EnvParams(
         features=jnp.asarray(normed),
         log_returns=jnp.asarray(log_returns, dtype=jnp.float32),
         start_lo=jnp.asarray(lo, dtype=jnp.int32),
         start_hi=jnp.asarray(hi, dtype=jnp.int32),
-        last_bar=jnp.asarray(s1 - 1, dtype=jnp.int32),
+        last_bar=jnp.asarray(last, dtype=jnp.int32),
         norm_center=jnp.asarray(norm.center, dtype=jnp.float32),
         norm_scale=jnp.asarray(norm.scale, dtype=jnp.float32),
         window_means=jnp.asarray(means, dtype=jnp.float32),
+        vol_scale=jnp.asarray(scale, dtype=jnp.float32),
+        return_mean=jnp.asarray(return_stats[0], dtype=jnp.float32),
+        return_sq=jnp.asarray(return_stats[1], dtype=jnp.float32),
         episode_len=int(episode_len),
         window=int(window),
         cost_bps=float(cost_bps),
         norm_clip=float(norm.clip),
-        interval_minutes=float(interval) if np.isfinite(interval) else 30.0,
+        interval_minutes=interval,
+        reward=reward,
+        action_mode=action_mode,
+        delta_step=float(delta_step),
+        dsr_eta=float(dsr_eta),
     )
+
+
+def make_multi_env_params(
+    bars_list: Sequence[Bars],
+    split: str = "train",
+    *,
+    norms: Sequence[FeatureNorm] | None = None,
+    return_stats: Sequence[tuple[float, float]] | None = None,
+    **kwargs,
+) -> tuple[EnvParams, list[EnvParams]]:
+    """Several instruments in one environment (see the module docstring); ``kwargs`` go to
+    :func:`make_env_params` for every instrument, ``norms`` and ``return_stats`` per
+    instrument (``None``: fitted on each instrument's training split)."""
+    k = len(bars_list)
+    if k == 0:
+        raise ValueError("make_multi_env_params needs at least one instrument")
+    norms = [None] * k if norms is None else list(norms)
+    stats = [None] * k if return_stats is None else list(return_stats)
+    if len(norms) != k or len(stats) != k:
+        raise ValueError(f"give one norm and one return_stats per instrument ({k})")
+    parts = [
+        make_env_params(bars, split, norm=norm, return_stats=st, **kwargs)
+        for bars, norm, st in zip(bars_list, norms, stats, strict=True)
+    ]
+    offsets = np.cumsum([0] + [len(p.log_returns) for p in parts[:-1]]).astype(np.int32)
+
+    def stack(name: str, shift: bool = False) -> jax.Array:
+        values = [getattr(p, name) for p in parts]
+        return jnp.stack([v + o for v, o in zip(values, offsets, strict=True)] if shift else values)
+
+    def concat(name: str) -> jax.Array:
+        return jnp.concatenate([getattr(p, name) for p in parts])
+
+    return parts[0].replace(
+        features=concat("features"),
+        log_returns=concat("log_returns"),  # each instrument's first return is 0
+        window_means=concat("window_means"),
+        vol_scale=concat("vol_scale"),
+        start_lo=stack("start_lo", shift=True),
+        start_hi=stack("start_hi", shift=True),
+        last_bar=stack("last_bar", shift=True),
+        norm_center=stack("norm_center"),
+        norm_scale=stack("norm_scale"),
+        return_mean=stack("return_mean"),
+        return_sq=stack("return_sq"),
+    ), parts
+
+
+def _of_instrument(value: jax.Array, instrument: jax.Array) -> jax.Array:
+    """A per-instrument field's value for ``instrument`` (a scalar field is instrument 0's)."""
+    return jnp.reshape(value, (-1,))[instrument]
 
 
 def observation_at(params: EnvParams, t) -> dict[str, jax.Array]:
@@ -210,19 +391,85 @@ def observations(params: EnvParams, ts) -> dict[str, jax.Array]:
     return jax.vmap(observation_at, in_axes=(None, 0))(params, jnp.asarray(ts, dtype=jnp.int32))
 
 
-def positions_from_actions(actions) -> jax.Array:
-    """``mean(actions - 1)`` over the last (agent) axis, float32 in [-1, 1]."""
+# --------------------------------------------------------------------------- positions, returns
+
+
+def combined_vote(actions) -> jax.Array:
+    """The three agents' combined vote ``mean(actions - 1)`` over the last axis, in [-1, 1]."""
     return jnp.mean(jnp.asarray(actions).astype(jnp.float32) - 1.0, axis=-1)
 
 
+def next_signal(signal: jax.Array, actions, params: EnvParams) -> jax.Array:
+    """The signal after ``actions``: the vote (``target``) or ``signal`` moved by
+    ``delta_step`` times the vote, clipped to [-1, 1] (``delta``)."""
+    vote = combined_vote(actions)
+    if params.action_mode == "delta":
+        return jnp.clip(signal + jnp.float32(params.delta_step) * vote, -1.0, 1.0)
+    return vote
+
+
+def trade_returns(position, previous, params: EnvParams, t) -> tuple[jax.Array, jax.Array]:
+    """``(pnl, cost)`` of holding ``position`` from bar ``t`` to ``t + 1`` after ``previous``:
+    ``position * r[t+1]`` and ``cost_bps * 1e-4 * |position - previous|`` (float32)."""
+    position = jnp.asarray(position, jnp.float32)
+    pnl = position * params.log_returns[jnp.asarray(t) + 1]
+    cost = jnp.float32(params.cost_bps * 1e-4) * jnp.abs(position - previous)
+    return pnl, cost
+
+
+def positions_from_actions(actions, params: EnvParams, bars) -> jax.Array:
+    """The environment's positions ``(N,)`` for actions ``(N, 3)`` taken at the consecutive
+    bars ``bars`` ``(N,)``, starting from a flat position (as an episode does)."""
+
+    def one(signal, a):
+        signal = next_signal(signal, a, params)
+        return signal, signal
+
+    _, signals = jax.lax.scan(one, jnp.zeros((), jnp.float32), jnp.asarray(actions))
+    return signals * params.vol_scale[jnp.asarray(bars)]
+
+
+def net_returns(positions, params: EnvParams, bars) -> tuple[jax.Array, jax.Array]:
+    """``(pnl, cost)`` ``(N,)`` of ``positions`` held at the consecutive bars ``bars`` from a
+    flat start; the net return is ``pnl - cost``."""
+    positions = jnp.asarray(positions, jnp.float32)
+    previous = jnp.concatenate([jnp.zeros((1,), jnp.float32), positions[:-1]])
+    return trade_returns(positions, previous, params, bars)
+
+
+def differential_sharpe(
+    ret: jax.Array, a: jax.Array, b: jax.Array, eta: float, var_floor: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Moody and Saffell's differential Sharpe ratio of return ``ret`` given the EMAs ``a`` of
+    the returns and ``b`` of their squares: ``(D, a', b')`` with ``dA = ret - a``, ``dB = ret^2
+    - b``, ``D = (b dA - a dB / 2) / max(b - a^2, var_floor)^(3/2)``, ``a' = a + eta dA``,
+    ``b' = b + eta dB``."""
+    d_a = ret - a
+    d_b = ret * ret - b
+    var = jnp.maximum(b - a * a, var_floor)
+    dsr = (b * d_a - 0.5 * a * d_b) / (var * jnp.sqrt(var))
+    return dsr, a + eta * d_a, b + eta * d_b
+
+
 def _reset_state(key: jax.Array, params: EnvParams) -> EnvState:
-    t0 = jax.random.randint(key, (), params.start_lo, params.start_hi + 1, dtype=jnp.int32)
+    count = params.start_lo.size  # instruments (static)
+    instrument = jnp.zeros((), jnp.int32)
+    if count > 1:
+        key, pick = jax.random.split(key)
+        instrument = jax.random.randint(pick, (), 0, count, dtype=jnp.int32)
+    lo = _of_instrument(params.start_lo, instrument)
+    hi = _of_instrument(params.start_hi, instrument)
+    t0 = jax.random.randint(key, (), lo, hi + 1, dtype=jnp.int32)
     return EnvState(
         t=t0,
         start=t0,
         step_count=jnp.zeros((), jnp.int32),
         position=jnp.zeros((), jnp.float32),
         equity=jnp.ones((), jnp.float32),
+        signal=jnp.zeros((), jnp.float32),
+        dsr_a=jnp.zeros((), jnp.float32),
+        dsr_b=_of_instrument(params.return_sq, instrument).astype(jnp.float32),
+        instrument=instrument,
     )
 
 
@@ -232,20 +479,34 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvS
 
 
 def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
-    position = positions_from_actions(actions)
+    signal = next_signal(state.signal, actions, params)
+    position = signal * params.vol_scale[state.t]
     next_t = state.t + 1
-    pnl = position * params.log_returns[next_t]
-    cost = jnp.float32(params.cost_bps * 1e-4) * jnp.abs(position - state.position)
-    reward = (pnl - cost).astype(jnp.float32)
+    pnl, cost = trade_returns(position, state.position, params, state.t)
+    net = pnl - cost
+    dsr_a, dsr_b = state.dsr_a, state.dsr_b
+    if params.reward == "excess":
+        reward = net - position * _of_instrument(params.return_mean, state.instrument)
+    elif params.reward == "differential_sharpe":
+        m2 = _of_instrument(params.return_sq, state.instrument)
+        floor = jnp.float32(DSR_VAR_FLOOR) * m2 + jnp.float32(1e-30)
+        reward, dsr_a, dsr_b = differential_sharpe(net, dsr_a, dsr_b, params.dsr_eta, floor)
+    else:
+        reward = net
+    reward = reward.astype(jnp.float32)
     step_count = state.step_count + 1
     next_state = EnvState(
         t=next_t,
         start=state.start,
         step_count=step_count,
         position=position,
-        equity=(state.equity * jnp.exp(reward)).astype(jnp.float32),
+        equity=(state.equity * jnp.exp(net)).astype(jnp.float32),
+        signal=signal,
+        dsr_a=dsr_a.astype(jnp.float32),
+        dsr_b=dsr_b.astype(jnp.float32),
+        instrument=state.instrument,
     )
-    terminated = next_t >= params.last_bar
+    terminated = next_t >= _of_instrument(params.last_bar, state.instrument)
     truncated = (step_count >= params.episode_len) & ~terminated
     done = terminated | truncated
 

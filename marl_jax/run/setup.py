@@ -84,6 +84,14 @@ def env_params_for(
             norm=norm,
             split_fractions=cfg.env.split_fractions,
             norm_clip=cfg.env.norm_clip,
+            reward=cfg.env.reward,
+            dsr_eta=cfg.env.dsr_eta,
+            action_mode=cfg.env.action_mode,
+            delta_step=cfg.env.delta_step,
+            position_sizing=cfg.env.position_sizing,
+            vol_span=cfg.env.vol_span,
+            target_vol=cfg.env.target_vol,
+            max_leverage=cfg.env.max_leverage,
         )
     except ValueError as err:
         raise RunError(f"{where}: {err}") from None
