@@ -127,7 +127,6 @@ class LinearBaseline:
         return np.sign(self.predict(np.asarray(params.features)[_eval_bars(params)]))
 
 
-
 def _eval_bars(params: EnvParams) -> np.ndarray:
     return np.arange(int(params.start_lo), int(params.last_bar))
 
