@@ -263,8 +263,12 @@ class TorchRNN(nn.Module):
             raise ValueError(f"TorchRNN: unknown backend {self.backend!r}; use scan or cudnn")
         recurrence = RNN_RECURRENCES[self.cell]
         x = jnp.swapaxes(x, 0, 1)  # time-major through the stack: one transpose each way
+        batch = x.shape[1]  # a symbolic batch (jax.export) takes the unfused path
         fuse = (
-            self.cell == "lstm" and self.bidirectional and x.shape[1] <= FUSED_DIRECTIONS_MAX_BATCH
+            self.cell == "lstm"
+            and self.bidirectional
+            and isinstance(batch, int)
+            and batch <= FUSED_DIRECTIONS_MAX_BATCH
         )
         for layer in range(self.num_layers):
             weights = layers[layer * len(directions) : (layer + 1) * len(directions)]

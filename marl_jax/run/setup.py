@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -69,6 +70,22 @@ def load_market(cfg: Config) -> bar_data.Bars:
     )
 
 
+def env_modes(cfg: Config) -> dict[str, Any]:
+    """The config's reward, action and sizing keywords of ``market.make_env_params``: every
+    environment built from a run's config (training, reports, backtests) takes them."""
+    e = cfg.env
+    return {
+        "reward": e.reward,
+        "dsr_eta": e.dsr_eta,
+        "action_mode": e.action_mode,
+        "delta_step": e.delta_step,
+        "position_sizing": e.position_sizing,
+        "vol_span": e.vol_span,
+        "target_vol": e.target_vol,
+        "max_leverage": e.max_leverage,
+    }
+
+
 def env_params_for(
     cfg: Config, bars: bar_data.Bars, split: str, norm: FeatureNorm | None
 ) -> market.EnvParams:
@@ -84,14 +101,7 @@ def env_params_for(
             norm=norm,
             split_fractions=cfg.env.split_fractions,
             norm_clip=cfg.env.norm_clip,
-            reward=cfg.env.reward,
-            dsr_eta=cfg.env.dsr_eta,
-            action_mode=cfg.env.action_mode,
-            delta_step=cfg.env.delta_step,
-            position_sizing=cfg.env.position_sizing,
-            vol_span=cfg.env.vol_span,
-            target_vol=cfg.env.target_vol,
-            max_leverage=cfg.env.max_leverage,
+            **env_modes(cfg),
         )
     except ValueError as err:
         raise RunError(f"{where}: {err}") from None

@@ -1,0 +1,60 @@
+"""``python -m marl_jax.backtest``: any model on any bar file, with the training run's report.
+
+Writes ``report.json`` and ``equity_curve.png`` into ``--out`` and prints the table of the
+policy (greedy) against the baselines; the work is done by :mod:`marl_jax.run.backtest`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from marl_jax.cli import add_model_arguments, run_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m marl_jax.backtest",
+        description="Evaluate a model on a bar file against the baselines (the run's report)",
+    )
+    add_model_arguments(p)
+    p.add_argument("--data", required=True, metavar="FILE", help="CSV/Parquet bar file")
+    p.add_argument(
+        "--split",
+        choices=("test", "all"),
+        default="test",
+        help="the test split (by the run's fractions, else 70/15/15) or every bar after the "
+        "warm-up (default: test)",
+    )
+    p.add_argument("--from", dest="start", metavar="T0", help="first bar's timestamp")
+    p.add_argument("--to", dest="end", metavar="T1", help="last bar's timestamp")
+    p.add_argument("--out", default="backtests/latest", help="folder for the report")
+    p.add_argument(
+        "--cost-bps", type=float, help="cost per unit of position change (default: the run's)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> None:
+        from marl_jax.policy import Policy
+        from marl_jax.run.backtest import BacktestSpec, backtest, write_backtest
+        from marl_jax.run.report import format_report
+
+        policy = Policy.load(args.model, norm_from=args.norm_from)
+        bars = policy.load_bars(args.data)
+        spec = BacktestSpec(args.split, args.start, args.end, args.cost_bps)
+        report, curves = backtest(policy, bars, spec, source=args.data)
+        out = write_backtest(report, curves, args.out)
+        print(format_report(report))
+        first, last, count = (report["bars"][k] for k in ("first", "last", "count"))
+        print(f"{count} bars from {first} to {last}; report in {out}")
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Run an exported policy (``python -m marl_jax.export``) with JAX and NumPy only.
+
+    from marl_jax.exported import load_exported
+    policy = load_exported("policy.jaxexport")     # reads policy.jaxexport.json beside it
+    out = policy(raw_windows)                      # (B, window, 13) or (window, 13)
+    out["actions"], out["probs"], out["position"], out["value"]
+
+``raw_windows`` are the 13 raw features (``marl_jax.env.features.compute_features``, columns in
+``policy.feature_names``) of the last ``policy.window`` bars, oldest first; they are normalised
+with the saved normalisation (pass ``normalised=True`` for windows already normalised). This
+module imports neither Flax nor the model code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax import export
+
+__all__ = ["ExportedPolicy", "load_exported"]
+
+
+class ExportedPolicy:
+    """A deserialized decision artifact and the description written beside it."""
+
+    def __init__(self, artifact: str | Path):
+        artifact = Path(artifact)
+        sidecar = artifact.with_name(artifact.name + ".json")
+        self.info = json.loads(sidecar.read_text())
+        self._exported = export.deserialize(bytearray(artifact.read_bytes()))
+        norm = self.info["normalisation"]
+        self.feature_names: tuple[str, ...] = tuple(self.info["feature_names"])
+        self.window: int = int(self.info["window"])
+        self.center = np.asarray(norm["center"], dtype=np.float64)
+        self.scale = np.asarray(norm["scale"], dtype=np.float64)
+        self.clip = float(norm["clip"])
+
+    def normalise(self, raw: np.ndarray) -> np.ndarray:
+        """``clip((raw - center) / scale, -clip, clip)`` as float32 (the training's)."""
+        x = (np.asarray(raw, dtype=np.float64) - self.center) / self.scale
+        return np.clip(x, -self.clip, self.clip).astype(np.float32)
+
+    def __call__(self, windows: np.ndarray, normalised: bool = False) -> dict[str, np.ndarray]:
+        """Decisions for feature windows ``(B, window, features)`` or one ``(window,
+        features)``: ``actions`` (B, 3), ``probs`` (B, 3, 3), ``position`` (B,), ``value``
+        (B,)."""
+        windows = np.asarray(windows)
+        single = windows.ndim == 2
+        if single:
+            windows = windows[None]
+        want = (self.window, len(self.feature_names))
+        if windows.ndim != 3 or windows.shape[1:] != want:
+            raise ValueError(
+                f"feature windows of shape {windows.shape}; this policy takes (B, {want[0]}, "
+                f"{want[1]}): the last {want[0]} bars of {want[1]} features"
+            )
+        x = windows.astype(np.float32) if normalised else self.normalise(windows)
+        out = {k: np.asarray(v) for k, v in self._exported.call(jax.numpy.asarray(x)).items()}
+        return {k: v[0] for k, v in out.items()} if single else out
+
+
+def load_exported(artifact: str | Path) -> ExportedPolicy:
+    """Loads ``artifact`` and ``artifact.json`` (see the module docstring)."""
+    return ExportedPolicy(artifact)

@@ -1,0 +1,352 @@
+"""A trained policy on new bars: load any model source, decide at a bar, decide at many.
+
+``Policy.load(source, norm_from=None)`` reads any source ``--init-from`` accepts (a run,
+``RUN:STEP``, a checkpoint step, a model directory or a ``.pt``) with the feature normalisation
+saved beside the models (an original ``.pt`` has none: ``norm_from`` names a source whose
+normalisation to use). ``policy.decide(bars, at=None)`` computes the 13 features causally from
+only the tail of the bars that the decision bar's window needs (``WARMUP_BARS + window``
+bars), normalises them, and runs the three actors greedily (eval mode, as the trainer's
+greedy evaluation) and the critic. ``policy.decide_many(bars, start, stop)`` decides at every
+bar of a range in one batched, jitted call per chunk.
+
+The decision is one pure function of the models' variables and a batch of normalised feature
+windows ``(B, window, 13)`` (:func:`decision_from_windows`), which ``python -m
+marl_jax.export`` serialises. The joint position is the agents' vote ``mean(actions - 1)``
+(:func:`marl_jax.env.market.combined_vote`): the environment's position under
+``env.action_mode: target`` and ``env.position_sizing: fixed``; under ``delta`` it is the step's
+direction, and ``vol_target`` scales it by the bar's volatility (the backtest applies both,
+through the environment). The critic reads each window's mean, as
+the environment's critic observation. The critic's value is its raw output: in ValueNorm units
+when the model was trained with ``training.use_valuenorm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES, MODEL_NAMES
+from marl_jax.config import Config, ConfigError, load_config
+from marl_jax.env import data as bar_data
+from marl_jax.env.features import (
+    AGENT_FEATURES,
+    NUM_FEATURES,
+    WARMUP_BARS,
+    FeatureNorm,
+    compute_features,
+)
+from marl_jax.env.market import combined_vote
+from marl_jax.errors import MarlJaxError
+from marl_jax.models.registry import module_config
+from marl_jax.run.rundir import CONFIG
+from marl_jax.run.sources import load_models_from
+
+__all__ = [
+    "ACTION_NAMES",
+    "Decision",
+    "Policy",
+    "PolicyError",
+    "decision_from_obs",
+    "decision_from_windows",
+    "feature_windows",
+]
+
+ACTION_NAMES = ("bearish", "neutral", "bullish")
+_CHUNK = 1024
+
+
+class PolicyError(MarlJaxError, ValueError):
+    """A model, bar file or decision request that does not fit; the message is one line."""
+
+
+@struct.dataclass
+class Decision:
+    """Decisions at ``B`` bars (leading axis ``B``; NumPy arrays once returned to the caller)."""
+
+    actions: Any  # int32 (B, 3): each agent's action, agents in AGENT_NAMES order
+    probs: Any  # float32 (B, 3, 3): each agent's probabilities of actions 0, 1, 2
+    position: Any  # float32 (B,): mean(actions - 1), the joint vote (the position under
+    # env.action_mode target and env.position_sizing fixed)
+    value: Any  # float32 (B,): the critic's value
+    bar_index: Any = None  # int (B,): the bars decided at (set by Policy)
+    timestamp: Any = None  # datetime64[ns] (B,)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def row(self, i: int = -1) -> dict[str, Any]:
+        """Decision ``i`` as plain JSON-able values."""
+        agents = {
+            name: {
+                "action": int(self.actions[i, k]),
+                "action_name": ACTION_NAMES[int(self.actions[i, k])],
+                "probs": [float(p) for p in self.probs[i, k]],
+            }
+            for k, name in enumerate(AGENT_NAMES)
+        }
+        out: dict[str, Any] = {}
+        if self.timestamp is not None:
+            out["timestamp"] = str(np.datetime_as_string(self.timestamp[i], unit="s"))
+        if self.bar_index is not None:
+            out["bar_index"] = int(self.bar_index[i])
+        out |= {
+            "agents": agents,
+            "position": float(self.position[i]),
+            "value": float(self.value[i]),
+        }
+        return out
+
+
+def decision_from_obs(
+    modules: Mapping[str, nn.Module], variables: Mapping[str, Mapping], obs: Mapping[str, Any]
+) -> Decision:
+    """The greedy joint decision for an observation dict batched over ``B`` (the
+    environment's keys and per-step shapes): actors and critic in eval mode, attending from
+    the last step only, as the trainer acts."""
+    actions, probs = [], []
+    for name in AGENT_NAMES:
+        out = modules[name].apply(
+            variables[name], obs[name], deterministic=True, attention_weights=False
+        )
+        actions.append(out["action"])
+        probs.append(out["action_probs"])
+    actions = jnp.stack(actions, axis=1)
+    value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]
+    return Decision(
+        actions=actions,
+        probs=jnp.stack(probs, axis=1),
+        position=combined_vote(actions),
+        value=value,
+    )
+
+
+def obs_from_windows(windows: jax.Array) -> dict[str, jax.Array]:
+    """The environment's observation dict from normalised feature windows ``(B, W, 13)``."""
+    chans = jnp.swapaxes(windows, 1, 2)  # (B, 13, W)
+    obs = {name: chans[:, a:b] for name, (a, b) in AGENT_FEATURES.items()}
+    obs["critic"] = jnp.mean(windows, axis=1)
+    return obs
+
+
+def decision_from_windows(
+    modules: Mapping[str, nn.Module], variables: Mapping[str, Mapping], windows: jax.Array
+) -> Decision:
+    """The joint decision for normalised feature windows ``(B, window, 13)`` (oldest first)."""
+    return decision_from_obs(modules, variables, obs_from_windows(windows))
+
+
+def feature_windows(features: np.ndarray, window: int, rows: np.ndarray) -> np.ndarray:
+    """``(len(rows), window, 13)``: the windows of ``features`` ending at each of ``rows``."""
+    offsets = np.arange(-window + 1, 1)
+    return np.ascontiguousarray(features[np.asarray(rows)[:, None] + offsets])
+
+
+def _norm_of(bundle_metadata: Mapping) -> FeatureNorm | None:
+    saved = bundle_metadata.get("feature_normalisation")
+    if not saved:
+        return None
+    return FeatureNorm.from_dict(json.loads(saved) if isinstance(saved, str) else saved)
+
+
+def _run_config(kind: str, path: Path) -> Config | None:
+    """The config of the run a source belongs to (``RUN/checkpoints/STEP``), if any."""
+    if kind not in ("run", "checkpoint_step"):
+        return None
+    for parent in path.parents[:2]:
+        if (parent / CONFIG).is_file():
+            try:
+                return load_config(parent / CONFIG)
+            except ConfigError:
+                return None
+    return None
+
+
+def _window(source: str, config: Config | None, modules: Mapping[str, nn.Module]) -> int:
+    """The window a model was trained on: its run's ``env.window``, else its actors' length."""
+    if config is not None:
+        return config.env.window
+    lengths = {name: module_config(modules[name])["sequence_length"] for name in AGENT_NAMES}
+    if len(set(lengths.values())) != 1:
+        listed = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        raise PolicyError(
+            f"{source}: the actors' windows differ ({listed}); a decision needs one window"
+        )
+    return lengths[AGENT_NAMES[0]]
+
+
+@dataclasses.dataclass
+class Policy:
+    """Three actors and a critic with the normalisation and window they were trained with."""
+
+    modules: dict[str, nn.Module]
+    variables: dict[str, dict]
+    norm: FeatureNorm
+    window: int
+    description: str
+    config: Config | None = None
+
+    @classmethod
+    def load(cls, source: str, norm_from: str | None = None) -> Policy:
+        """The models of any model source; the normalisation saved with them, or that of
+        ``norm_from`` (required for an original ``.pt``, which carries none)."""
+        resolved, bundle = load_models_from(source)
+        missing = [name for name in MODEL_NAMES if name not in bundle.modules]
+        if missing:
+            raise PolicyError(f"{source}: the checkpoint has no {', '.join(missing)} model")
+        config = _run_config(resolved.kind, resolved.path)
+        window = _window(source, config, bundle.modules)
+        norm = _norm_of(bundle.metadata)
+        if norm_from is not None:
+            other, other_bundle = load_models_from(norm_from)
+            norm = _norm_of(other_bundle.metadata)
+            if norm is None:
+                raise PolicyError(f"--norm-from {norm_from}: has no saved feature normalisation")
+            other_config = _run_config(other.kind, other.path)
+            other_window = _window(norm_from, other_config, other_bundle.modules)
+            if resolved.kind == "pt":  # a .pt does not record its window: take the run's
+                window = other_window
+            elif other_window != window:
+                raise PolicyError(
+                    f"--norm-from {norm_from}: it was trained on {other_window}-bar windows "
+                    f"but the model {source} on {window}; use a source of the same window"
+                )
+            config = config or other_config
+        elif norm is None:
+            raise PolicyError(
+                f"{source}: no feature normalisation is saved with this model (an original "
+                ".pt); pass --norm-from RUN, a run or model trained on bars like these"
+            )
+        variables = {name: bundle.agents[name] for name in AGENT_NAMES}
+        variables["critic"] = bundle.critic
+        variables = jax.tree.map(jnp.asarray, variables)
+        modules = {name: bundle.modules[name] for name in MODEL_NAMES}
+        return cls(modules, variables, norm, int(window), resolved.description, config)
+
+    def __post_init__(self) -> None:
+        modules = self.modules
+        self._decide = jax.jit(
+            lambda variables, windows: decision_from_windows(modules, variables, windows)
+        )
+        self._act = jax.jit(
+            lambda variables, obs: decision_from_obs(modules, variables, obs).actions
+        )
+
+    # ------------------------------------------------------------------ bars
+
+    @property
+    def history(self) -> int:
+        """Bars a decision needs: the features' warm-up plus the window."""
+        return WARMUP_BARS + self.window
+
+    def load_bars(self, path: str | Path) -> bar_data.Bars:
+        """A bar file, resampled to the run's interval when the model has a run config."""
+        if self.config is None:
+            return bar_data.load_bars(path, resample=False)
+        return bar_data.load_bars(path, interval_minutes=self.config.env.interval_minutes)
+
+    def bar_at(self, bars: bar_data.Bars, at: Any = None, source: str = "bars") -> int:
+        """The index of the bar stamped ``at`` (a timestamp or a string; default the last)."""
+        if at is None:
+            return len(bars) - 1
+        try:
+            stamp = np.datetime64(at, "ns")
+        except ValueError:
+            raise PolicyError(
+                f"{source}: {at!r} is not a timestamp (e.g. 2024-01-31T14:00)"
+            ) from None
+        index = int(np.searchsorted(bars.timestamp, stamp))
+        if index >= len(bars) or bars.timestamp[index] != stamp:
+            first, last = (np.datetime_as_string(bars.timestamp[i], unit="s") for i in (0, -1))
+            raise PolicyError(
+                f"{source}: no bar is stamped {at} (bars run from {first} to {last}); give the "
+                "timestamp of a bar in the file"
+            )
+        return index
+
+    def _check_history(self, index: int, source: str) -> None:
+        if index < self.history - 1:
+            raise PolicyError(
+                f"{source}: a decision at bar {index} has {index + 1} bars up to it, but needs "
+                f"{self.history} (feature warm-up {WARMUP_BARS} + window {self.window}); give "
+                "more history"
+            )
+
+    def normalised_features(self, bars: bar_data.Bars) -> np.ndarray:
+        """``(len(bars), 13)`` normalised features of ``bars`` (rows before the warm-up are
+        meaningless)."""
+        return self.norm.apply(compute_features(bars))
+
+    # ------------------------------------------------------------------ deciding
+
+    def decide_windows(self, windows: np.ndarray) -> Decision:
+        """Decisions for normalised feature windows ``(B, window, 13)``, as NumPy arrays."""
+        windows = np.asarray(windows, dtype=np.float32)
+        if windows.ndim != 3 or windows.shape[1:] != (self.window, NUM_FEATURES):
+            raise PolicyError(
+                f"feature windows have shape {windows.shape}; this model takes "
+                f"(B, {self.window}, {NUM_FEATURES})"
+            )
+        return jax.tree.map(np.asarray, self._decide(self.variables, windows))
+
+    def decide(self, bars: bar_data.Bars, at: Any = None, *, source: str = "bars") -> Decision:
+        """The decision at bar ``at`` (a timestamp; default the last bar), from the features of
+        only the ``history`` bars up to it. Returns a :class:`Decision` of one row."""
+        index = self.bar_at(bars, at, source)
+        self._check_history(index, source)
+        tail = bars[index + 1 - self.history : index + 1]
+        windows = self.normalised_features(tail)[None, -self.window :]
+        out = self.decide_windows(windows)
+        return out.replace(bar_index=np.array([index]), timestamp=bars.timestamp[index : index + 1])
+
+    def decide_many(
+        self,
+        bars: bar_data.Bars,
+        start: int | None = None,
+        stop: int | None = None,
+        *,
+        source: str = "bars",
+    ) -> Decision:
+        """Decisions at every bar ``t`` in ``[start, stop)`` (default: every bar with enough
+        history), batched; the features are computed once, from the bars the range needs."""
+        stop = len(bars) if stop is None else stop
+        start = self.history - 1 if start is None else start
+        if not 0 <= start < stop <= len(bars):
+            raise PolicyError(f"{source}: bar range [{start}, {stop}) is empty or outside the file")
+        self._check_history(start, source)
+        lo = start + 1 - self.history
+        feats = self.normalised_features(bars[lo:stop])
+        rows = np.arange(start, stop) - lo
+        if len(rows) > _CHUNK:  # equal chunks: one compiled program
+            rows = np.r_[rows, np.full(-len(rows) % _CHUNK, rows[-1])]
+        parts = [
+            self.decide_windows(feature_windows(feats, self.window, rows[a : a + _CHUNK]))
+            for a in range(0, len(rows), _CHUNK)
+        ]
+        out = jax.tree.map(lambda *xs: np.concatenate(xs)[: stop - start], *parts)
+        index = np.arange(start, stop)
+        return out.replace(bar_index=index, timestamp=bars.timestamp[start:stop])
+
+    def policy_fn(self):
+        """A NumPy policy for :mod:`marl_jax.env.evaluate`: greedy actions ``(N, 3)``."""
+        return lambda obs: np.asarray(self._act(self.variables, obs))
+
+    def metadata(self) -> dict[str, Any]:
+        """What a deployed decision needs beside the models: features, window, normalisation."""
+        return {
+            "feature_names": list(FEATURE_NAMES),
+            "agents": list(AGENT_NAMES),
+            "action_names": list(ACTION_NAMES),
+            "window": self.window,
+            "warmup_bars": WARMUP_BARS,
+            "normalisation": self.norm.to_dict(),
+            "model": self.description,
+        }

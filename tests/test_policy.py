@@ -1,0 +1,318 @@
+"""Using a trained policy: decide at a bar, backtest, export; the CLIs and their bad inputs.
+
+One tiny model directory (random variables, so that the greedy actions vary from bar to
+bar) and one bar file serve every test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from tiny_config import TINY
+
+from marl_jax.agents import AGENT_NAMES
+from marl_jax.config import config_from_dict
+from marl_jax.env import data, evaluate, market
+from marl_jax.env.features import WARMUP_BARS, compute_features
+from marl_jax.mappo import MAPPO, TrainState, build_modules, split_variables
+from marl_jax.models.components import sinusoidal_table
+from marl_jax.models.registry import abstract_variables
+from marl_jax.policy import Policy, PolicyError
+from marl_jax.run.modeldir import save_models
+from marl_jax.run.report import greedy_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+N_BARS = 1500
+
+
+def random_variables(module, seed: int) -> dict:
+    """Random variables of the module's shapes, drawn with NumPy: compiling the Flax
+    initialisers costs minutes on a busy 2-core machine. Kernels ~ N(0, 1/fan_in), norms'
+    scales near 1, the positional table the real one; the action logits come out large enough
+    that the greedy actions vary from bar to bar."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        names = [getattr(k, "key", str(k)) for k in path]
+        shape, last = leaf.shape, names[-1]
+        if names[0] == "buffers" and last == "pe":
+            return sinusoidal_table(shape[-1], shape[1])
+        if names[0] == "batch_stats":
+            return np.full(shape, 1.0 if last == "var" else 0.0, leaf.dtype)
+        if last in ("temperature", "volatility_adjust"):
+            return np.full(shape, 1.0, np.float32)
+        if last == "scale":
+            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 10
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_variables(module))
+
+
+def centre_mmd_logits(module, variables: dict, bars: data.Bars, norm) -> dict:
+    """The MMD actor with its action head's bias shifted so that its logits average 0 over
+    the test split: its greedy action then takes all three values there, with wide margins."""
+    params = market.make_env_params(bars, "test", window=module.sequence_length, norm=norm)
+    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+    logits = np.asarray(module.apply(variables, obs["mmd"], deterministic=True)["logits"])
+    volatility = np.asarray(obs["mmd"])[:, 1, :].mean(-1)
+    factor = np.clip(1.0 / (volatility + 1e-6), 0.5, 2.0)  # the actor's volatility scaling
+    head = dict(variables["params"]["output_head_3"])
+    head["bias"] = head["bias"] - (logits / factor[:, None]).mean(0)
+    return {**variables, "params": {**variables["params"], "output_head_3": head}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(model_dir, bar_file, bars, modules, variables, cfg)``."""
+    root = tmp_path_factory.mktemp("policy")
+    cfg = config_from_dict(TINY)
+    modules = build_modules(cfg)
+    variables = {name: random_variables(m, i) for i, (name, m) in enumerate(modules.items())}
+    bar_file = root / "bars.csv"
+    data.synthetic_bars(N_BARS, seed=0).to_frame().to_csv(bar_file, index=False)
+    bars = data.load_bars(bar_file, resample=False)
+    norm = market.fit_normalisation(bars)
+    variables["mmd"] = centre_mmd_logits(modules["mmd"], variables["mmd"], bars, norm)
+    meta = {"feature_normalisation": json.dumps(norm.to_dict())}
+    agents = {name: variables[name] for name in AGENT_NAMES}
+    model_dir = save_models(root / "model", agents, variables["critic"], modules, meta)
+    return model_dir, bar_file, bars, modules, variables, cfg
+
+
+@pytest.fixture(scope="module")
+def policy(tiny) -> Policy:
+    return Policy.load(str(tiny[0]))
+
+
+def test_deciding_at_every_test_bar_gives_exactly_the_evaluators_positions(tiny, policy):
+    _, _, bars, modules, variables, cfg = tiny
+    params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
+    # The training report's greedy policy (MAPPO.act) over the evaluator's observations.
+    params_, constants = {}, {}
+    for name, v in variables.items():
+        params_[name], constants[name] = split_variables(v)
+    state = TrainState(params_, constants, None, None, None, None, None, None)
+    run = evaluate.run_policy(greedy_policy(MAPPO(cfg, modules), state), params)
+    assert len(np.unique(run.positions)) == 3  # the MMD actor's action varies
+
+    lo, last = int(params.start_lo), int(params.last_bar)
+    many = policy.decide_many(bars, lo, last)
+    assert np.array_equal(many.position, run.positions)
+    assert np.array_equal(many.bar_index, run.bar_index)
+    for i, t in enumerate(run.bar_index):
+        one = policy.decide(bars, bars.timestamp[t])
+        assert one.bar_index[0] == t
+        assert np.array_equal(one.actions[0], many.actions[i])
+        assert one.position[0] == run.positions[i]
+        np.testing.assert_allclose(one.probs[0], many.probs[i], atol=1e-6)
+    # The critic reads the environment's critic observation (the window's mean).
+    obs = market.observations(params, run.bar_index)
+    value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]
+    np.testing.assert_allclose(many.value, value, atol=1e-5)
+    np.testing.assert_allclose(many.probs.sum(-1), 1.0, atol=1e-6)
+
+
+def test_a_decision_reads_only_the_tail_of_the_history(policy, tiny):
+    bars = tiny[2]
+    cut = len(bars) - policy.history
+    damaged = data.Bars(
+        timestamp=bars.timestamp,
+        **{
+            k: np.r_[getattr(bars, k)[:cut] * 3.0, getattr(bars, k)[cut:]]
+            for k in ("open", "high", "low", "close", "volume")
+        },
+    )
+    a, b = policy.decide(bars), policy.decide(damaged)
+    assert a.row(0) == b.row(0)
+    # ... and the tail it reads is the right one: the last bar's own features.
+    window = policy.norm.apply(compute_features(bars))[-policy.window :]
+    np.testing.assert_array_equal(policy.decide_windows(window[None]).actions, a.actions)
+    assert policy.history == WARMUP_BARS + policy.window
+    shifted = data.Bars(
+        timestamp=bars.timestamp,
+        **{
+            k: np.r_[getattr(bars, k)[:-1], getattr(bars, k)[-2]]
+            for k in ("open", "high", "low", "close", "volume")
+        },
+    )
+    assert not np.array_equal(policy.decide(shifted).probs, a.probs)
+
+
+@pytest.mark.slow
+def test_the_exported_artifact_runs_without_flax_and_matches_the_live_models(
+    policy, tiny, tmp_path
+):
+    from marl_jax.exported import load_exported
+    from marl_jax.run.jaxexport import export_policy
+
+    artifact, sidecar = export_policy(policy, tmp_path / "policy.jaxexport")
+    info = json.loads(sidecar.read_text())
+    assert info["window"] == policy.window and len(info["feature_names"]) == 13
+    raw = compute_features(tiny[2])
+    rows = np.arange(len(raw) - 7, len(raw))
+    windows = raw[rows[:, None] + np.arange(-policy.window + 1, 1)]
+    np.save(tmp_path / "windows.npy", windows)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        from marl_jax.exported import load_exported
+        policy = load_exported({str(artifact)!r})
+        w = np.load({str(tmp_path / "windows.npy")!r})
+        out = policy(w)
+        one = policy(w[-1])
+        assert "flax" not in sys.modules and "marl_jax.models" not in sys.modules
+        np.savez({str(tmp_path / "out.npz")!r}, one_actions=one["actions"], **out)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = np.load(tmp_path / "out.npz")
+    live = policy.decide_windows(policy.norm.apply(windows))
+    np.testing.assert_array_equal(out["actions"], live.actions)
+    np.testing.assert_array_equal(out["one_actions"], live.actions[-1])
+    np.testing.assert_allclose(out["probs"], live.probs, atol=1e-6)
+    np.testing.assert_allclose(out["value"], live.value, atol=1e-6)
+    np.testing.assert_array_equal(out["position"], live.position)
+    # The same windows through decide() at the last bar.
+    np.testing.assert_array_equal(policy.decide(tiny[2]).actions[0], out["actions"][-1])
+    with pytest.raises(ValueError, match=f"takes \\(B, {policy.window}, 13\\)"):
+        load_exported(artifact)(windows[:, 1:])
+
+
+# ----------------------------------------------------------------------------- CLIs
+
+
+def test_decide_cli_prints_a_table_and_json(tiny, policy, capsys):
+    from marl_jax.decide import main
+
+    model_dir, bar_file, bars = tiny[:3]
+    t = len(bars) - 10
+    stamp = str(np.datetime_as_string(bars.timestamp[t], unit="s"))
+    assert main(["--model", str(model_dir), "--data", str(bar_file), "--at", stamp, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    expected = policy.decide(bars, bars.timestamp[t]).row(0)
+    assert row["bar_index"] == t and row["timestamp"] == stamp
+    assert row["agents"] == expected["agents"] and row["position"] == expected["position"]
+    assert main(["--model", str(model_dir), "--data", str(bar_file)]) == 0
+    table = capsys.readouterr().out
+    last = policy.decide(bars).row(0)
+    assert f"(bar {len(bars) - 1})" in table
+    for name in AGENT_NAMES:
+        assert f"{name} " in table and last["agents"][name]["action_name"] in table
+    assert f"{last['position']:+.4f}" in table
+
+
+def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path, capsys):
+    from marl_jax.backtest import main
+
+    model_dir, bar_file, bars = tiny[:3]
+    out = tmp_path / "bt"
+    assert main(["--model", str(model_dir), "--data", str(bar_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert (out / "equity_curve.png").stat().st_size > 0
+    params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
+    metrics, baselines, _ = evaluate.evaluate_split(policy.policy_fn(), params)
+    for k, v in report["policy"].items():
+        assert v == pytest.approx(metrics[k], abs=1e-12), k
+    assert set(report["baselines"]) == set(baselines)
+    assert "policy (greedy)" in printed and all(name in printed for name in baselines)
+    assert report["bars"]["count"] == int(params.last_bar) - int(params.start_lo)
+
+    # --cost-bps acts; --split all and --from/--to choose the bars.
+    t0, t1 = (str(np.datetime_as_string(bars.timestamp[i], unit="s")) for i in (400, 700))
+    args = ["--model", str(model_dir), "--data", str(bar_file), "--split", "all"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--cost-bps", "50"]) == 0
+    assert main([*args, "--out", str(tmp_path / "b"), "--from", t0, "--to", t1]) == 0
+    capsys.readouterr()
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert a["cost_bps"] == 50 and a["bars"]["count"] == len(bars) - policy.history
+    assert a["policy"]["total_log_return"] < report["policy"]["total_log_return"] - 1e-3
+    assert (b["bars"]["first"], b["bars"]["count"]) == (t0, 300)
+
+
+@pytest.mark.slow
+def test_bad_inputs_are_one_line_errors_with_exit_2(tiny, tmp_path, capsys):
+    model_dir, bar_file, bars, modules, variables = tiny[:5]
+    short = tmp_path / "short.csv"
+    bars[: WARMUP_BARS + 5].to_frame().to_csv(short, index=False)
+    other = dict(modules, mlmi=modules["mlmi"].clone(sequence_length=16))
+    agents = {name: variables[name] for name in AGENT_NAMES}
+    odd = save_models(tmp_path / "odd", agents, variables["critic"], other)
+    meta = {"feature_normalisation": json.dumps(Policy.load(str(model_dir)).norm.to_dict())}
+    longer = {n: m.clone(sequence_length=16) if n in AGENT_NAMES else m for n, m in modules.items()}
+    wide = save_models(tmp_path / "wide", agents, variables["critic"], longer, meta)
+    cases = {
+        "decide": [
+            (["--model", str(model_dir), "--data", str(short)], "needs 128 (feature warm-up"),
+            (
+                ["--model", str(model_dir), "--data", str(bar_file), "--at", "1999-01-01"],
+                "no bar is stamped 1999-01-01",
+            ),
+            (["--model", str(odd), "--data", str(bar_file)], "windows differ (mlmi 16, nwrqk 8"),
+            (
+                ["--model", str(model_dir), "--data", str(bar_file), "--norm-from", str(wide)],
+                "trained on 16-bar windows but the model",
+            ),
+        ],
+        "backtest": [
+            (
+                ["--model", str(model_dir), "--data", str(short), "--out", str(tmp_path / "x")],
+                "short.csv",
+            ),
+        ],
+        "export": [
+            (["--model", str(odd), "--out", str(tmp_path / "p.jaxexport")], "windows differ")
+        ],
+    }
+    for command, runs in cases.items():
+        main = importlib.import_module(f"marl_jax.{command}").main
+        for args, message in runs:
+            assert main(args) == 2, (command, args)
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), lines
+            assert message in lines[0], lines[0]
+    # The same from a real process: exit status 2, one line on stderr.
+    args, message = cases["decide"][0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "marl_jax.decide", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "p.jaxexport").exists()
+
+
+def test_an_original_pt_needs_norm_from(tiny, policy, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from bridge.convert import new_checkpoint, save_pt_checkpoint
+    from marl_jax.decide import main
+
+    model_dir, bar_file, bars, modules, variables = tiny[:5]
+    pt = tmp_path / "original.pt"
+    agents = {name: jax.tree.map(np.asarray, variables[name]) for name in AGENT_NAMES}
+    critic = jax.tree.map(np.asarray, variables["critic"])
+    save_pt_checkpoint(new_checkpoint(agents, critic, modules), pt)
+    with pytest.raises(PolicyError, match="no feature normalisation .* pass --norm-from RUN"):
+        Policy.load(str(pt))
+    args = ["--model", str(pt), "--data", str(bar_file), "--json"]
+    assert main(args) == 2
+    assert "--norm-from" in capsys.readouterr().err
+    assert main([*args, "--norm-from", str(model_dir)]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["agents"] == policy.decide(bars).row(0)["agents"]
