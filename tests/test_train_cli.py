@@ -68,6 +68,7 @@ def write_config_and_run(tmp_path: Path, name: str, data: dict, *extra: str) -> 
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
