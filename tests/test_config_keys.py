@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import yaml
 from pydantic import BaseModel
 from tiny_config import TINY
@@ -83,6 +84,7 @@ def test_the_tracker_sees_reads_outside_config_only(monkeypatch):
     assert ("TrainingConfig", "total_timesteps") in reads
 
 
+@pytest.mark.slow
 def test_every_config_key_is_read_by_a_run(tmp_path, monkeypatch):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))

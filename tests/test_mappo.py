@@ -56,6 +56,7 @@ def test_rollout_and_loss_use_the_same_mode(cfg, env_params):
         assert float(metrics[f"{name}/clip_frac"]) == 0.0
 
 
+@pytest.mark.slow
 def test_training_changes_params_but_not_batchnorm_statistics(cfg, env_params, train_fn):
     state, metrics = train_fn(jax.random.key(0))
     fresh = jax.jit(MAPPO(cfg).init)(jax.random.key(0), env_params)
@@ -77,6 +78,7 @@ def stacked(*hparams: HyperParams) -> HyperParams:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *hparams)
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_equal_solo_runs(cfg, train_fn, vtrain):
     base = HyperParams.from_config(cfg)
     rngs = jax.vmap(jax.random.key)(jnp.array([3, 7]))
@@ -97,6 +99,7 @@ def test_vmapped_seeds_equal_solo_runs(cfg, train_fn, vtrain):
     )
 
 
+@pytest.mark.slow
 def test_hyperparameters_are_traced_and_vmappable(cfg, vtrain):
     base = HyperParams.from_config(cfg)
     rngs = jax.vmap(jax.random.key)(jnp.array([0, 0]))
