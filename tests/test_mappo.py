@@ -110,6 +110,7 @@ def test_hyperparameters_are_traced_and_vmappable(cfg, vtrain):
     )
 
 
+@pytest.mark.slow
 def test_each_policy_is_clipped_on_its_own(cfg, env_params):
     """A huge NWRQK gradient leaves the other models' steps exactly as they were."""
 
@@ -130,6 +131,7 @@ def test_each_policy_is_clipped_on_its_own(cfg, env_params):
     assert not leaves_equal(after_quiet.params["nwrqk"], after_loud.params["nwrqk"])
 
 
+@pytest.mark.slow
 def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
     annealed = config_from_dict(tiny(training={"anneal_lr": True, "actor_lr": 1e-3}))
     algo = MAPPO(annealed)
@@ -146,6 +148,7 @@ def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
     assert int(tx_state.count) == 0 and schedule_steps == 8
 
 
+@pytest.mark.slow
 def test_unrolling_the_learn_loop_changes_the_program_not_the_result(cfg, env_params):
     unrolled_cfg = config_from_dict(tiny(training={"unroll_learn": True}))
     rolled, unrolled = MAPPO(cfg), MAPPO(unrolled_cfg)
