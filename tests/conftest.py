@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 # Exact float32 matmuls everywhere (the tolerances assume them); set before any test runs.
+# The environment variable carries it to the command lines the tests start, so that their
+# programs are the ones compiled in this process (the precision is part of each program).
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 # One persistent compilation cache for the session, shared with the subprocesses the CLI tests

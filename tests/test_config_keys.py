@@ -12,6 +12,7 @@ import dataclasses
 import sys
 
 import jax
+import pytest
 import yaml
 from pydantic import BaseModel
 from tiny_config import TINY
@@ -140,6 +141,7 @@ def test_a_model_section_counts_only_where_the_model_reads_it(monkeypatch):
     assert not {key for key in reads() if key[0] == "CriticConfig"}
 
 
+@pytest.mark.slow
 def test_every_config_key_is_read_by_a_run(tmp_path, monkeypatch):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))

@@ -1,6 +1,7 @@
 """Acceptance 5 (learnable structure) and the evaluator's metrics, baselines (the linear one
 included) and plot."""
 
+import functools
 import os
 
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from marl_jax import metrics
-from marl_jax.env.data import synthetic_bars
+from marl_jax.env.data import Bars, synthetic_bars
 from marl_jax.env.evaluate import (
     BASELINES,
     LinearBaseline,
@@ -19,7 +20,7 @@ from marl_jax.env.evaluate import (
     run_baseline,
     simulate,
 )
-from marl_jax.env.features import AGENT_FEATURES, NUM_FEATURES
+from marl_jax.env.features import AGENT_FEATURES, NUM_FEATURES, compute_features
 from marl_jax.env.market import make_env_params
 from marl_jax.run.plots import plot_equity_curves
 
@@ -31,11 +32,18 @@ def params():
     return make_env_params(BARS, "test", cost_bps=3.0)
 
 
+@functools.cache
+def long_bars(seed: int) -> tuple[Bars, np.ndarray]:
+    """20,000 synthetic bars and their features, computed once for both costs below."""
+    bars = synthetic_bars(20_000, seed=seed)
+    return bars, compute_features(bars)
+
+
 @pytest.mark.parametrize("cost_bps", [0.0, 1.0])
 def test_momentum_beats_random_on_synthetic_bars(cost_bps):
     for seed in range(4):
-        bars = synthetic_bars(20_000, seed=seed)
-        p = make_env_params(bars, "test", cost_bps=cost_bps)
+        bars, features = long_bars(seed)
+        p = make_env_params(bars, "test", cost_bps=cost_bps, features=features)
         momentum = run_baseline("momentum", p, seed=seed).metrics["sharpe"]
         random = run_baseline("random", p, seed=seed).metrics["sharpe"]
         assert momentum > random + 1.0, (seed, momentum, random)

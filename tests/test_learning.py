@@ -15,6 +15,9 @@ from marl_jax.env import evaluate, market
 from marl_jax.mappo import make_train
 from marl_jax.run.setup import env_params_for, load_market
 
+# Minutes of training on a CPU: the whole suite runs them, the fast subset (-m "not slow") not.
+pytestmark = pytest.mark.slow
+
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 SEEDS = (0, 1, 2)
 

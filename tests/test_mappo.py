@@ -55,6 +55,7 @@ def test_rollout_and_loss_use_the_same_mode(cfg, env_params):
         assert float(metrics[f"{name}/clip_frac"]) == 0.0
 
 
+@pytest.mark.slow
 def test_training_changes_params_but_not_batchnorm_statistics(cfg, env_params, train_fn):
     state, metrics = train_fn(jax.random.key(0))
     fresh = jax.jit(MAPPO(cfg).init)(jax.random.key(0), env_params)
@@ -76,6 +77,7 @@ def stacked(*hparams: HyperParams) -> HyperParams:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *hparams)
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_equal_solo_runs(cfg, train_fn, vtrain):
     base = HyperParams.from_config(cfg)
     rngs = jax.vmap(jax.random.key)(jnp.array([3, 7]))
@@ -96,6 +98,7 @@ def test_vmapped_seeds_equal_solo_runs(cfg, train_fn, vtrain):
     )
 
 
+@pytest.mark.slow
 def test_hyperparameters_are_traced_and_vmappable(cfg, vtrain):
     base = HyperParams.from_config(cfg)
     rngs = jax.vmap(jax.random.key)(jnp.array([0, 0]))
@@ -106,6 +109,7 @@ def test_hyperparameters_are_traced_and_vmappable(cfg, vtrain):
     )
 
 
+@pytest.mark.slow
 def test_each_policy_is_clipped_on_its_own(cfg, env_params):
     """A huge NWRQK gradient leaves the other models' steps exactly as they were."""
 
@@ -126,6 +130,7 @@ def test_each_policy_is_clipped_on_its_own(cfg, env_params):
     assert not leaves_equal(after_quiet.params["nwrqk"], after_loud.params["nwrqk"])
 
 
+@pytest.mark.slow
 def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
     annealed = config_from_dict(tiny(training={"anneal_lr": True, "actor_lr": 1e-3}))
     algo = MAPPO(annealed)
@@ -142,6 +147,7 @@ def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
     assert int(tx_state.count) == 0 and schedule_steps == 8
 
 
+@pytest.mark.slow
 def test_unrolling_the_learn_loop_changes_the_program_not_the_result(cfg, env_params):
     unrolled_cfg = config_from_dict(tiny(training={"unroll_learn": True}))
     rolled, unrolled = MAPPO(cfg), MAPPO(unrolled_cfg)

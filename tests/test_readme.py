@@ -22,6 +22,10 @@ def test_readme_commands_match_ci():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python -m pytest -q" in text and "python -m pytest -q" in ci
+    # The fast subset deselects a marker that pytest knows (--strict-markers refuses others).
+    assert 'python -m pytest -q -m "not slow"' in text
+    pyproject = (README.parent / "pyproject.toml").read_text()
+    assert '"slow: ' in pyproject and "--strict-markers" in pyproject
     assert "pip install torch==2.13.0" in text and "torch==2.13.0" in ci
 
 

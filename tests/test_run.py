@@ -96,6 +96,7 @@ def trained_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_every_reader_accepts_every_format_and_gets_the_same_weights(trained_run, tmp_path):
     bridge_main = pytest.importorskip("bridge.__main__").main
     pt = tmp_path / "from_run.pt"
@@ -119,6 +120,7 @@ def test_every_reader_accepts_every_format_and_gets_the_same_weights(trained_run
         load_init(f"{trained_run}:1")
 
 
+@pytest.mark.slow
 def test_init_from_a_run_and_from_its_step_train_alike(trained_run, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY))

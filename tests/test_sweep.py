@@ -114,6 +114,7 @@ def four_devices(files) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sharded_population_writes_every_output_and_each_member_matches_its_solo_run(
     files, four_devices
 ):
@@ -160,6 +161,7 @@ def test_sharded_population_writes_every_output_and_each_member_matches_its_solo
             )
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_on_two_devices_is_bit_identical(files, four_devices):
     out = files["root"] / "killed"
     proc = subprocess.Popen(
@@ -219,6 +221,7 @@ def two_processes(files, out: Path, first_prefix: Sequence[str] = ()) -> list[su
     ]
 
 
+@pytest.mark.slow
 def test_two_processes_with_two_devices_each_match_one_process_with_four(files, four_devices):
     out = files["root"] / "two_hosts"
     procs = two_processes(files, out)
@@ -231,6 +234,7 @@ def test_two_processes_with_two_devices_each_match_one_process_with_four(files, 
     assert ours == theirs
 
 
+@pytest.mark.slow
 def test_a_write_failing_on_process_0_alone_stops_both_processes_in_one_line(files, four_devices):
     """Process 0 writes the shared files; when its disk is full (here a 4 KiB file-size
     limit: the metrics log stops growing at update 2), process 1 must not wait for it
@@ -255,6 +259,7 @@ def test_a_write_failing_on_process_0_alone_stops_both_processes_in_one_line(fil
     assert not (out / "leaderboard.json").exists()
 
 
+@pytest.mark.slow
 def test_a_member_gone_nan_is_frozen_and_marked_failed_the_others_unchanged(files, four_devices):
     out = files["root"] / "nan"
     run_sweep(files, "nan", out, 4)
@@ -276,6 +281,7 @@ def test_a_member_gone_nan_is_frozen_and_marked_failed_the_others_unchanged(file
     assert {r["member"] for r in rows} == {0, 1}
 
 
+@pytest.mark.slow
 def test_pbt_sweep_records_lineage_and_perturbs_the_copiers(files):
     out = files["root"] / "pbt"
     run_sweep(files, "pbt", out, 4)
@@ -355,6 +361,7 @@ def test_an_output_folder_that_cannot_be_made_stops_in_one_line(tmp_path, capsys
     assert str(blocker) in err and "writable --out" in err
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_mid_run_stops_in_one_line_keeps_the_checkpoint_and_resumes(
     files, four_devices, monkeypatch, capsys
 ):

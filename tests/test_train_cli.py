@@ -68,6 +68,7 @@ def write_config_and_run(tmp_path: Path, name: str, data: dict, *extra: str) -> 
     return out
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -200,6 +201,7 @@ def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path, capsys, 
     assert [json.loads(r)["update"] for r in rows] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path, tmp_path):
     torch = pytest.importorskip("torch")
     from bridge import torch_reference
@@ -252,6 +254,7 @@ def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path,
     assert resolved["agents"]["nwrqk"]["hidden_dims"] == [256, 128, 64]
 
 
+@pytest.mark.slow
 def test_a_run_can_be_made_longer_and_equals_a_straight_run(tmp_path, capsys):
     """--resume --total-timesteps raises the length; the result is the straight longer run."""
     short = tiny(training={"total_timesteps": 64})
