@@ -7,12 +7,13 @@ Everything the environment needs lives in :class:`EnvParams` (arrays plus static
 Contract
 --------
 ``make_env_params(bars, split="train", *, episode_len=256, cost_bps=1.0, window=48, norm=None,
-split_fractions=(0.7, 0.15, 0.15), features=None) -> EnvParams``
+split_fractions=(0.7, 0.15, 0.15), features=None, bounds=None) -> EnvParams``
     Computes the 13 features (or takes precomputed raw ``features``), normalises them with
     ``norm`` (``None``: fit on the training split with :func:`fit_normalisation`; a given
     :class:`~marl_jax.env.features.FeatureNorm` is applied as it is) and records the valid start
-    range of the chosen split. ``get_normalisation(params)`` gives the ``FeatureNorm`` back so a
-    trainer can save it (``norm.to_dict()``).
+    range of the chosen split, or of the bar range ``[start, stop)`` of ``bounds`` (the
+    normalisation is then fitted on that range). ``get_normalisation(params)`` gives the
+    ``FeatureNorm`` back so a trainer can save it (``norm.to_dict()``).
 ``reset(key, params) -> (obs, state)``
     A fresh episode at a uniformly drawn start bar ``t0`` in ``[params.start_lo,
     params.start_hi]``: flat position, equity 1.
@@ -121,15 +122,27 @@ def fit_normalisation(
     *,
     features: np.ndarray | None = None,
     clip: float = 10.0,
+    bounds: tuple[int, int] | None = None,
 ) -> FeatureNorm:
     """Fit the feature normalisation on the training split only (pass ``bars`` or raw
-    ``features``); normalised values are clipped to ``[-clip, clip]``."""
+    ``features``), or on the bars ``[start, stop)`` of ``bounds`` when given; normalised values
+    are clipped to ``[-clip, clip]``."""
     if features is None:
         if bars is None:
             raise ValueError("fit_normalisation needs bars or features")
         features = compute_features(bars)
-    lo, hi = split_bounds(len(features), split_fractions)["train"]
+    if bounds is None:
+        lo, hi = split_bounds(len(features), split_fractions)["train"]
+    else:
+        lo, hi = _checked_bounds(bounds, len(features))
     return FeatureNorm.fit(features, lo, hi, clip=clip)
+
+
+def _checked_bounds(bounds: Sequence[int], n: int) -> tuple[int, int]:
+    lo, hi = (int(b) for b in bounds)
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"bar range [{lo}, {hi}) is not inside the {n} bars")
+    return lo, hi
 
 
 def get_normalisation(params: EnvParams) -> FeatureNorm:
@@ -152,11 +165,14 @@ def make_env_params(
     split_fractions: Sequence[float] = DEFAULT_FRACTIONS,
     features: np.ndarray | None = None,
     norm_clip: float = 10.0,
+    bounds: tuple[int, int] | None = None,
 ) -> EnvParams:
     """Build the environment for one split of ``bars`` (see the module docstring).
 
-    Without ``norm``, the normalisation is fitted on the training split and clips to
-    ``[-norm_clip, norm_clip]``; a given ``norm`` keeps its own clip.
+    ``bounds=(start, stop)`` gives the split as an explicit bar range instead (``split`` and
+    ``split_fractions`` are then ignored). Without ``norm``, the normalisation is fitted on the
+    training split (on ``bounds`` when given) and clips to ``[-norm_clip, norm_clip]``; a given
+    ``norm`` keeps its own clip.
     """
     if episode_len < 1 or window < 1:
         raise ValueError("episode_len and window must be >= 1")
@@ -165,13 +181,20 @@ def make_env_params(
     if raw.shape != (n, NUM_FEATURES):
         raise ValueError(f"features have shape {raw.shape}, expected ({n}, {NUM_FEATURES})")
     if norm is None:
-        norm = fit_normalisation(split_fractions=split_fractions, features=raw, clip=norm_clip)
-    s0, s1 = split_bounds(n, split_fractions)[canonical_split(split)]
+        norm = fit_normalisation(
+            split_fractions=split_fractions, features=raw, clip=norm_clip, bounds=bounds
+        )
+    if bounds is None:
+        s0, s1 = split_bounds(n, split_fractions)[canonical_split(split)]
+        label = f"split {split!r}"
+    else:
+        s0, s1 = _checked_bounds(bounds, n)
+        label = "the bar range"
     lo = max(s0, WARMUP_BARS + window - 1)
     hi = s1 - 2
     if hi < lo:
         raise ValueError(
-            f"split {split!r} holds bars [{s0}, {s1}) but episodes need a start in "
+            f"{label} holds bars [{s0}, {s1}) but episodes need a start in "
             f"[{lo}, {hi}] (warm-up {WARMUP_BARS} + window {window} - 1, and one next bar): "
             f"use more bars than {n}"
         )
