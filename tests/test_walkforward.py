@@ -232,3 +232,29 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
 def test_cli_resume_without_a_walk_forward(tmp_path, capsys):
     assert main(["--resume", "--out", str(tmp_path / "none")]) == 2
     assert "start the walk-forward without --resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_manifest_whose_folds_differ(tmp_path, capsys):
+    from marl_jax.config import config_from_dict, config_to_dict
+
+    out = tmp_path / "wf"
+    out.mkdir()
+    options = {"folds": 2, "gap": None, "val_fraction": 0.2, "rolling": None}
+    manifest = {
+        "config": config_to_dict(config_from_dict(tiny())),
+        "data_sha256": None,
+        "options": options,
+        "folds": [f.to_dict() for f in make_folds(1500, 2, window=W, warmup=WARMUP_BARS)],
+    }
+    (out / "walkforward.json").write_text(json.dumps(manifest))
+    manifest["folds"][0]["test"] = [0, 1]
+    (tmp_path / "moved.json").write_text(json.dumps(manifest))
+    # The recorded layout is accepted as far as the folds (no run starts: the lock is held).
+    from marl_jax.run.rundir import RunLock
+
+    with RunLock(out):
+        assert main(["--resume", "--out", str(out)]) == 2
+        assert "in use by another process" in capsys.readouterr().err
+    (tmp_path / "moved.json").replace(out / "walkforward.json")
+    assert main(["--resume", "--out", str(out)]) == 2
+    assert "its folds differ" in capsys.readouterr().err

@@ -121,9 +121,14 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
             "options": options,
             "selection": f"the checkpoint with the best validation {SELECT_METRIC}",
         }
+        layout = json.loads(json.dumps({**header, "folds": [f.to_dict() for f in folds]}))
         if not spec.resume:
-            layout = {**header, "folds": [f.to_dict() for f in folds]}
             atomic_write_text(out / MANIFEST, json.dumps(layout, indent=2) + "\n")
+        elif json.loads((out / MANIFEST).read_text())["folds"] != layout["folds"]:
+            raise WalkForwardError(
+                f"{out / MANIFEST}: its folds differ from those this version lays out; finish "
+                "the walk-forward with the version that started it, or start a new one"
+            )
         results = []
         for fold in folds:
             if progress:
