@@ -8,14 +8,16 @@ Contract
 --------
 ``make_env_params(bars, split="train", *, episode_len=256, cost_bps=1.0, window=48, norm=None,
 split_fractions=(0.7, 0.15, 0.15), features=None, reward="pnl", action_mode="target",
-position_sizing="fixed", ..., return_stats=None) -> EnvParams``
+position_sizing="fixed", ..., return_stats=None, bounds=None) -> EnvParams``
     Computes the 13 features (or takes precomputed raw ``features``), normalises them with
     ``norm`` (``None``: fit on the training split with :func:`fit_normalisation`; a given
     :class:`~marl_jax.env.features.FeatureNorm` is applied as it is) and records the valid start
-    range of the chosen split. ``get_normalisation(params)`` gives the ``FeatureNorm`` back so a
-    trainer can save it (``norm.to_dict()``). ``return_stats`` ``(mu, m2)``: the mean and mean
-    square of the bar returns the training split pays (``None``: computed from the training
-    split of ``bars``, so every split of one market shares them; ``get_return_stats(params)``).
+    range of the chosen split, or of the bar range ``[start, stop)`` of ``bounds`` (the
+    normalisation is then fitted on that range). ``get_normalisation(params)`` gives the
+    ``FeatureNorm`` back so a trainer can save it (``norm.to_dict()``). ``return_stats``
+    ``(mu, m2)``: the mean and mean square of the bar returns the training split (or the
+    ``bounds`` range) pays (``None``: computed from ``bars``, so every split of one market
+    shares them; ``get_return_stats(params)``).
 ``reset(key, params) -> (obs, state)``
     A fresh episode at a uniformly drawn start bar ``t0`` in ``[params.start_lo,
     params.start_hi]``: flat position, equity 1.
@@ -177,15 +179,27 @@ def fit_normalisation(
     *,
     features: np.ndarray | None = None,
     clip: float = 10.0,
+    bounds: tuple[int, int] | None = None,
 ) -> FeatureNorm:
     """Fit the feature normalisation on the training split only (pass ``bars`` or raw
-    ``features``); normalised values are clipped to ``[-clip, clip]``."""
+    ``features``), or on the bars ``[start, stop)`` of ``bounds`` when given; normalised values
+    are clipped to ``[-clip, clip]``."""
     if features is None:
         if bars is None:
             raise ValueError("fit_normalisation needs bars or features")
         features = compute_features(bars)
-    lo, hi = split_bounds(len(features), split_fractions)["train"]
+    if bounds is None:
+        lo, hi = split_bounds(len(features), split_fractions)["train"]
+    else:
+        lo, hi = _checked_bounds(bounds, len(features))
     return FeatureNorm.fit(features, lo, hi, clip=clip)
+
+
+def _checked_bounds(bounds: Sequence[int], n: int) -> tuple[int, int]:
+    lo, hi = (int(b) for b in bounds)
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"bar range [{lo}, {hi}) is not inside the {n} bars")
+    return lo, hi
 
 
 def get_normalisation(params: EnvParams) -> FeatureNorm:
@@ -208,14 +222,26 @@ def periods_per_year_for(interval_minutes: float) -> float:
     return TRADING_DAYS * 24 * 60 / float(interval_minutes)
 
 
-def _episode_range(n: int, split: str, fractions: Sequence[float], window: int) -> tuple:
-    """``(start_lo, start_hi, last_bar)`` of a split's episodes; ValueError if it has none."""
-    s0, s1 = split_bounds(n, fractions)[canonical_split(split)]
+def _episode_range(
+    n: int,
+    split: str,
+    fractions: Sequence[float],
+    window: int,
+    bounds: Sequence[int] | None = None,
+) -> tuple:
+    """``(start_lo, start_hi, last_bar)`` of the episodes of a split, or of the bar range
+    ``bounds``; ValueError if it has none."""
+    if bounds is None:
+        s0, s1 = split_bounds(n, fractions)[canonical_split(split)]
+        label = f"split {split!r}"
+    else:
+        s0, s1 = _checked_bounds(bounds, n)
+        label = "the bar range"
     lo = max(s0, WARMUP_BARS + window - 1)
     hi = s1 - 2
     if hi < lo:
         raise ValueError(
-            f"split {split!r} holds bars [{s0}, {s1}) but episodes need a start in "
+            f"{label} holds bars [{s0}, {s1}) but episodes need a start in "
             f"[{lo}, {hi}] (warm-up {WARMUP_BARS} + window {window} - 1, and one next bar): "
             f"use more bars than {n}"
         )
@@ -259,11 +285,14 @@ def make_env_params(
     target_vol: float = 0.1,
     max_leverage: float = 2.0,
     return_stats: tuple[float, float] | None = None,
+    bounds: tuple[int, int] | None = None,
 ) -> EnvParams:
     """Build the environment for one split of ``bars`` (see the module docstring).
 
-    Without ``norm``, the normalisation is fitted on the training split and clips to
-    ``[-norm_clip, norm_clip]``; a given ``norm`` keeps its own clip.
+    ``bounds=(start, stop)`` gives the split as an explicit bar range instead (``split`` and
+    ``split_fractions`` are then ignored). Without ``norm``, the normalisation is fitted on the
+    training split (on ``bounds`` when given) and clips to ``[-norm_clip, norm_clip]``; a given
+    ``norm`` keeps its own clip.
     """
     if episode_len < 1 or window < 1:
         raise ValueError("episode_len and window must be >= 1")
@@ -279,8 +308,10 @@ def make_env_params(
     if raw.shape != (n, NUM_FEATURES):
         raise ValueError(f"features have shape {raw.shape}, expected ({n}, {NUM_FEATURES})")
     if norm is None:
-        norm = fit_normalisation(split_fractions=split_fractions, features=raw, clip=norm_clip)
-    lo, hi, last = _episode_range(n, split, split_fractions, window)
+        norm = fit_normalisation(
+            split_fractions=split_fractions, features=raw, clip=norm_clip, bounds=bounds
+        )
+    lo, hi, last = _episode_range(n, split, split_fractions, window, bounds)
     normed = norm.apply(raw)
     cums = np.cumsum(np.r_[np.zeros((1, NUM_FEATURES)), normed.astype(np.float64)], axis=0)
     means = np.zeros_like(normed)
@@ -289,7 +320,7 @@ def make_env_params(
     log_returns = np.r_[0.0, np.diff(logc)]
     if return_stats is None:
         # The returns the training split's episodes pay: r[t + 1] for t in [lo, last).
-        t_lo, _, t_last = _episode_range(n, "train", split_fractions, window)
+        t_lo, _, t_last = _episode_range(n, "train", split_fractions, window, bounds)
         paid = log_returns[t_lo + 1 : t_last + 1]
         return_stats = (float(paid.mean()), float(np.mean(paid**2)))
     interval = bars.interval_minutes

@@ -1,0 +1,123 @@
+"""The walk-forward's pooled outputs: ``returns.csv``, ``report.json``, ``equity_curve.png`` and
+the printed table, all from the finished folds' per-bar test arrays.
+
+``returns.csv`` has one row per test bar: ``fold``, ``timestamp`` (the bar the position is set
+at; its return is earned over the next bar), ``position`` (the policy's), then the net return
+(log, after costs) of ``policy`` and of each baseline at that bar. The pooled metrics are
+those of the stitched rows; each fold starts flat, as the environment does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from marl_jax import metrics
+from marl_jax.run.files import atomic_write_text
+from marl_jax.run.plots import plot_equity_curves
+from marl_jax.run.report import REPORT_METRICS
+
+__all__ = ["RETURNS_CSV", "format_table", "pooled_metrics", "returns_frame", "write_outputs"]
+
+RETURNS_CSV = "returns.csv"
+REPORT_JSON = "report.json"
+EQUITY_PNG = "equity_curve.png"
+
+
+def _names(arrays: Mapping) -> list[str]:
+    """``policy`` first, then the baselines in the order the evaluator gave them."""
+    names = [k for k in arrays if k != "bar_index"]
+    return ["policy"] + [k for k in names if k != "policy"]
+
+
+def returns_frame(folds: Sequence[tuple[dict, dict]], timestamps: np.ndarray) -> pd.DataFrame:
+    """One row per test bar of every fold (see the module docstring)."""
+    frames = []
+    for summary, arrays in folds:
+        idx = arrays["bar_index"]
+        cols = {
+            "fold": np.full(len(idx), summary["fold"]),
+            "timestamp": pd.to_datetime(timestamps[idx]),
+            "position": arrays["policy"]["positions"],
+        }
+        cols.update({name: arrays[name]["rewards"] for name in _names(arrays)})
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pooled_metrics(
+    folds: Sequence[tuple[dict, dict]], periods_per_year: float, cost_bps: float
+) -> dict:
+    """The report's metrics (:func:`marl_jax.metrics.summary`, against buy-and-hold) of the
+    stitched test folds, for the policy and each baseline."""
+
+    def stitched(name: str, field: str) -> np.ndarray:
+        return np.concatenate([a[name][field] for _, a in folds])
+
+    benchmark, benchmark_gross = (
+        stitched("buy_and_hold", "rewards"),
+        stitched("buy_and_hold", "pnl"),
+    )
+    return {
+        name: metrics.summary(
+            stitched(name, "rewards"),
+            stitched(name, "positions"),
+            benchmark,
+            periods_per_year,
+            gross=stitched(name, "pnl"),
+            benchmark_gross=benchmark_gross,
+            cost_bps=cost_bps,
+        )
+        for name in _names(folds[0][1])
+    }
+
+
+def format_table(report: Mapping) -> str:
+    """Each fold's and the pooled test metrics as a text table."""
+    header = f"{'fold':8s}{'':16s}" + "".join(f"{k:>18s}" for k in REPORT_METRICS)
+    lines = [header, "-" * len(header)]
+    blocks = [(str(f["fold"]), f["test"]) for f in report["folds"]]
+    blocks.append(("pooled", report["pooled"]))
+    for label, by_name in blocks:
+        for i, (name, scores) in enumerate(by_name.items()):
+            row = "".join(f"{scores[k]:>18.4f}" for k in REPORT_METRICS)
+            lines.append(f"{label if i == 0 else '':8s}{name:16s}" + row)
+    return "\n".join(lines)
+
+
+def write_outputs(
+    out: Path,
+    folds: Sequence[tuple[dict, dict]],
+    timestamps: np.ndarray,
+    periods_per_year: float,
+    header: Mapping,
+    cost_bps: float,
+) -> dict:
+    """Writes ``returns.csv``, ``equity_curve.png`` and ``report.json`` under ``out``
+    (atomically); returns the report."""
+    frame = returns_frame(folds, timestamps)
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.10g")
+    atomic_write_text(out / RETURNS_CSV, buffer.getvalue())
+    names = _names(folds[0][1])
+    curves = {
+        name: np.exp(np.r_[0.0, np.cumsum(frame[name].to_numpy(np.float64))]) for name in names
+    }
+    plot_equity_curves(
+        curves,
+        out / EQUITY_PNG,
+        title=f"walk-forward: {len(folds)} test folds stitched, greedy policy vs baselines",
+    )
+    report = {
+        **header,
+        "folds": [summary for summary, _ in folds],
+        "pooled": pooled_metrics(folds, periods_per_year, cost_bps),
+        "returns_csv": RETURNS_CSV,
+    }
+    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,237 @@
+"""Training, selecting and testing one walk-forward fold with the run layer (:mod:`marl_jax.run`).
+
+A fold is a run directory ``OUT/fold_K``: ``config.yaml``, ``checkpoints/``, ``metrics.jsonl``
+and ``learning_curve.png`` as a training run leaves them, trained by
+:func:`marl_jax.run.loop.train_loop` (so a killed fold continues from its latest checkpoint).
+Then every kept checkpoint is scored on the validation split, the best is chosen, and only that
+one is run over the test fold, once. ``fold.json`` (written last) marks the fold finished.
+
+Leakage: the train and validation environments are built from the bars up to the validation
+split's last bar, the test environment from the bars up to the test fold's last bar, and the
+normalisation is fitted on the part trained on. No later bar can reach a fold's training,
+normalisation or selection. Every environment's arrays are padded to the length of the whole
+file (padding is never read), so all folds share one compiled update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from marl_jax.config import Config
+from marl_jax.env import data as bar_data
+from marl_jax.env import evaluate, market
+from marl_jax.env.features import FeatureNorm, compute_features
+from marl_jax.mappo import MAPPO, TrainState
+from marl_jax.run import loop
+from marl_jax.run.checkpointer import TrainCheckpointer
+from marl_jax.run.files import atomic_write_text, atomic_write_with
+from marl_jax.run.metrics import read_metrics_log
+from marl_jax.run.plots import plot_learning_curve
+from marl_jax.run.rundir import RunDir, RunError, RunLock
+from marl_jax.run.setup import Run, env_modes
+from marl_jax.run.steps import restore_state
+from marl_jax.walkforward.folds import Fold, WalkForwardError
+
+__all__ = [
+    "EVAL_BATCH",
+    "FOLD_RESULT",
+    "SELECT_METRIC",
+    "TEST_RUNS",
+    "FoldEnvs",
+    "fold_envs",
+    "load_fold",
+    "run_fold",
+    "select_checkpoint",
+    "train_fold",
+]
+
+FOLD_RESULT = "fold.json"
+TEST_RUNS = "test_runs.npz"
+# Checkpoints are ranked on the validation split's net log return: what the position earns
+# after costs (a Sharpe ratio would rank a constant position like buy-and-hold).
+SELECT_METRIC = "total_log_return"
+# The evaluator pads every chunk to this many bars, so splits of any length share one program.
+EVAL_BATCH = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldEnvs:
+    """A fold's environments; ``train`` carries the normalisation fitted on its own bars."""
+
+    train: market.EnvParams
+    val: market.EnvParams
+    test: market.EnvParams
+    norm: FeatureNorm
+
+
+def _env_params(
+    cfg: Config, bars, bounds, norm, features=None, return_stats=None
+) -> market.EnvParams:
+    """The one place a fold's environment is built from the config (``norm=None`` fits it on
+    ``bounds``; ``return_stats=None`` takes the excess reward's statistics from ``bounds``)."""
+    env = cfg.env
+    return market.make_env_params(
+        bars,
+        episode_len=env.episode_len,
+        cost_bps=env.cost_bps,
+        window=env.window,
+        norm=norm,
+        features=features,
+        norm_clip=env.norm_clip,
+        bounds=bounds,
+        return_stats=return_stats,
+        **env_modes(cfg),
+    )
+
+
+def _padded(params: market.EnvParams, n: int) -> market.EnvParams:
+    """``params`` with every per-bar array padded with zeros to ``n`` bars."""
+    t = params.features.shape[0]
+
+    def pad(x):
+        if x.ndim == 0 or x.shape[0] != t or t == n:
+            return x
+        return jnp.pad(x, [(0, n - t)] + [(0, 0)] * (x.ndim - 1))
+
+    return jax.tree.map(pad, params)
+
+
+def fold_envs(cfg: Config, bars: bar_data.Bars, fold: Fold) -> FoldEnvs:
+    """The train, validation and test environments of ``fold`` (see the module docstring)."""
+    n = len(bars)
+    seen = bars[: fold.val[1]]
+    raw = compute_features(seen)
+    train = _env_params(cfg, seen, fold.train, None, raw)
+    norm = market.get_normalisation(train)
+    stats = market.get_return_stats(train)  # the train span's, as for norm
+    val = _env_params(cfg, seen, fold.val, norm, raw, stats)
+    test = _env_params(cfg, bars[: fold.test[1]], fold.test, norm, return_stats=stats)
+    return FoldEnvs(_padded(train, n), _padded(val, n), _padded(test, n), norm)
+
+
+def _greedy(algo: MAPPO):
+    """``policy(state)``: the evaluator's greedy policy of a training state (compiled once)."""
+    act = jax.jit(lambda s, obs: algo.act(s, obs)[0])
+    return lambda state: lambda obs: np.asarray(act(state, obs))
+
+
+def train_fold(
+    cfg: Config, root: Path, envs: FoldEnvs, bars: bar_data.Bars, *, progress: bool = False
+) -> tuple[Run, TrainState]:
+    """Trains (or continues) the run in ``root`` on ``envs.train``; the caller releases
+    ``run.lock``."""
+    lock = RunLock(root).acquire()
+    try:
+        run_dir = RunDir(root, cfg.checkpoint.dir)
+        run = Run(cfg, run_dir, lock, bars, envs.norm, envs.train, MAPPO(cfg), None)
+        state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
+    except BaseException:
+        lock.release()
+        raise
+    return run, state
+
+
+def select_checkpoint(
+    run: Run, state: TrainState, val: market.EnvParams, policy_of
+) -> tuple[int, TrainState, dict[int, float]]:
+    """The kept checkpoint with the best validation ``SELECT_METRIC`` (the later one on a tie):
+    ``(step, state, {step: score})``."""
+    k = run.cfg.checkpoint
+    ckpt = TrainCheckpointer(
+        run.dir.checkpoints, max_to_keep=k.max_to_keep, best_metric=k.best_metric, read_only=True
+    )
+    try:
+        scores, states = {}, {}
+        for step in ckpt.all_steps():
+            restored, _ = restore_state(ckpt, run.algo, state, step)
+            scores[step] = evaluate.run_policy(policy_of(restored), val, batch_size=EVAL_BATCH)
+            scores[step] = float(scores[step].metrics[SELECT_METRIC])
+            states[step] = restored
+    finally:
+        ckpt.close()
+    if not scores:
+        raise RunError(f"{run.dir.checkpoints}: no checkpoint to choose from")
+    best = max(scores, key=lambda s: (scores[s], s))
+    return best, states[best], scores
+
+
+def _test_runs(policy_fn, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
+    """The one read of the test fold: the chosen policy and every baseline (the linear one
+    fitted on the fold's train span)."""
+    runs = {"policy": evaluate.run_policy(policy_fn, envs.test, batch_size=EVAL_BATCH)}
+    linear = evaluate.LinearBaseline.fit(envs.train)
+    runs.update(evaluate.evaluate_baselines(envs.test, seed=seed, linear=linear))
+    return runs
+
+
+def _save_runs(path: Path, runs: dict[str, evaluate.EvalRun]) -> None:
+    arrays = {"bar_index": next(iter(runs.values())).bar_index}
+    for name, r in runs.items():
+        arrays.update({f"{name}/positions": r.positions, f"{name}/rewards": r.rewards})
+        arrays[f"{name}/pnl"] = r.pnl
+    atomic_write_with(path, lambda fh: np.savez(fh, **arrays))
+
+
+def load_fold(root: Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]] | None:
+    """A finished fold's ``fold.json`` and per-bar test arrays (``{name: {positions, rewards,
+    pnl}}`` plus ``"bar_index"``), or None when the fold is not finished."""
+    result = root / FOLD_RESULT
+    if not result.is_file():
+        return None
+    summary = json.loads(result.read_text())
+    with np.load(root / TEST_RUNS) as z:
+        arrays: dict = {"bar_index": z["bar_index"]}
+        for key in z.files:
+            if "/" in key:
+                name, field = key.split("/")
+                arrays.setdefault(name, {})[field] = z[key]
+    return summary, arrays
+
+
+def run_fold(
+    cfg: Config, bars: bar_data.Bars, fold: Fold, root: Path, *, progress: bool = False
+) -> tuple[dict, dict]:
+    """Trains, selects on validation and tests one fold (skipped when already finished);
+    returns :func:`load_fold`'s pair."""
+    done = load_fold(root)
+    if done is not None:
+        return done
+    try:
+        envs = fold_envs(cfg, bars, fold)
+    except ValueError as err:
+        raise WalkForwardError(f"fold {fold.index}: {err}") from None
+    run, state = train_fold(cfg, root, envs, bars[: fold.val[1]], progress=progress)
+    try:
+        policy_of = _greedy(run.algo)
+        step, chosen, scores = select_checkpoint(run, state, envs.val, policy_of)
+        runs = _test_runs(policy_of(chosen), envs, cfg.seed)
+        rows = read_metrics_log(run.dir.metrics)
+        if rows:
+            plot_learning_curve(rows, run.dir.learning_curve)
+        ts = bars.timestamp
+        summary = {
+            **fold.to_dict(),
+            "dates": {
+                part: [str(pd.Timestamp(ts[a])), str(pd.Timestamp(ts[b - 1]))]
+                for part, (a, b) in (("train", fold.train), ("val", fold.val), ("test", fold.test))
+            },
+            "normalisation_fitted_on": fold.train,
+            "selection": {
+                "metric": f"validation {SELECT_METRIC}",
+                "step": step,
+                "scores": {str(s): v for s, v in scores.items()},
+            },
+            "test": {name: r.metrics for name, r in runs.items()},
+        }
+        _save_runs(root / TEST_RUNS, runs)
+        atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
+    finally:
+        run.lock.release()
+    return load_fold(root)

@@ -1,0 +1,260 @@
+"""Walk-forward evaluation: the fold arithmetic, the explicit bar ranges of the environment, no
+test bar reaching a fold's training, the outputs, resuming and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from marl_jax.env import evaluate, market
+from marl_jax.env.data import Bars, synthetic_bars
+from marl_jax.env.features import WARMUP_BARS, FeatureNorm, compute_features
+from marl_jax.walkforward import WalkForwardError, make_folds
+from marl_jax.walkforward.__main__ import main
+from tests.tiny_config import tiny
+
+W = 8  # the tiny config's window
+
+
+# ----------------------------------------------------------------------------- fold arithmetic
+
+
+@pytest.mark.parametrize("rolling", [None, 600])
+@pytest.mark.parametrize("gap", [None, 30])
+def test_folds_are_ordered_purged_and_tile_the_end(rolling, gap):
+    n, k = 5000, 4
+    folds = make_folds(n, k, window=W, warmup=WARMUP_BARS, gap=gap, rolling=rolling)
+    purge = W + 1 if gap is None else gap
+    tb = n // (k + 1)
+    assert [f.test for f in folds] == [(n - (k - i) * tb, n - (k - i - 1) * tb) for i in range(k)]
+    for f in folds:
+        assert f.train[0] < f.train[1] < f.val[0] < f.val[1] < f.test[0]
+        assert f.val[0] - f.train[1] == purge
+        assert f.test[0] - f.val[1] == purge
+        span = f.val[1] - f.train[0]
+        assert f.val[1] - f.val[0] == round(0.2 * span)
+        if rolling is None:
+            assert f.train[0] == 0
+        else:
+            assert span == rolling
+    if rolling is None:  # expanding: each fold trains on more bars than the last
+        assert all(a.train[1] < b.train[1] for a, b in zip(folds, folds[1:], strict=False))
+
+
+def test_val_fraction_sets_the_validation_tail():
+    a = make_folds(4000, 2, window=W, warmup=WARMUP_BARS, val_fraction=0.1)
+    b = make_folds(4000, 2, window=W, warmup=WARMUP_BARS, val_fraction=0.4)
+    for fa, fb in zip(a, b, strict=True):
+        assert fa.val[1] == fb.val[1] and fa.test == fb.test
+        assert fb.val[1] - fb.val[0] > 3 * (fa.val[1] - fa.val[0])
+
+
+@pytest.mark.parametrize(
+    ("n", "kwargs", "match"),
+    [
+        (700, {"folds": 3}, "700 bars are too few for 3 folds"),
+        (5, {"folds": 3}, "too few for 3 folds"),
+        (5000, {"folds": 0}, "--folds 0"),
+        (5000, {"folds": 2, "gap": W}, "--gap 8: the purge must be at least window \\+ 1 = 9"),
+        (5000, {"folds": 2, "val_fraction": 1.0}, "--val-fraction"),
+        (5000, {"folds": 2, "rolling": 4000}, "--rolling 4000"),
+    ],
+)
+def test_bad_layouts_get_one_line(n, kwargs, match):
+    with pytest.raises(WalkForwardError, match=match) as err:
+        make_folds(n, window=W, warmup=WARMUP_BARS, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_the_least_bars_the_error_suggests_are_enough():
+    for k in (1, 3, 5):
+        with pytest.raises(WalkForwardError) as err:
+            make_folds(300, k, window=W, warmup=WARMUP_BARS)
+        need = int(str(err.value).rsplit("at least about ", 1)[1].split()[0])
+        make_folds(need, k, window=W, warmup=WARMUP_BARS)
+
+
+# --------------------------------------------------------------------- explicit bar ranges
+
+
+def test_env_params_for_a_bar_range_fit_the_normalisation_on_it():
+    bars = synthetic_bars(1200, seed=3)
+    raw = compute_features(bars)
+    params = market.make_env_params(bars, window=W, bounds=(300, 700))
+    assert (int(params.start_lo), int(params.start_hi), int(params.last_bar)) == (300, 698, 699)
+    norm = market.get_normalisation(params)
+    np.testing.assert_allclose(norm.center, FeatureNorm.fit(raw, 300, 700).center)
+    np.testing.assert_allclose(
+        market.fit_normalisation(features=raw, bounds=(300, 700)).scale, norm.scale
+    )
+    early = market.make_env_params(bars, window=W, bounds=(0, 400))  # warm-up clamps the start
+    assert int(early.start_lo) == WARMUP_BARS + W - 1
+    for bad in [(700, 300), (-1, 10), (0, 1201)]:
+        with pytest.raises(ValueError, match="is not inside the 1200 bars"):
+            market.make_env_params(bars, window=W, bounds=bad)
+    with pytest.raises(ValueError, match="the bar range holds bars \\[300, 301\\)"):
+        market.make_env_params(bars, window=W, bounds=(300, 301), norm=norm)
+
+
+def _with_test_bars_changed(bars: Bars, a: int, b: int) -> Bars:
+    """``bars`` with the prices of bars ``[a, b)`` raised by 7%."""
+    prices = (bars.open, bars.high, bars.low, bars.close)
+    return Bars(bars.timestamp, *[np.r_[x[:a], x[a:b] * 1.07, x[b:]] for x in prices], bars.volume)
+
+
+def test_a_folds_train_and_val_envs_never_see_its_test_bars():
+    from marl_jax.config import config_from_dict
+    from marl_jax.walkforward.runner import fold_envs
+
+    cfg = config_from_dict(tiny())
+    bars = synthetic_bars(1500, seed=1)
+    fold = make_folds(len(bars), 2, window=W, warmup=WARMUP_BARS)[0]
+    changed = _with_test_bars_changed(bars, *fold.test)
+    e1, e2 = fold_envs(cfg, bars, fold), fold_envs(cfg, changed, fold)
+    for part in ("train", "val"):
+        for x, y in zip(jax_leaves(getattr(e1, part)), jax_leaves(getattr(e2, part)), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(e1.test.log_returns, e2.test.log_returns)
+    assert e1.train.features.shape == e1.test.features.shape == (len(bars), 13)  # one program
+
+
+# -------------------------------------------------------------------------- whole walk-forward
+
+
+def _write_bars(path: Path, bars: Bars) -> str:
+    bars.to_frame().to_csv(path, index=False)
+    return str(path)
+
+
+def _config(tmp_path: Path) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny(checkpoint={"save_every": 1})))
+    return str(path)
+
+
+def _weights(run_dir: Path):
+    from marl_jax.run.sources import load_models_from
+
+    _, bundle = load_models_from(f"{run_dir}:latest")
+    return {**bundle.agents, "critic": bundle.critic}
+
+
+def _args(cfg, data, out, *extra):
+    return ["--config", cfg, "--data", data, "--folds", "2", "--out", str(out), "--no-progress",
+            *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
+    """A 2-fold walk-forward; then the same with fold 0's test bars changed: fold 0's weights
+    stay bit-identical, fold 1's (which trains on those bars) do not; then a resume."""
+    cfg = _config(tmp_path)
+    bars = synthetic_bars(1500, seed=0)
+    folds = make_folds(len(bars), 2, window=W, warmup=WARMUP_BARS)
+    changed = _with_test_bars_changed(bars, *folds[0].test)
+    out1, out2 = tmp_path / "wf1", tmp_path / "wf2"
+    assert main(_args(cfg, _write_bars(tmp_path / "a.csv", bars), out1)) == 0
+    table = capsys.readouterr().out
+    assert main(_args(cfg, _write_bars(tmp_path / "b.csv", changed), out2)) == 0
+
+    # No test bar reaches training, normalisation or selection.
+    w1, w2 = _weights(out1 / "fold_0"), _weights(out2 / "fold_0")
+    for x, y in zip(jax_leaves(w1), jax_leaves(w2), strict=True):
+        np.testing.assert_array_equal(x, y)
+    r1, r2 = (json.loads((o / "report.json").read_text()) for o in (out1, out2))
+    assert r1["folds"][0]["selection"] == r2["folds"][0]["selection"]
+    assert r1["folds"][0]["test"] != r2["folds"][0]["test"]
+    v1, v2 = (jax_leaves(_weights(o / "fold_1")) for o in (out1, out2))
+    assert any(not np.array_equal(x, y) for x, y in zip(v1, v2, strict=True))
+
+    # returns.csv: one row per test bar, the policy and every baseline; the report from it.
+    frame = pd.read_csv(out1 / "returns.csv")
+    assert list(frame.columns) == ["fold", "timestamp", "position", "policy", *evaluate.BASELINES]
+    assert len(frame) == sum(f.test[1] - f.test[0] - 1 for f in folds)
+    assert frame["timestamp"].iloc[0] == str(pd.Timestamp(bars.timestamp[folds[0].test[0]]))
+    for name in ("policy", *evaluate.BASELINES):
+        pooled = r1["pooled"][name]["total_log_return"]
+        assert frame[name].sum() == pytest.approx(pooled, rel=1e-5, abs=1e-7)
+        for f in r1["folds"]:
+            part = frame.loc[frame["fold"] == f["fold"], name]
+            assert part.sum() == pytest.approx(f["test"][name]["total_log_return"], abs=1e-6)
+    assert (out1 / "equity_curve.png").stat().st_size > 0
+    assert "pooled" in table and "buy_and_hold" in table
+    assert r1["folds"][0]["normalisation_fitted_on"] == list(folds[0].train)
+
+    # A kill after fold 0: --resume skips fold 0 and redoes fold 1 to the same result.
+    done0 = (out1 / "fold_0" / "fold.json").stat().st_mtime_ns
+    (out1 / "fold_1" / "fold.json").unlink()
+    (out1 / "returns.csv").unlink()
+    assert main(["--resume", "--out", str(out1), "--no-progress"]) == 0
+    assert (out1 / "fold_0" / "fold.json").stat().st_mtime_ns == done0
+    assert pd.read_csv(out1 / "returns.csv").equals(frame)
+    assert json.loads((out1 / "report.json").read_text()) == r1
+
+    # Starting again in the same folder, or resuming with a changed layout, is refused.
+    assert main(_args(cfg, str(tmp_path / "a.csv"), out1)) == 2
+    assert "already holds a walk-forward" in capsys.readouterr().err
+    assert main(["--resume", "--out", str(out1), "--folds", "3"]) == 2
+    assert "drop --folds" in capsys.readouterr().err
+    (tmp_path / "a.csv").write_text((tmp_path / "b.csv").read_text())
+    assert main(["--resume", "--out", str(out1)]) == 2
+    assert "the data file changed" in capsys.readouterr().err
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--set", "env.synthetic_n_bars=400"], "400 bars are too few for 2 folds"),
+        (["--rolling", "100000"], "--rolling 100000"),
+        (["--gap", "3"], "--gap 3"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
+    cfg = _config(tmp_path)
+    out = tmp_path / "wf"
+    code = main(["--config", cfg, "--folds", "2", "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and err.count("\n") == 1
+    assert not out.exists()  # nothing is written before the layout is valid
+
+
+def test_cli_resume_without_a_walk_forward(tmp_path, capsys):
+    assert main(["--resume", "--out", str(tmp_path / "none")]) == 2
+    assert "start the walk-forward without --resume" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_manifest_whose_folds_differ(tmp_path, capsys):
+    from marl_jax.config import config_from_dict, config_to_dict
+
+    out = tmp_path / "wf"
+    out.mkdir()
+    options = {"folds": 2, "gap": None, "val_fraction": 0.2, "rolling": None}
+    manifest = {
+        "config": config_to_dict(config_from_dict(tiny())),
+        "data_sha256": None,
+        "options": options,
+        "folds": [f.to_dict() for f in make_folds(1500, 2, window=W, warmup=WARMUP_BARS)],
+    }
+    (out / "walkforward.json").write_text(json.dumps(manifest))
+    manifest["folds"][0]["test"] = [0, 1]
+    (tmp_path / "moved.json").write_text(json.dumps(manifest))
+    # The recorded layout is accepted as far as the folds (no run starts: the lock is held).
+    from marl_jax.run.rundir import RunLock
+
+    with RunLock(out):
+        assert main(["--resume", "--out", str(out)]) == 2
+        assert "in use by another process" in capsys.readouterr().err
+    (tmp_path / "moved.json").replace(out / "walkforward.json")
+    assert main(["--resume", "--out", str(out)]) == 2
+    assert "its folds differ" in capsys.readouterr().err
