@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bridge import BridgeError
-from marl_jax.errors import MarlJaxError, one_line
+from marl_jax.errors import MarlJaxError, cli_main
 
 EXTRA_SIDECAR = "extra_entries.pt"
 ACTOR_OUTPUTS = ("action_probs", "logits", "value", "log_prob", "entropy", "attention_weights")
@@ -290,19 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Orbax's notes on read-only checkpoint managers are not the user's concern; errors stay.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        # Without torch this names the extra to install, in one line.
-        importlib.import_module("bridge.pt_file")
-    except ImportError as err:
-        print("error: " + one_line(err), file=sys.stderr)
-        return 2
-    try:
+
+    def body() -> int:
+        try:  # without torch this names the extra to install, in one line
+            importlib.import_module("bridge.pt_file")
+        except ImportError as err:
+            raise MarlJaxError(str(err)) from None
         return args.func(args)
-    except MarlJaxError as err:
-        print("error: " + one_line(err), file=sys.stderr)
-        return 2
+
+    return cli_main(body)
 
 
 if __name__ == "__main__":
