@@ -1,0 +1,540 @@
+"""Does the policy learn the market? Walk-forward on public bar files, per reward/action/sizing
+variant, against buy-and-hold and the linear baseline, net of 1 bp (issue 15, section 6).
+
+Data: the bar files two PyPI packages ship, fetched at run time with ``pip download --no-deps``
+into ``--cache`` (default ``~/.cache/marl-jax/bench-data``, never the repository) and converted
+there to the plain ``timestamp,open,high,low,close,volume`` CSV that ``load_bars`` reads:
+
+- gym-anytrading 2.0.0: ``FOREX_EURUSD_1H_ASK.csv`` (hourly), ``STOCKS_GOOGL.csv`` (daily);
+- backtesting 0.6.6: ``EURUSD.csv`` (hourly), ``GOOG.csv`` (daily).
+
+Runs: for each file and variant (``pnl``, ``excess``, ``differential_sharpe`` rewards, ``delta``
+actions, ``vol_target`` sizing; ``pooled``, all files in one run, once ``env.data_paths``
+exists), a ``--folds``-fold ``python -m marl_jax.walkforward`` of ``--config`` at
+``env.cost_bps=1`` with seed 0. Then, per file, the variant with the best mean validation score
+(each fold's chosen checkpoint's validation net log return, from ``fold_K/fold.json``; the test
+folds play no part) runs ``--seeds - 1`` more seeds. Each walk-forward has its own folder
+``OUT/FILE/VARIANT/seed_S``: a finished one (``report.json``) is skipped, a started one
+(``walkforward.json``) continues with the walk-forward's ``--resume``, so the benchmark can be
+killed and rerun at will.
+
+Table: per file and variant, the pooled out-of-sample Sharpe, active IR against buy-and-hold,
+alpha t-statistic, turnover, the linear baseline's active IR, the active IR at 0x/1x/2x cost and
+the wall time; whether the goal is met (the chosen variant's mean pooled active IR over its
+seeds is positive, above the linear baseline's, with non-zero turnover). Printed, and written
+to ``OUT/learning.md``.
+
+    python benchmarks/learning.py --dry-run                    # the plan, nothing trained
+    nohup python benchmarks/learning.py > learning.log 2>&1 &  # hours on a 2-core CPU
+    python benchmarks/learning.py --files bt_eurusd_1h --variants pnl --folds 2 \\
+        --set training.total_timesteps=2048                   # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+DEFAULT_CACHE = "~/.cache/marl-jax/bench-data"
+DEFAULT_CONFIG = "configs/quickstart.yaml"
+DEFAULT_OUT = "runs/learning"
+COST_BPS = 1.0
+TABLE = "learning.md"
+WALL_TIMES = "wall_times.json"
+POOLED = "pooled"
+POOLED_FILE = "all"  # the file label of the pooled-instruments run
+
+# A variant's overrides, after the base config's and the user's --set.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "pnl": ("env.reward=pnl",),
+    "excess": ("env.reward=excess",),
+    "differential_sharpe": ("env.reward=differential_sharpe",),
+    "delta": ("env.action_mode=delta",),
+    "vol_target": ("env.position_sizing=vol_target",),
+    POOLED: (),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A bar file inside a PyPI distribution and how to read it."""
+
+    package: str
+    version: str
+    member: str  # the file's name inside the archive (any folder)
+    fmt: str  # a key of FORMATS
+    interval_minutes: int
+
+
+SOURCES: dict[str, Source] = {
+    "gym_eurusd_1h": Source("gym-anytrading", "2.0.0", "FOREX_EURUSD_1H_ASK.csv", "gym_forex", 60),
+    "gym_googl_1d": Source("gym-anytrading", "2.0.0", "STOCKS_GOOGL.csv", "gym_stocks", 1440),
+    "bt_eurusd_1h": Source("backtesting", "0.6.6", "EURUSD.csv", "backtesting", 60),
+    "bt_goog_1d": Source("backtesting", "0.6.6", "GOOG.csv", "backtesting", 1440),
+}
+
+# (time column, its strftime format). gym-anytrading's forex file is day-first
+# ("01.01.2017 22:00:00.000"), its stock file ISO dates with an extra "Adj Close" column (not
+# used: the bars are the traded prices); backtesting's files keep the time in an unnamed index
+# column, ISO dates or date-times. All have Open, High, Low, Close, Volume.
+FORMATS: dict[str, tuple[str | None, str]] = {
+    "gym_forex": ("Time", "%d.%m.%Y %H:%M:%S.%f"),
+    "gym_stocks": ("Date", "%Y-%m-%d"),
+    "backtesting": (None, "ISO8601"),  # None: the first column
+}
+_OHLCV = ("Open", "High", "Low", "Close", "Volume")
+
+
+class BenchmarkError(Exception):
+    """A one-line reason the benchmark cannot go on."""
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def convert_bars(src: Path, dst: Path, fmt: str, interval_minutes: int = 30) -> int:
+    """Writes ``src`` (a file in source format ``fmt``) to ``dst`` as the bar CSV that
+    ``load_bars`` reads, atomically, and checks that it loads; returns the number of bars."""
+    from marl_jax.env.data import load_bars
+    from marl_jax.run.files import atomic_write_text
+
+    time_col, time_fmt = FORMATS[fmt]
+    frame = pd.read_csv(src)
+    time_col = frame.columns[0] if time_col is None else time_col
+    missing = [c for c in (time_col, *_OHLCV) if c not in frame.columns]
+    if missing:
+        raise BenchmarkError(
+            f"{src}: header: missing column(s) {', '.join(map(str, missing))} of the {fmt} "
+            f"format (found {', '.join(map(str, frame.columns))})"
+        )
+    times = pd.to_datetime(frame[time_col], format=time_fmt, errors="coerce")
+    if times.isna().any():
+        row = int(times.isna().to_numpy().argmax()) + 1
+        raise BenchmarkError(
+            f"{src}: row {row}: time {frame[time_col].iloc[row - 1]!r} does not match the "
+            f"{fmt} format {time_fmt!r}"
+        )
+    out = pd.DataFrame({"timestamp": times.dt.strftime("%Y-%m-%d %H:%M:%S")})
+    for col in _OHLCV:
+        out[col.lower()] = frame[col].astype("float64")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dst, out.to_csv(index=False, float_format="%.10g"))
+    return len(load_bars(dst, interval_minutes=interval_minutes))
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _archive(dist: Path, source: Source) -> Path | None:
+    prefix = _norm(f"{source.package}-{source.version}")
+    found = sorted(p for p in dist.glob("*") if _norm(p.name).startswith(prefix))
+    return found[0] if found else None
+
+
+def _extract(archive: Path, member: str) -> bytes:
+    """The bytes of the archive entry whose name ends with ``/member``."""
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            names = [n for n in z.namelist() if n.endswith("/" + member)]
+            if names:
+                return z.read(sorted(names, key=len)[0])
+    else:
+        with tarfile.open(archive) as t:
+            names = [m for m in t.getmembers() if m.isfile() and m.name.endswith("/" + member)]
+            if names:
+                return t.extractfile(sorted(names, key=lambda m: len(m.name))[0]).read()
+    raise BenchmarkError(f"{archive}: holds no file {member}; delete it and rerun to download")
+
+
+def fetch(name: str, cache: Path) -> Path:
+    """The converted bar file of ``SOURCES[name]`` in ``cache``, downloaded and converted on
+    first use."""
+    source = SOURCES[name]
+    converted = cache / f"{name}.csv"
+    if converted.is_file():
+        return converted
+    dist = cache / "dist"
+    archive = _archive(dist, source)
+    if archive is None:
+        spec = f"{source.package}=={source.version}"
+        print(f"downloading {spec} into {dist}", flush=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", spec, "-d", str(dist)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        archive = _archive(dist, source)
+        if done.returncode != 0 or archive is None:
+            why = (done.stderr.strip().splitlines() or ["no archive"])[-1]
+            raise BenchmarkError(f"pip download {spec} failed: {why}")
+    raw = cache / "raw" / f"{name}_{source.member}"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_bytes(_extract(archive, source.member))
+    n = convert_bars(raw, converted, source.fmt, source.interval_minutes)
+    print(f"{name}: {n} bars from {source.package} {source.version} {source.member}", flush=True)
+    return converted
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def pooled_supported() -> bool:
+    """Whether the config schema has several instruments (``env.data_paths``)."""
+    from marl_jax.config import EnvConfig
+
+    return "data_paths" in EnvConfig.model_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One walk-forward of the benchmark."""
+
+    file: str
+    variant: str
+    seed: int
+    out: Path
+    overrides: tuple[str, ...]
+    data: str | None
+    status: str  # "new", "resume", "done" or "skip"
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.file}/{self.variant}/seed_{self.seed}"
+
+
+def run_status(out: Path, folds: int) -> str:
+    """``done`` (report.json), ``resume`` (walkforward.json) or ``new``; refuses a folder laid
+    out for another number of folds."""
+    for name, status in (("report.json", "done"), ("walkforward.json", "resume")):
+        path = out / name
+        if path.is_file():
+            recorded = json.loads(path.read_text())["options"]["folds"]
+            if recorded != folds:
+                raise BenchmarkError(
+                    f"{path}: a walk-forward of {recorded} folds, not --folds {folds}; use "
+                    "another --out or the same --folds"
+                )
+            return status
+    return "new"
+
+
+def plan_run(
+    out_root: Path,
+    file: str,
+    variant: str,
+    seed: int,
+    folds: int,
+    data: Mapping[str, str],
+    sets: Sequence[str] = (),
+) -> Run:
+    """The run of ``variant`` on ``file`` (``POOLED_FILE`` for the pooled one) with ``seed``."""
+    out = out_root / file / variant / f"seed_{seed}"
+    base = [f"env.cost_bps={COST_BPS:g}"]
+    if variant == POOLED:
+        if not pooled_supported():
+            reason = "env.data_paths is not a config key yet: several instruments are not wired"
+            return Run(file, variant, seed, out, (), None, "skip", reason)
+        paths = [data[f] for f in data]
+        intervals = {SOURCES[f].interval_minutes for f in data if f in SOURCES}
+        if len(intervals) > 1:
+            reason = "the files have different bar intervals (hourly and daily)"
+            return Run(file, variant, seed, out, (), None, "skip", reason)
+        base += [f"env.interval_minutes={intervals.pop()}"] if intervals else []
+        base.append(f"env.data_paths=[{', '.join(paths)}]")
+        path = None
+    else:
+        base.append(f"env.interval_minutes={SOURCES[file].interval_minutes}")
+        path = data[file]
+    overrides = (*base, *sets, *VARIANTS[variant], f"seed={seed}")
+    return Run(file, variant, seed, out, overrides, path, run_status(out, folds))
+
+
+def plan_first(
+    out_root: Path,
+    files: Sequence[str],
+    variants: Sequence[str],
+    folds: int,
+    data: Mapping[str, str],
+    sets: Sequence[str] = (),
+) -> list[Run]:
+    """Seed 0 of every variant on every file (the pooled variant once, over all files)."""
+    runs = [
+        plan_run(out_root, f, v, 0, folds, data, sets)
+        for f in files
+        for v in variants
+        if v != POOLED
+    ]
+    if POOLED in variants:
+        runs.append(plan_run(out_root, POOLED_FILE, POOLED, 0, folds, data, sets))
+    return runs
+
+
+def command(run: Run, config: str, folds: int, progress: bool = True) -> list[str]:
+    """The ``python -m marl_jax.walkforward`` command line of ``run``."""
+    cmd = [sys.executable, "-m", "marl_jax.walkforward", "--out", str(run.out)]
+    if run.status == "resume":
+        cmd.append("--resume")
+    else:
+        cmd += ["--config", config, "--folds", str(folds)]
+        cmd += ["--data", run.data] if run.data else []
+        for o in run.overrides:
+            cmd += ["--set", o]
+    return cmd + ([] if progress else ["--no-progress"])
+
+
+# ------------------------------------------------------------------------------ selection
+
+
+def validation_score(out: Path) -> float | None:
+    """The mean over folds of the chosen checkpoint's validation score (``fold_K/fold.json``,
+    else the folds recorded in ``report.json``); None when there is none."""
+    folds = [json.loads(p.read_text()) for p in sorted(out.glob("fold_*/fold.json"))]
+    if not folds and (out / "report.json").is_file():
+        folds = json.loads((out / "report.json").read_text()).get("folds", [])
+    scores = [f["selection"]["scores"][str(f["selection"]["step"])] for f in folds]
+    return statistics.fmean(scores) if scores else None
+
+
+def choose(runs: Sequence[Run]) -> tuple[str | None, dict[str, float]]:
+    """The variant with the best validation score among one file's seed-0 runs, or None while
+    any of them is unfinished; also every finished run's score."""
+    scores = {r.variant: validation_score(r.out) for r in runs if r.status == "done"}
+    scores = {v: s for v, s in scores.items() if s is not None}
+    pending = [r for r in runs if r.status in ("new", "resume")]
+    if pending or not scores:
+        return None, scores
+    return max(scores, key=lambda v: (scores[v], -list(VARIANTS).index(v))), scores
+
+
+# ------------------------------------------------------------------------------ table
+
+COLUMNS = (
+    ("Sharpe", "sharpe"),
+    ("active IR", "active_ir"),
+    ("alpha t", "alpha_t"),
+    ("turnover", "turnover"),
+)
+COSTS = ("active_ir_0x_cost", "active_ir_1x_cost", "active_ir_2x_cost")
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _wall(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def row_of(report: Mapping) -> dict[str, float]:
+    """The table's numbers of one finished walk-forward's ``report.json``."""
+    policy, linear = report["pooled"]["policy"], report["pooled"]["linear"]
+    row = {key: policy[key] for _, key in COLUMNS}
+    row["linear_active_ir"] = linear["active_ir"]
+    row.update({k: policy.get(k) for k in COSTS})
+    return row
+
+
+def goal(rows: Sequence[Mapping[str, float]]) -> tuple[bool, dict[str, float]]:
+    """The goal over the chosen variant's seeds: mean pooled active IR > 0 and above the linear
+    baseline's mean, with mean turnover > 0."""
+    mean = {
+        k: statistics.fmean(r[k] for r in rows)
+        for k in ("active_ir", "linear_active_ir", "turnover")
+    }
+    met = mean["active_ir"] > 0 and mean["active_ir"] > mean["linear_active_ir"]
+    return met and mean["turnover"] > 0, mean
+
+
+def format_tables(
+    files: Sequence[str],
+    runs: Sequence[Run],
+    chosen: Mapping[str, str | None],
+    vscores: Mapping[str, Mapping[str, float]],
+    walls: Mapping[str, float],
+    n_seeds: int,
+) -> str:
+    """The markdown tables: a section per file, a row per variant and seed."""
+    head = ["variant", "seed", "validation", *(c for c, _ in COLUMNS), "linear active IR"]
+    head += ["active IR 0x / 1x / 2x cost", "wall"]
+    lines = [f"Net of {COST_BPS:g} bp, pooled out of sample over the test folds.", ""]
+    verdicts = []
+    for file in files:
+        src = SOURCES.get(file)
+        about = f" ({src.package} {src.version} {src.member})" if src else " (all files)"
+        lines += [f"### {file}{about}", "", "| " + " | ".join(head) + " |"]
+        lines.append("|" + "---|" * len(head))
+        chosen_rows = []
+        for r in (r for r in runs if r.file == file):
+            if r.status == "skip":
+                lines.append(f"| {r.variant} | {r.seed} | skipped: {r.reason} |")
+                continue
+            if r.status != "done":
+                lines.append(f"| {r.variant} | {r.seed} | not finished |")
+                continue
+            row = row_of(json.loads((r.out / "report.json").read_text()))
+            if r.variant == chosen.get(file):
+                chosen_rows.append(row)
+            cells = [r.variant + (" (chosen)" if r.variant == chosen.get(file) else ""), r.seed]
+            cells.append(_num(validation_score(r.out), 4))
+            cells += [_num(row[k], 4 if k == "turnover" else 2) for _, k in COLUMNS]
+            cells.append(_num(row["linear_active_ir"]))
+            cells.append(" / ".join(_num(row[k]) for k in COSTS))
+            cells.append(_wall(walls.get(r.key)))
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append("")
+        pick = chosen.get(file)
+        if file == POOLED_FILE:
+            lines += ["Not part of the per-file choice.", ""]
+            continue
+        if pick is None:
+            lines += ["Chosen on validation: pending (some variants are unfinished).", ""]
+            verdicts.append(None)
+            continue
+        shown = ", ".join(f"{v} {s:.4f}" for v, s in vscores.get(file, {}).items())
+        lines.append(
+            f"Chosen on validation: **{pick}** (mean over folds of the chosen checkpoint's "
+            f"validation net log return: {shown})."
+        )
+        if len(chosen_rows) < n_seeds:
+            lines += [f"Goal: pending ({len(chosen_rows)} of {n_seeds} seeds finished).", ""]
+            verdicts.append(None)
+            continue
+        met, mean = goal(chosen_rows)
+        verdicts.append(met)
+        lines += [
+            f"Goal: **{'met' if met else 'not met'}**: mean over {len(chosen_rows)} seeds, "
+            f"active IR {mean['active_ir']:.2f} vs linear {mean['linear_active_ir']:.2f}, "
+            f"turnover {mean['turnover']:.4f}.",
+            "",
+        ]
+    if verdicts:
+        overall = "pending" if None in verdicts else "met" if all(verdicts) else "not met"
+        lines.append(f"Goal on every file: **{overall}**.")
+    total = sum(walls.get(r.key, 0.0) for r in runs)
+    lines.append(f"Wall time of the runs above: {_wall(total)}.")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def _load_walls(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def execute(run: Run, args: argparse.Namespace, walls: dict[str, float], walls_path: Path) -> Run:
+    """Runs (or resumes) ``run``'s walk-forward; records its wall time; returns it re-planned."""
+    from marl_jax.run.files import atomic_write_text
+
+    cmd = command(run, args.config, args.folds, progress=not args.no_progress)
+    print(f"\n== {run.key}: {'resuming' if run.status == 'resume' else 'starting'}", flush=True)
+    start = time.monotonic()
+    try:
+        rc = subprocess.run(cmd).returncode
+    finally:
+        walls[run.key] = walls.get(run.key, 0.0) + time.monotonic() - start
+        atomic_write_text(walls_path, json.dumps(walls, indent=2) + "\n")
+    if rc != 0:
+        print(f"== {run.key}: the walk-forward exited {rc}; see its output above", flush=True)
+    return dataclasses.replace(run, status=run_status(run.out, args.folds))
+
+
+def _list(value: str | None, allowed: Sequence[str], flag: str) -> list[str]:
+    if value is None:
+        return list(allowed)
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise BenchmarkError(f"{flag} {value}: use a comma-separated list of {', '.join(allowed)}")
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"base config ({DEFAULT_CONFIG})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
+    p.add_argument("--cache", default=DEFAULT_CACHE, help=f"data folder ({DEFAULT_CACHE})")
+    p.add_argument("--files", help=f"comma-separated, of {', '.join(SOURCES)} (default all)")
+    p.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default all)")
+    p.add_argument("--folds", type=int, default=5, help="walk-forward folds (5)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the chosen variant (3)")
+    p.add_argument("--dry-run", action="store_true", help="list the planned runs, train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except BenchmarkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    files = _list(args.files, list(SOURCES), "--files")
+    variants = _list(args.variants, list(VARIANTS), "--variants")
+    if args.folds < 1 or args.seeds < 1:
+        raise BenchmarkError("--folds and --seeds must be at least 1")
+    cache, out = Path(os.path.expanduser(args.cache)), Path(args.out)
+    if args.dry_run:
+        data = {f: str(cache / f"{f}.csv") for f in files}
+    else:
+        data = {f: str(fetch(f, cache)) for f in files}
+    first = plan_first(out, files, variants, args.folds, data, args.set)
+    print(f"plan: {len(files)} files x {len(variants)} variants, {args.folds} folds, seed 0")
+    for r in first:
+        print(f"  {r.key:40s} {r.status:7s}{r.reason}")
+    if args.seeds > 1:
+        print(f"  then seeds 1..{args.seeds - 1} of the variant validation picks on each file")
+    if args.dry_run:
+        return 0
+    walls_path = out / WALL_TIMES
+    walls = _load_walls(walls_path)
+    first = [
+        execute(r, args, walls, walls_path) if r.status in ("new", "resume") else r for r in first
+    ]
+    runs, chosen, vscores = list(first), {}, {}
+    for file in files:
+        chosen[file], vscores[file] = choose([r for r in first if r.file == file])
+        if chosen[file] is None:
+            print(f"{file}: no variant chosen: some seed-0 runs did not finish", flush=True)
+            continue
+        print(f"{file}: validation picks {chosen[file]} ({vscores[file]})", flush=True)
+        for seed in range(1, args.seeds):
+            r = plan_run(out, file, chosen[file], seed, args.folds, data, args.set)
+            runs.append(execute(r, args, walls, walls_path) if r.status != "done" else r)
+    shown = files + ([POOLED_FILE] if POOLED in variants else [])
+    table = format_tables(shown, runs, chosen, vscores, walls, args.seeds)
+    table += f"This invocation took {_wall(time.monotonic() - started)}.\n"
+    from marl_jax.run.files import atomic_write_text
+
+    atomic_write_text(out / TABLE, table)
+    print("\n" + table + f"\n(written to {out / TABLE})")
+    failed = [r.key for r in runs if r.status in ("new", "resume")]
+    if failed:
+        print(f"unfinished: {', '.join(failed)}; rerun to resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
