@@ -150,10 +150,12 @@ def test_pooled_variant_lists_every_file_once_the_key_exists(tmp_path, monkeypat
     assert f"env.data_paths=[{tmp_path}/bt_eurusd_1h.csv, {tmp_path}/gym_eurusd_1h.csv]" in (
         run.overrides
     )
-    mixed = learning.plan_run(
-        tmp_path, "all", learning.POOLED, 0, 5, _data(tmp_path, learning.SOURCES)
-    )
-    assert mixed.status == "skip" and "interval" in mixed.reason
+    assert "env.interval_minutes=60" in run.overrides
+    everything = _data(tmp_path, learning.SOURCES)  # hourly and daily: no one interval
+    mixed = learning.plan_run(tmp_path, "all", learning.POOLED, 0, 5, everything)
+    assert mixed.status == "new"
+    assert len(next(o for o in mixed.overrides if "data_paths" in o).split(",")) == 4
+    assert not any(o.startswith("env.interval_minutes") for o in mixed.overrides)
 
 
 def test_choice_reads_validation_only(tmp_path):
