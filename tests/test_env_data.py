@@ -224,3 +224,11 @@ def test_synthetic_bars_are_seeded_valid_and_regime_switching():
     day = a.volume[(hours >= 8) & (hours < 16)].mean()
     night = a.volume[(hours < 8) | (hours >= 16)].mean()
     assert day > 1.5 * night  # intraday-like volume
+
+
+def test_to_frame_writes_what_load_bars_reads_back(tmp_path):
+    bars = synthetic_bars(300, seed=3)
+    frame = bars.to_frame()
+    assert list(frame.columns) == ["timestamp", "open", "high", "low", "close", "volume"]
+    frame.to_csv(tmp_path / "bars.csv", index=False)
+    _check(load_bars(tmp_path / "bars.csv", resample=False), frame)

@@ -123,6 +123,10 @@ class Bars:
         step = np.median(np.diff(self.timestamp.astype(np.int64)))
         return float(step) / 60e9
 
+    def to_frame(self) -> pd.DataFrame:
+        """The bars as a DataFrame with the columns :func:`load_bars` reads back."""
+        return pd.DataFrame({name: getattr(self, name) for name in ("timestamp", *_FIELDS)})
+
 
 # --------------------------------------------------------------------------------------------
 # Loading
