@@ -1,8 +1,10 @@
 """``python -m marl_jax.decide``: a trained policy's decision at the latest bar of a file.
 
 Prints each agent's action and probabilities, the joint position (as the environment computes
-it) and the critic's value: a table, or one JSON object with ``--json``. The work is done by
-:class:`marl_jax.policy.Policy`.
+it under the model's ``env.action_mode`` and ``env.position_sizing``: its run config's, else
+the defaults ``target`` and ``fixed``), the signal behind it and the critic's value: a table,
+or one JSON object with ``--json``. Under ``delta`` the position moves from the current
+holding, ``--position``. The work is done by :class:`marl_jax.policy.Policy`.
 """
 
 from __future__ import annotations
@@ -19,16 +21,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m marl_jax.decide",
         description="A trained policy's decision at the latest bar (or --at) of a bar file",
+        epilog="The position follows the model's run config (env.action_mode, "
+        "env.position_sizing); a .pt or a model directory without a run config uses the "
+        "defaults, target and fixed.",
     )
     add_model_arguments(p)
     p.add_argument("--data", required=True, metavar="FILE", help="CSV/Parquet bar file")
     p.add_argument("--at", metavar="TIMESTAMP", help="decide at this bar (default: the last)")
+    p.add_argument(
+        "--position",
+        type=float,
+        metavar="P",
+        help="the current holding in [-1, 1] before volatility sizing (the previous decision's "
+        "signal): required when the model acts with env.action_mode delta, ignored otherwise",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
-def format_decision(row: Mapping, model: str) -> str:
-    """A decision row (:meth:`marl_jax.policy.Decision.row`) as a text table."""
+def format_decision(row: Mapping, model: str, modes: str = "") -> str:
+    """A decision row (:meth:`marl_jax.policy.Decision.row`) as a text table; ``modes``
+    describes how the position was made (:meth:`marl_jax.policy.Policy.describe_modes`)."""
     from marl_jax.policy import ACTION_NAMES
 
     lines = [f"decision at {row['timestamp']} (bar {row['bar_index']}), model: {model}"]
@@ -39,7 +52,11 @@ def format_decision(row: Mapping, model: str) -> str:
         action = f"{agent['action']} {agent['action_name']}"
         lines.append(f"{name:8s}{action:>12s}" + "".join(f"{p:>14.4f}" for p in agent["probs"]))
     lines.append(f"{'joint position':20s}{row['position']:>+10.4f}")
+    if "signal" in row:
+        lines.append(f"{'signal':20s}{row['signal']:>+10.4f}")
     lines.append(f"{'critic value':20s}{row['value']:>+10.4f}")
+    if modes:
+        lines.append(f"position by {modes}")
     return "\n".join(lines)
 
 
@@ -51,11 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         policy = Policy.load(args.model, norm_from=args.norm_from)
         bars = policy.load_bars(args.data)
-        row = policy.decide(bars, args.at, source=args.data).row(0)
+        row = policy.decide(bars, args.at, position=args.position, source=args.data).row(0)
         if args.json:
-            print(json.dumps({**row, "model": policy.description}))
+            env = {k: policy.modes[k] for k in ("action_mode", "position_sizing")}
+            env["from"] = "run config" if policy.config else "defaults (no run config)"
+            print(json.dumps({**row, "model": policy.description, "env": env}))
         else:
-            print(format_decision(row, policy.description))
+            print(format_decision(row, policy.description, policy.describe_modes()))
 
     return run_command(body)
 

@@ -3,26 +3,41 @@
 ``Policy.load(source, norm_from=None)`` reads any source ``--init-from`` accepts (a run,
 ``RUN:STEP``, a checkpoint step, a model directory or a ``.pt``) with the feature normalisation
 saved beside the models (an original ``.pt`` has none: ``norm_from`` names a source whose
-normalisation to use). ``policy.decide(bars, at=None)`` computes the 13 features causally from
-only the tail of the bars that the decision bar's window needs (``WARMUP_BARS + window``
-bars), normalises them, and runs the three actors greedily (eval mode, as the trainer's
-greedy evaluation) and the critic. ``policy.decide_many(bars, start, stop)`` decides at every
-bar of a range in one batched, jitted call per chunk.
+normalisation to use). ``policy.decide(bars, at=None, *, position=None)`` computes the 13
+features causally from only the tail of the bars that the decision bar's window needs
+(``WARMUP_BARS + window`` bars), normalises them, and runs the three actors greedily (eval
+mode, as the trainer's greedy evaluation) and the critic. ``policy.decide_many(bars, start,
+stop, *, position=None)`` decides at every bar of a range in one batched, jitted call per chunk.
 
 The decision is one pure function of the models' variables and a batch of normalised feature
 windows ``(B, window, 13)`` (:func:`decision_from_windows`), which ``python -m
-marl_jax.export`` serialises. The joint position is the agents' vote ``mean(actions - 1)``
-(:func:`marl_jax.env.market.combined_vote`): the environment's position under
-``env.action_mode: target`` and ``env.position_sizing: fixed``; under ``delta`` it is the step's
-direction, and ``vol_target`` scales it by the bar's volatility (the backtest applies both,
-through the environment). The critic reads each window's mean, as
-the environment's critic observation. The critic's value is its raw output: in ValueNorm units
-when the model was trained with ``training.use_valuenorm``.
+marl_jax.export`` serialises; its position is the agents' vote ``mean(actions - 1)``.
+``Policy`` turns the actions into the environment's position under the modes of the model's
+run config (``policy.config``, else of ``norm_from``'s run; a ``.pt`` or a model directory
+without one acts with the defaults ``target`` and ``fixed``), with the environment's own
+functions (:mod:`marl_jax.env.market`):
+
+- ``env.action_mode: target``: the signal is the vote. ``delta``: the signal is the previous
+  one moved by ``delta_step`` times the vote, clipped to [-1, 1]; ``decide`` needs the current
+  holding ``position`` (the previous decision's ``signal``), ``decide_many`` starts from
+  ``position``, flat by default, at ``start`` as an episode does.
+- ``env.position_sizing: fixed``: the position is the signal. ``vol_target``: the signal times
+  the bar's volatility scale ``min(target_vol / sigma_t, max_leverage)``. The environment runs
+  its EWMA of squared log returns from the file's first bar; a decision reads the closes of
+  only the last ``VOL_SPANS_READ * vol_span + 1`` bars (``vol_history``; 1201 for the default
+  span 60) and the whole file's bar interval. The older returns' weight in the environment's
+  EWMA is ``(1 - 2 / (span + 1)) ** (20 span) <= 1e-17``, so the scale is the environment's
+  to float32 rounding (a test checks it is equal, bar by bar).
+
+The critic reads each window's mean, as the environment's critic observation. The critic's
+value is its raw output: in ValueNorm units when the model was trained with
+``training.use_valuenorm``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,10 +59,16 @@ from marl_jax.env.features import (
     FeatureNorm,
     compute_features,
 )
-from marl_jax.env.market import combined_vote
+from marl_jax.env.market import (
+    _vol_scale,
+    combined_vote,
+    periods_per_year_for,
+    positions_from_actions,
+)
 from marl_jax.errors import MarlJaxError
 from marl_jax.models.registry import module_config
 from marl_jax.run.rundir import CONFIG
+from marl_jax.run.setup import env_modes
 from marl_jax.run.sources import load_models_from
 
 __all__ = [
@@ -62,6 +83,12 @@ __all__ = [
 
 ACTION_NAMES = ("bearish", "neutral", "bullish")
 _CHUNK = 1024
+# Under env.position_sizing vol_target a decision reads the closes of this many EWMA spans of
+# returns before the bar: the weight the environment's EWMA (from the file's first bar) puts on
+# older returns is (1 - 2 / (span + 1)) ** (20 * span) <= 1e-17 (span >= 2; span 1 reads the
+# last return only), far below float32 rounding.
+VOL_SPANS_READ = 20
+_DEFAULTS = Config()  # a model without a run config acts with the default env modes
 
 
 class PolicyError(MarlJaxError, ValueError):
@@ -74,9 +101,11 @@ class Decision:
 
     actions: Any  # int32 (B, 3): each agent's action, agents in AGENT_NAMES order
     probs: Any  # float32 (B, 3, 3): each agent's probabilities of actions 0, 1, 2
-    position: Any  # float32 (B,): mean(actions - 1), the joint vote (the position under
-    # env.action_mode target and env.position_sizing fixed)
+    position: Any  # float32 (B,): the environment's position (signal x volatility scale);
+    # from decision_from_windows alone, the joint vote mean(actions - 1)
     value: Any  # float32 (B,): the critic's value
+    signal: Any = None  # float32 (B,): the signal in [-1, 1] before sizing (target: the vote;
+    # delta: the previous signal moved by delta_step x the vote)
     bar_index: Any = None  # int (B,): the bars decided at (set by Policy)
     timestamp: Any = None  # datetime64[ns] (B,)
 
@@ -98,12 +127,30 @@ class Decision:
             out["timestamp"] = str(np.datetime_as_string(self.timestamp[i], unit="s"))
         if self.bar_index is not None:
             out["bar_index"] = int(self.bar_index[i])
-        out |= {
-            "agents": agents,
-            "position": float(self.position[i]),
-            "value": float(self.value[i]),
-        }
+        out |= {"agents": agents, "position": float(self.position[i])}
+        if self.signal is not None:
+            out["signal"] = float(self.signal[i])
+        out["value"] = float(self.value[i])
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Signals:
+    """What :func:`marl_jax.env.market.positions_from_actions` reads of ``EnvParams`` to turn
+    actions into signals: the action mode and a unit volatility scale."""
+
+    action_mode: str
+    delta_step: float
+    vol_scale: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames="delta_step")
+def _delta_signals(actions: jax.Array, holding: jax.Array, delta_step: float) -> jax.Array:
+    """The environment's ``delta`` signals ``(N,)`` for actions ``(N, 3)`` at consecutive bars,
+    moved from the signal ``holding``."""
+    steps = jnp.arange(actions.shape[0])
+    rule = _Signals("delta", delta_step, jnp.ones(actions.shape[0], jnp.float32))
+    return positions_from_actions(actions, rule, steps, holding)
 
 
 def decision_from_obs(
@@ -121,11 +168,9 @@ def decision_from_obs(
         probs.append(out["action_probs"])
     actions = jnp.stack(actions, axis=1)
     value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]
+    vote = combined_vote(actions)
     return Decision(
-        actions=actions,
-        probs=jnp.stack(probs, axis=1),
-        position=combined_vote(actions),
-        value=value,
+        actions=actions, probs=jnp.stack(probs, axis=1), position=vote, value=value, signal=vote
     )
 
 
@@ -280,6 +325,86 @@ class Policy:
                 "more history"
             )
 
+    # ------------------------------------------------------------------ the environment's position
+
+    @property
+    def modes(self) -> dict[str, Any]:
+        """The environment keywords that turn actions into a position (``env.action_mode``,
+        ``env.position_sizing`` and their parameters): the run config's, else the defaults
+        (``target`` and ``fixed``)."""
+        return env_modes(self.config or _DEFAULTS)
+
+    def describe_modes(self) -> str:
+        """The modes in words, and where they come from."""
+        m = self.modes
+        mode = m["action_mode"] + (f" (step {m['delta_step']:g})" if self.delta else "")
+        sizing = m["position_sizing"]
+        if sizing == "vol_target":
+            sizing += (
+                f" (span {m['vol_span']}, target {m['target_vol']:g}, cap {m['max_leverage']:g})"
+            )
+        where = "the run config" if self.config else "the defaults: the model has no run config"
+        return f"env.action_mode {mode}, env.position_sizing {sizing} ({where})"
+
+    @property
+    def delta(self) -> bool:
+        """Whether a position depends on the previous one (``env.action_mode: delta``)."""
+        return self.modes["action_mode"] == "delta"
+
+    @property
+    def vol_history(self) -> int:
+        """Bars of closes the volatility scale reads up to a decision bar under
+        ``vol_target`` (``VOL_SPANS_READ`` spans of returns); 1 under ``fixed``."""
+        m = self.modes
+        return VOL_SPANS_READ * m["vol_span"] + 1 if m["position_sizing"] == "vol_target" else 1
+
+    def vol_scale(self, bars: bar_data.Bars, start: int, stop: int) -> np.ndarray:
+        """``(stop - start,)`` float32: the position per unit of signal at the bars ``[start,
+        stop)``, as the environment built on ``bars`` has it: 1 under ``fixed``; under
+        ``vol_target`` the environment's EWMA of squared log returns, run from
+        ``vol_history`` bars before ``start`` (from the first bar when the file is shorter:
+        then it is the environment's exactly), with the whole file's bar interval."""
+        m = self.modes
+        if m["position_sizing"] != "vol_target":
+            return np.ones(stop - start, np.float32)
+        first = max(0, start + 1 - self.vol_history)
+        log_returns = np.r_[0.0, np.diff(np.log(bars.close[first:stop]))]
+        interval = bars.interval_minutes
+        per_year = periods_per_year_for(interval if np.isfinite(interval) else 30.0)
+        spans = (m["vol_span"], m["target_vol"], m["max_leverage"], per_year)
+        return _vol_scale(log_returns, *spans)[start - first :].astype(np.float32)
+
+    def _holding(self, position: float | None, required: bool) -> float:
+        """The signal a decision starts from: ``position`` checked, else flat (an error when
+        ``required`` under ``delta``)."""
+        if position is None:
+            if required and self.delta:
+                raise PolicyError(
+                    "the model acts with env.action_mode delta: a decision moves the current "
+                    "holding, so pass --position P (position= in Python): the current holding "
+                    "before volatility sizing, in [-1, 1] (the previous decision's signal)"
+                )
+            return 0.0
+        value = float(position)
+        if not -1.0 <= value <= 1.0:  # also refuses nan
+            raise PolicyError(
+                f"--position {position}: the current holding must be in [-1, 1] (-1 short, 0 "
+                "flat, 1 long, before volatility sizing)"
+            )
+        return value
+
+    def _positioned(
+        self, out: Decision, bars: bar_data.Bars, start: int, holding: float
+    ) -> Decision:
+        """``out`` (decided at the consecutive bars from ``start``) with the environment's
+        signals and positions, the first moved from ``holding`` under ``delta``."""
+        signal = out.signal
+        if self.delta:
+            step = float(self.modes["delta_step"])
+            signal = np.asarray(_delta_signals(out.actions, np.float32(holding), step))
+        position = signal * self.vol_scale(bars, start, start + len(signal))
+        return out.replace(signal=signal, position=position)
+
     def normalised_features(self, bars: bar_data.Bars) -> np.ndarray:
         """``(len(bars), 13)`` normalised features of ``bars`` (rows before the warm-up are
         meaningless)."""
@@ -297,14 +422,24 @@ class Policy:
             )
         return jax.tree.map(np.asarray, self._decide(self.variables, windows))
 
-    def decide(self, bars: bar_data.Bars, at: Any = None, *, source: str = "bars") -> Decision:
+    def decide(
+        self,
+        bars: bar_data.Bars,
+        at: Any = None,
+        *,
+        position: float | None = None,
+        source: str = "bars",
+    ) -> Decision:
         """The decision at bar ``at`` (a timestamp; default the last bar), from the features of
-        only the ``history`` bars up to it. Returns a :class:`Decision` of one row."""
+        only the ``history`` bars up to it (and under ``vol_target`` the closes of the
+        ``vol_history`` bars). ``position``: the current holding, in [-1, 1] before sizing;
+        required under ``delta`` (ignored under ``target``). Returns one row."""
+        holding = self._holding(position, required=True)
         index = self.bar_at(bars, at, source)
         self._check_history(index, source)
         tail = bars[index + 1 - self.history : index + 1]
         windows = self.normalised_features(tail)[None, -self.window :]
-        out = self.decide_windows(windows)
+        out = self._positioned(self.decide_windows(windows), bars, index, holding)
         return out.replace(bar_index=np.array([index]), timestamp=bars.timestamp[index : index + 1])
 
     def decide_many(
@@ -313,10 +448,14 @@ class Policy:
         start: int | None = None,
         stop: int | None = None,
         *,
+        position: float | None = None,
         source: str = "bars",
     ) -> Decision:
         """Decisions at every bar ``t`` in ``[start, stop)`` (default: every bar with enough
-        history), batched; the features are computed once, from the bars the range needs."""
+        history), batched; the features are computed once, from the bars the range needs. The
+        positions follow each other as in an episode from ``start``: from ``position`` (the
+        holding before ``start``, in [-1, 1] before sizing), flat by default."""
+        holding = self._holding(position, required=False)
         stop = len(bars) if stop is None else stop
         start = self.history - 1 if start is None else start
         if not 0 <= start < stop <= len(bars):
@@ -332,6 +471,7 @@ class Policy:
             for a in range(0, len(rows), _CHUNK)
         ]
         out = jax.tree.map(lambda *xs: np.concatenate(xs)[: stop - start], *parts)
+        out = self._positioned(out, bars, start, holding)
         index = np.arange(start, stop)
         return out.replace(bar_index=index, timestamp=bars.timestamp[start:stop])
 

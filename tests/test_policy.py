@@ -6,6 +6,7 @@ bar) and one bar file serve every test.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import subprocess
@@ -16,8 +17,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import tiny_config
 from tiny_config import TINY
 
+from marl_jax import policy as policy_module
 from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, evaluate, market
@@ -28,6 +31,7 @@ from marl_jax.models.registry import abstract_variables
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.modeldir import save_models
 from marl_jax.run.report import greedy_policy
+from marl_jax.run.setup import env_modes
 
 ROOT = Path(__file__).resolve().parents[1]
 N_BARS = 1500
@@ -93,32 +97,95 @@ def policy(tiny) -> Policy:
     return Policy.load(str(tiny[0]))
 
 
-def test_deciding_at_every_test_bar_gives_exactly_the_evaluators_positions(tiny, policy):
-    _, _, bars, modules, variables, cfg = tiny
-    params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
-    # The training report's greedy policy (MAPPO.act) over the evaluator's observations.
+def with_modes(policy: Policy, **env) -> Policy:
+    """``policy`` acting under other env modes, as if its run config said so (the models do
+    not depend on the mode; the copy shares the compiled decision)."""
+    other = copy.copy(policy)
+    other.config = config_from_dict(tiny_config.tiny(env=env))
+    return other
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny):
+    """The training report's greedy policy (MAPPO.act) of the tiny models, compiled once."""
+    _, _, _, modules, variables, cfg = tiny
     params_, constants = {}, {}
     for name, v in variables.items():
         params_[name], constants[name] = split_variables(v)
     state = TrainState(params_, constants, None, None, None, None, None, None)
-    run = evaluate.run_policy(greedy_policy(MAPPO(cfg, modules), state), params)
-    assert len(np.unique(run.positions)) == 3  # the MMD actor's action varies
+    return greedy_policy(MAPPO(cfg, modules), state)
 
+
+MODES = {
+    "target-fixed": {},
+    "delta": {"action_mode": "delta", "delta_step": 0.5},
+    # A short span, so that the test bars' scale is read from a strict tail of the file.
+    "vol_target": {"position_sizing": "vol_target", "vol_span": 10},
+    "delta-vol_target": {"action_mode": "delta", "position_sizing": "vol_target", "vol_span": 10},
+}
+
+
+@pytest.mark.parametrize("modes", MODES.values(), ids=MODES.keys())
+def test_deciding_at_every_test_bar_gives_exactly_the_evaluators_positions(
+    tiny, policy, greedy, modes
+):
+    _, _, bars, modules, variables, _ = tiny
+    policy = with_modes(policy, **modes) if modes else policy
+    kw = env_modes(policy.config) if modes else {}
+    params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm, **kw)
+    # The evaluator: the environment's own positions for the greedy actions, from the file's
+    # first bar's EWMA under vol_target, from a flat start under delta.
+    run = evaluate.run_policy(greedy, params)
+    assert len(np.unique(run.positions)) >= 3  # the MMD actor's action varies
     lo, last = int(params.start_lo), int(params.last_bar)
+    if "vol_span" in modes:
+        scale = np.asarray(params.vol_scale)[lo:last]
+        assert policy.vol_history < lo and np.ptp(scale) > 0.1 and scale.max() < 2.0
+
     many = policy.decide_many(bars, lo, last)
     assert np.array_equal(many.position, run.positions)
     assert np.array_equal(many.bar_index, run.bar_index)
+    holding = 0.0  # the episode's flat start; then each decision's signal
     for i, t in enumerate(run.bar_index):
-        one = policy.decide(bars, bars.timestamp[t])
+        one = policy.decide(bars, bars.timestamp[t], position=holding)
         assert one.bar_index[0] == t
         assert np.array_equal(one.actions[0], many.actions[i])
-        assert one.position[0] == run.positions[i]
+        assert one.position[0] == run.positions[i], (i, t)
         np.testing.assert_allclose(one.probs[0], many.probs[i], atol=1e-6)
+        holding = float(one.signal[0])
     # The critic reads the environment's critic observation (the window's mean).
     obs = market.observations(params, run.bar_index)
     value = modules["critic"].apply(variables["critic"], obs["critic"])["value"]
     np.testing.assert_allclose(many.value, value, atol=1e-5)
     np.testing.assert_allclose(many.probs.sum(-1), 1.0, atol=1e-6)
+    if "action_mode" in modes:  # the path starts from a given holding instead of flat
+        assert many.position[0] != policy.decide_many(bars, lo, last, position=1.0).position[0]
+
+
+def test_the_volatility_scale_reads_only_its_tail(policy, tiny, monkeypatch):
+    """Under vol_target a decision reads ``max(history, vol_history)`` bars: older prices do
+    not change it, and a shorter tail than ``VOL_SPANS_READ`` spans would miss the
+    environment's scale."""
+    bars = tiny[2]
+    vol = with_modes(policy, position_sizing="vol_target", vol_span=10)
+    params = market.make_env_params(
+        bars, "test", window=vol.window, norm=vol.norm, **env_modes(vol.config)
+    )
+    t = len(bars) - 2
+    read = max(vol.history, vol.vol_history)
+    assert vol.vol_history == 201 and vol.vol_scale(bars, t, t + 1)[0] == params.vol_scale[t]
+    cut = len(bars) - read
+    wobble = 1.0 + 0.3 * np.sin(np.arange(cut))  # other returns before the tail
+    damaged = data.Bars(
+        timestamp=bars.timestamp,
+        **{
+            k: np.r_[getattr(bars, k)[:cut] * wobble, getattr(bars, k)[cut:]]
+            for k in ("open", "high", "low", "close", "volume")
+        },
+    )
+    assert vol.decide(damaged).row(0) == vol.decide(bars).row(0)
+    monkeypatch.setattr(policy_module, "VOL_SPANS_READ", 1)
+    assert vol.vol_scale(bars, t, t + 1)[0] != params.vol_scale[t]
 
 
 def test_a_decision_reads_only_the_tail_of_the_history(policy, tiny):
@@ -204,6 +271,8 @@ def test_decide_cli_prints_a_table_and_json(tiny, policy, capsys):
     expected = policy.decide(bars, bars.timestamp[t]).row(0)
     assert row["bar_index"] == t and row["timestamp"] == stamp
     assert row["agents"] == expected["agents"] and row["position"] == expected["position"]
+    defaults = {"action_mode": "target", "position_sizing": "fixed"}
+    assert row["env"] == {**defaults, "from": "defaults (no run config)"}
     assert main(["--model", str(model_dir), "--data", str(bar_file)]) == 0
     table = capsys.readouterr().out
     last = policy.decide(bars).row(0)
@@ -211,6 +280,36 @@ def test_decide_cli_prints_a_table_and_json(tiny, policy, capsys):
     for name in AGENT_NAMES:
         assert f"{name} " in table and last["agents"][name]["action_name"] in table
     assert f"{last['position']:+.4f}" in table
+    assert "env.action_mode target" in table and "the model has no run config" in table
+
+
+def test_decide_under_delta_moves_the_given_position_and_needs_it(
+    tiny, policy, monkeypatch, capsys
+):
+    from marl_jax.decide import main
+
+    model_dir, bar_file, bars = tiny[:3]
+    delta = with_modes(policy, action_mode="delta", delta_step=0.5)
+    monkeypatch.setattr(Policy, "load", classmethod(lambda cls, source, norm_from=None: delta))
+    args = ["--model", str(model_dir), "--data", str(bar_file)]
+    for extra, message in (
+        ([], "env.action_mode delta: a decision moves the current holding, so pass --position P"),
+        (["--position", "1.5"], "--position 1.5: the current holding must be in [-1, 1]"),
+        (["--position", "nan"], "--position nan: the current holding must be in [-1, 1]"),
+    ):
+        assert main([*args, *extra]) == 2, extra
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    with pytest.raises(PolicyError, match="pass --position P"):
+        delta.decide(bars)
+    assert main([*args, "--position", "-0.5", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["env"] == {"action_mode": "delta", "position_sizing": "fixed", "from": "run config"}
+    vote = np.mean([a["action"] - 1 for a in row["agents"].values()])
+    assert row["position"] == row["signal"] == pytest.approx(np.clip(-0.5 + 0.5 * vote, -1, 1))
+    assert row["position"] == delta.decide(bars, position=-0.5).row(0)["position"]
+    assert main([*args, "--position", "0.25"]) == 0
+    assert "env.action_mode delta (step 0.5)" in capsys.readouterr().out
 
 
 def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path, capsys):

@@ -448,15 +448,15 @@ def trade_returns(position, previous, params: EnvParams, t) -> tuple[jax.Array, 
     return pnl, cost
 
 
-def positions_from_actions(actions, params: EnvParams, bars) -> jax.Array:
+def positions_from_actions(actions, params: EnvParams, bars, signal=0.0) -> jax.Array:
     """The environment's positions ``(N,)`` for actions ``(N, 3)`` taken at the consecutive
-    bars ``bars`` ``(N,)``, starting from a flat position (as an episode does)."""
+    bars ``bars`` ``(N,)``, starting from the signal ``signal`` (flat, as an episode does)."""
 
     def one(signal, a):
         signal = next_signal(signal, a, params)
         return signal, signal
 
-    _, signals = jax.lax.scan(one, jnp.zeros((), jnp.float32), jnp.asarray(actions))
+    _, signals = jax.lax.scan(one, jnp.asarray(signal, jnp.float32), jnp.asarray(actions))
     return signals * params.vol_scale[jnp.asarray(bars)]
 
 
