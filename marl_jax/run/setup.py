@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,24 +87,49 @@ def env_modes(cfg: Config) -> dict[str, Any]:
 
 
 def env_params_for(
-    cfg: Config, bars: bar_data.Bars, split: str, norm: FeatureNorm | None
+    cfg: Config,
+    bars: bar_data.Bars,
+    split: str,
+    norm: FeatureNorm | None,
+    *,
+    bounds: tuple[int, int] | None = None,
+    features: np.ndarray | None = None,
+    return_stats: tuple[float, float] | None = None,
+    window: int | None = None,
+    cost_bps: float | None = None,
+    split_fractions: Sequence[float] | None = None,
+    where: str | None = None,
+    error: Callable[[str], Exception] = RunError,
 ) -> market.EnvParams:
-    """The environment of one split; ``norm=None`` fits it on the training split."""
-    where = cfg.env.data_path or f"synthetic market ({cfg.env.synthetic_n_bars} bars)"
+    """The environment of one split as the config builds it: the one place every run,
+    report, sweep, walk-forward fold and backtest builds one. ``norm=None`` fits it on the
+    training split.
+
+    The keywords go to :func:`marl_jax.env.market.make_env_params`: ``bounds`` (a bar range
+    instead of ``split``; ``norm=None`` fits on it), ``features`` (precomputed raw features),
+    ``return_stats``, and ``window``, ``cost_bps``, ``split_fractions`` overriding the
+    config's. A bad split raises ``error("WHERE: ...")``, ``where`` defaulting to the
+    config's data.
+    """
+    env = cfg.env
     try:
         return market.make_env_params(
             bars,
             split,
-            episode_len=cfg.env.episode_len,
-            cost_bps=cfg.env.cost_bps,
-            window=cfg.env.window,
+            episode_len=env.episode_len,
+            cost_bps=env.cost_bps if cost_bps is None else cost_bps,
+            window=env.window if window is None else window,
             norm=norm,
-            split_fractions=cfg.env.split_fractions,
-            norm_clip=cfg.env.norm_clip,
+            split_fractions=env.split_fractions if split_fractions is None else split_fractions,
+            features=features,
+            norm_clip=env.norm_clip,
+            return_stats=return_stats,
+            bounds=bounds,
             **env_modes(cfg),
         )
     except ValueError as err:
-        raise RunError(f"{where}: {err}") from None
+        where = where or env.data_path or f"synthetic market ({env.synthetic_n_bars} bars)"
+        raise error(f"{where}: {err}") from None
 
 
 def load_init(spec: str) -> tuple[dict[str, dict], dict[str, dict], str]:

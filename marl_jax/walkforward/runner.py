@@ -35,7 +35,7 @@ from marl_jax.run.files import atomic_write_text, atomic_write_with
 from marl_jax.run.metrics import read_metrics_log
 from marl_jax.run.plots import plot_learning_curve
 from marl_jax.run.rundir import RunDir, RunError, RunLock
-from marl_jax.run.setup import Run, env_modes
+from marl_jax.run.setup import Run, env_params_for
 from marl_jax.run.steps import restore_state
 from marl_jax.walkforward.folds import Fold, WalkForwardError
 
@@ -71,26 +71,6 @@ class FoldEnvs:
     norm: FeatureNorm
 
 
-def _env_params(
-    cfg: Config, bars, bounds, norm, features=None, return_stats=None
-) -> market.EnvParams:
-    """The one place a fold's environment is built from the config (``norm=None`` fits it on
-    ``bounds``; ``return_stats=None`` takes the excess reward's statistics from ``bounds``)."""
-    env = cfg.env
-    return market.make_env_params(
-        bars,
-        episode_len=env.episode_len,
-        cost_bps=env.cost_bps,
-        window=env.window,
-        norm=norm,
-        features=features,
-        norm_clip=env.norm_clip,
-        bounds=bounds,
-        return_stats=return_stats,
-        **env_modes(cfg),
-    )
-
-
 def _padded(params: market.EnvParams, n: int) -> market.EnvParams:
     """``params`` with every per-bar array padded with zeros to ``n`` bars."""
     t = params.features.shape[0]
@@ -108,11 +88,17 @@ def fold_envs(cfg: Config, bars: bar_data.Bars, fold: Fold) -> FoldEnvs:
     n = len(bars)
     seen = bars[: fold.val[1]]
     raw = compute_features(seen)
-    train = _env_params(cfg, seen, fold.train, None, raw)
+    # norm=None fits on the bounds; return_stats=None takes the reward's from the bounds.
+    where = {"where": f"fold {fold.index}", "error": WalkForwardError}
+    train = env_params_for(cfg, seen, "train", None, bounds=fold.train, features=raw, **where)
     norm = market.get_normalisation(train)
     stats = market.get_return_stats(train)  # the train span's, as for norm
-    val = _env_params(cfg, seen, fold.val, norm, raw, stats)
-    test = _env_params(cfg, bars[: fold.test[1]], fold.test, norm, return_stats=stats)
+    val = env_params_for(
+        cfg, seen, "val", norm, bounds=fold.val, features=raw, return_stats=stats, **where
+    )
+    test = env_params_for(
+        cfg, bars[: fold.test[1]], "test", norm, bounds=fold.test, return_stats=stats, **where
+    )
     return FoldEnvs(_padded(train, n), _padded(val, n), _padded(test, n), norm)
 
 
@@ -203,10 +189,7 @@ def run_fold(
     done = load_fold(root)
     if done is not None:
         return done
-    try:
-        envs = fold_envs(cfg, bars, fold)
-    except ValueError as err:
-        raise WalkForwardError(f"fold {fold.index}: {err}") from None
+    envs = fold_envs(cfg, bars, fold)  # a WalkForwardError "fold K: ..." when it cannot
     run, state = train_fold(cfg, root, envs, bars[: fold.val[1]], progress=progress)
     try:
         policy_of = _greedy(run.algo)
