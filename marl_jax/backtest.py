@@ -1,7 +1,9 @@
 """``python -m marl_jax.backtest``: any model on any bar file, with the training run's report.
 
 Writes ``report.json`` and ``equity_curve.png`` into ``--out`` and prints the table of the
-policy (greedy) against the baselines; the work is done by :mod:`marl_jax.run.backtest`.
+policy (greedy) against the baselines, ``linear`` among them when there are bars to fit it on
+before the evaluated ones (else a one-line note says why not); the work is done by
+:mod:`marl_jax.run.backtest`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("test", "all"),
         default="test",
         help="the test split (by the run's fractions, else 70/15/15) or every bar after the "
-        "warm-up (default: test)",
+        "warm-up (default: test); the linear baseline is fitted on the train split, or under "
+        "all on the bars before --from",
     )
     p.add_argument("--from", dest="start", metavar="T0", help="first bar's timestamp")
     p.add_argument("--to", dest="end", metavar="T1", help="last bar's timestamp")
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report, curves = backtest(policy, bars, spec, source=args.data)
         out = write_backtest(report, curves, args.out)
         print(format_report(report))
+        if report["linear"] is None:
+            print(f"linear baseline left out: {report['linear_left_out']}")
         first, last, count = (report["bars"][k] for k in ("first", "last", "count"))
         print(f"{count} bars from {first} to {last}; report in {out}")
 

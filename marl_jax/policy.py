@@ -328,11 +328,16 @@ class Policy:
     # ------------------------------------------------------------------ the environment's position
 
     @property
+    def run_config(self) -> Config:
+        """The model's run config, else the default config (a model without one acts with
+        its environment settings: ``target``, ``fixed``, 1 bp, 70/15/15 splits)."""
+        return self.config or _DEFAULTS
+
+    @property
     def modes(self) -> dict[str, Any]:
         """The environment keywords that turn actions into a position (``env.action_mode``,
-        ``env.position_sizing`` and their parameters): the run config's, else the defaults
-        (``target`` and ``fixed``)."""
-        return env_modes(self.config or _DEFAULTS)
+        ``env.position_sizing`` and their parameters) of :attr:`run_config`."""
+        return env_modes(self.run_config)
 
     def describe_modes(self) -> str:
         """The modes in words, and where they come from."""

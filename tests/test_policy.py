@@ -29,6 +29,7 @@ from marl_jax.mappo import MAPPO, TrainState, build_modules, split_variables
 from marl_jax.models.components import sinusoidal_table
 from marl_jax.models.registry import abstract_variables
 from marl_jax.policy import Policy, PolicyError
+from marl_jax.run.backtest import LINEAR_MIN_FIT
 from marl_jax.run.modeldir import save_models
 from marl_jax.run.report import greedy_policy
 from marl_jax.run.setup import env_modes
@@ -322,17 +323,26 @@ def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert (out / "equity_curve.png").stat().st_size > 0
     params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
-    metrics, baselines, _ = evaluate.evaluate_split(policy.policy_fn(), params)
+    # The training report's linear baseline: fitted on the train split.
+    train = market.make_env_params(bars, "train", window=policy.window, norm=policy.norm)
+    linear = evaluate.LinearBaseline.fit(train)
+    metrics, baselines, _ = evaluate.evaluate_split(policy.policy_fn(), params, linear=linear)
     for k, v in report["policy"].items():
         assert v == pytest.approx(metrics[k], abs=1e-12), k
-    assert set(report["baselines"]) == set(baselines)
+    assert set(report["baselines"]) == set(baselines) == set(evaluate.BASELINES)
+    for k, v in report["baselines"]["linear"].items():
+        assert v == pytest.approx(baselines["linear"][k], abs=1e-12), k
+    assert report["linear"]["on"] == "the train split"
+    assert report["linear"]["count"] == int(train.last_bar) - int(train.start_lo)
     assert "policy (greedy)" in printed and all(name in printed for name in baselines)
+    assert "left out" not in printed
     assert report["bars"]["count"] == int(params.last_bar) - int(params.start_lo)
 
     # --cost-bps acts; --split all and --from/--to choose the bars.
     t0, t1 = (str(np.datetime_as_string(bars.timestamp[i], unit="s")) for i in (400, 700))
     args = ["--model", str(model_dir), "--data", str(bar_file), "--split", "all"]
     assert main([*args, "--out", str(tmp_path / "a"), "--cost-bps", "50"]) == 0
+    printed = capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "b"), "--from", t0, "--to", t1]) == 0
     capsys.readouterr()
     a = json.loads((tmp_path / "a" / "report.json").read_text())
@@ -340,6 +350,15 @@ def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path
     assert a["cost_bps"] == 50 and a["bars"]["count"] == len(bars) - policy.history
     assert a["policy"]["total_log_return"] < report["policy"]["total_log_return"] - 1e-3
     assert (b["bars"]["first"], b["bars"]["count"]) == (t0, 300)
+    # --split all: the linear baseline is fitted on the bars before the range, if enough.
+    need = policy.history + LINEAR_MIN_FIT
+    assert a["linear"] is None and "linear" not in a["baselines"]
+    why = f"the bars before the evaluated range holds {policy.history - 1} bars; fitting it needs"
+    assert a["linear_left_out"].startswith(f"{why} {need}")
+    note = [line for line in printed.splitlines() if "linear" in line]
+    assert note == [f"linear baseline left out: {a['linear_left_out']}"]
+    assert "linear" in b["baselines"] and b["linear"]["count"] == 400 - policy.history
+    assert b["linear"]["last"] == str(np.datetime_as_string(bars.timestamp[398], unit="s"))
 
 
 @pytest.mark.slow

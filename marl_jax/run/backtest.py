@@ -2,7 +2,16 @@
 
 The evaluation is the training report's (:func:`marl_jax.env.evaluate.evaluate_split`, the
 same baselines and metrics); the outputs are those of a run's end: ``report.json``,
-``equity_curve.png`` and the printed table (:func:`marl_jax.run.report.format_report`).
+``equity_curve.png`` and the printed table (:func:`marl_jax.run.report.format_report`). The
+environment is the model's run config's (:func:`marl_jax.run.setup.env_params_for`; the
+defaults for a model without one) with the model's window and normalisation.
+
+The ``linear`` baseline is fitted on bars before the evaluated ones, with the model's
+normalisation: on the file's train split (the run's fractions, else 70/15/15) under ``--split
+test``; under ``--split all`` on the bars before the evaluated range, when there are at least
+``history + LINEAR_MIN_FIT`` of them (the warm-up and window, then ``LINEAR_MIN_FIT`` bars to
+fit on). Otherwise it is left out: ``report["linear"]`` is None and
+``report["linear_left_out"]`` says why.
 """
 
 from __future__ import annotations
@@ -16,18 +25,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from marl_jax.env import evaluate, market
-from marl_jax.env.data import Bars
-from marl_jax.env.market import DEFAULT_FRACTIONS
+from marl_jax.env.data import Bars, split_bounds
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
 from marl_jax.run.report import REPORT_METRICS
 from marl_jax.run.rundir import EQUITY_CURVE, REPORT
-from marl_jax.run.setup import env_modes
+from marl_jax.run.setup import env_params_for
 
-__all__ = ["BacktestSpec", "backtest", "write_backtest"]
+__all__ = ["LINEAR_MIN_FIT", "BacktestSpec", "backtest", "write_backtest"]
 
 SPLITS = ("test", "all")
+# Bars the linear baseline is fitted at, at least (a ridge regression of 13 weights and an
+# intercept), after the bars of the features' warm-up and the window.
+LINEAR_MIN_FIT = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,26 +60,25 @@ def _stamp(value: str, flag: str) -> np.datetime64:
 
 
 def _env_params(policy: Policy, bars: Bars, spec: BacktestSpec, source: str) -> market.EnvParams:
-    cfg = policy.config
+    cfg = policy.run_config
     if spec.split not in SPLITS:
         raise PolicyError(f"--split {spec.split}: expected one of {', '.join(SPLITS)}")
-    cost = spec.cost_bps if spec.cost_bps is not None else (cfg.env.cost_bps if cfg else 1.0)
+    cost = spec.cost_bps if spec.cost_bps is not None else cfg.env.cost_bps
     if cost < 0:
         raise PolicyError(f"--cost-bps {cost}: a cost cannot be negative")
-    fractions = cfg.env.split_fractions if cfg else DEFAULT_FRACTIONS
+    fractions = cfg.env.split_fractions
     split, fractions = ("test", fractions) if spec.split == "test" else ("train", (1.0, 0.0, 0.0))
-    try:
-        params = market.make_env_params(
-            bars,
-            split,
-            window=policy.window,
-            norm=policy.norm,
-            cost_bps=cost,
-            split_fractions=fractions,
-            **(env_modes(cfg) if cfg else {}),
-        )
-    except ValueError as err:
-        raise PolicyError(f"{source}: {err}") from None
+    params = env_params_for(
+        cfg,
+        bars,
+        split,
+        policy.norm,
+        window=policy.window,
+        cost_bps=cost,
+        split_fractions=fractions,
+        where=source,
+        error=PolicyError,
+    )
     lo, last = int(params.start_lo), int(params.last_bar)
     if spec.start is not None:
         lo = max(lo, int(np.searchsorted(bars.timestamp, _stamp(spec.start, "--from"))))
@@ -88,14 +98,47 @@ def _env_params(policy: Policy, bars: Bars, spec: BacktestSpec, source: str) -> 
     )
 
 
+def _stamp_of(bars: Bars, t: int) -> str:
+    return str(np.datetime_as_string(bars.timestamp[t], unit="s"))
+
+
+def _linear(
+    policy: Policy, bars: Bars, spec: BacktestSpec, params: market.EnvParams, source: str
+) -> tuple[evaluate.LinearBaseline | None, dict[str, Any]]:
+    """The linear baseline fitted before the evaluated bars (see the module docstring), and
+    the report's entries on it."""
+    cfg = policy.run_config
+    lo = int(params.start_lo)
+    if spec.split == "test":
+        stop = split_bounds(len(bars), cfg.env.split_fractions)["train"][1]
+        where = "the train split"
+    else:
+        stop, where = lo, "the bars before the evaluated range"
+    need = policy.history + LINEAR_MIN_FIT
+    if stop < need:
+        why = (
+            f"{where} holds {stop} bars; fitting it needs {need} (the features' warm-up and the "
+            f"window, {policy.history}, then {LINEAR_MIN_FIT} to fit at): use --split test or "
+            "a later --from"
+        )
+        return None, {"linear": None, "linear_left_out": why}
+    bounds = (0, stop)
+    train = env_params_for(
+        cfg, bars, "train", policy.norm, bounds=bounds, window=policy.window, where=source
+    )
+    first, last = int(train.start_lo), int(train.last_bar)
+    fitted = {"on": where, "first": _stamp_of(bars, first), "last": _stamp_of(bars, last - 1)}
+    return evaluate.LinearBaseline.fit(train), {"linear": {**fitted, "count": last - first}}
+
+
 def backtest(
     policy: Policy, bars: Bars, spec: BacktestSpec = BacktestSpec(), *, source: str = "bars"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(report, equity curves)`` of the policy (greedy) and the baselines over ``spec``."""
     params = _env_params(policy, bars, spec, source)
-    seed = policy.config.seed if policy.config else 0
+    linear, linear_entries = _linear(policy, bars, spec, params, source)
     policy_metrics, baselines, curves = evaluate.evaluate_split(
-        policy.policy_fn(), params, seed=seed, batch_size=2048
+        policy.policy_fn(), params, seed=policy.run_config.seed, batch_size=2048, linear=linear
     )
     lo, last = int(params.start_lo), int(params.last_bar)
     report = {
@@ -103,14 +146,15 @@ def backtest(
         "model": policy.description,
         "data": source,
         "bars": {
-            "first": str(np.datetime_as_string(bars.timestamp[lo], unit="s")),
-            "last": str(np.datetime_as_string(bars.timestamp[last - 1], unit="s")),
+            "first": _stamp_of(bars, lo),
+            "last": _stamp_of(bars, last - 1),
             "count": last - lo,
         },
         "cost_bps": params.cost_bps,
         "interval_minutes": params.interval_minutes,
         "policy": {k: policy_metrics[k] for k in REPORT_METRICS},
         "baselines": {name: {k: m[k] for k in REPORT_METRICS} for name, m in baselines.items()},
+        **linear_entries,
         "normalisation": policy.norm.to_dict(),
     }
     return report, curves
