@@ -85,7 +85,7 @@ ACTION_NAMES = ("bearish", "neutral", "bullish")
 _CHUNK = 1024
 # Under env.position_sizing vol_target a decision reads the closes of this many EWMA spans of
 # returns before the bar: the weight the environment's EWMA (from the file's first bar) puts on
-# older returns is (1 - 2 / (span + 1)) ** (20 * span) <= 1e-17 (span >= 2; span 1 reads the
+# older returns is (1 - 2 / (span + 1)) ** (20 * span) <= 1e-17 (span >= 2; span 1 weighs the
 # last return only), far below float32 rounding.
 VOL_SPANS_READ = 20
 _DEFAULTS = Config()  # a model without a run config acts with the default env modes
