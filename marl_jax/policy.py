@@ -60,10 +60,10 @@ from marl_jax.env.features import (
     compute_features,
 )
 from marl_jax.env.market import (
-    _vol_scale,
     combined_vote,
     periods_per_year_for,
     positions_from_actions,
+    vol_scale,
 )
 from marl_jax.errors import MarlJaxError
 from marl_jax.models.registry import module_config
@@ -377,7 +377,7 @@ class Policy:
         interval = bars.interval_minutes
         per_year = periods_per_year_for(interval if np.isfinite(interval) else 30.0)
         spans = (m["vol_span"], m["target_vol"], m["max_leverage"], per_year)
-        return _vol_scale(log_returns, *spans)[start - first :].astype(np.float32)
+        return vol_scale(log_returns, *spans)[start - first :].astype(np.float32)
 
     def _holding(self, position: float | None, required: bool) -> float:
         """The signal a decision starts from: ``position`` checked, else flat (an error when

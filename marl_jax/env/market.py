@@ -248,7 +248,7 @@ def _episode_range(
     return lo, hi, s1 - 1
 
 
-def _vol_scale(
+def vol_scale(
     log_returns: np.ndarray, span: int, target_vol: float, max_leverage: float, per_year: float
 ) -> np.ndarray:
     """``min(target_vol / sigma_t, max_leverage)`` per bar: ``sigma_t`` is the annualised
@@ -327,7 +327,7 @@ def make_env_params(
     interval = float(interval) if np.isfinite(interval) else 30.0
     if position_sizing == "vol_target":
         per_year = periods_per_year_for(interval)
-        scale = _vol_scale(log_returns, vol_span, target_vol, max_leverage, per_year)
+        scale = vol_scale(log_returns, vol_span, target_vol, max_leverage, per_year)
     else:
         scale = np.ones(n)
     return EnvParams(
