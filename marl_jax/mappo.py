@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from jax.flatten_util import ravel_pytree
 
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, TrainingConfig
@@ -168,7 +169,12 @@ def build_modules(config: Config) -> dict[str, nn.Module]:
 
 def make_optimizer(training: TrainingConfig, num_updates: int) -> optax.GradientTransformation:
     """One model's optimizer: clip its gradient's global norm, Adam with an injected learning
-    rate (set per model at init), and the linear anneal when ``anneal_lr``."""
+    rate (set per model at init), and the linear anneal when ``anneal_lr``.
+
+    It works on the parameters raveled into one vector (``optax.flatten``): the update then
+    compiles to a few kernels rather than a few per weight, most of a small model's compile
+    time on a CPU. The arithmetic is elementwise, so only the norm's order of summation
+    differs from the per-weight form."""
     parts = [
         optax.clip_by_global_norm(training.max_grad_norm),
         optax.inject_hyperparams(optax.adam)(learning_rate=1.0, eps=training.adam_eps),
@@ -176,7 +182,7 @@ def make_optimizer(training: TrainingConfig, num_updates: int) -> optax.Gradient
     if training.anneal_lr:
         steps = num_updates * training.update_epochs * training.num_minibatches
         parts.append(optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, steps)))
-    return optax.chain(*parts)
+    return optax.flatten(optax.chain(*parts))
 
 
 def learning_rates(hparams: HyperParams) -> dict[str, Array]:
@@ -438,7 +444,8 @@ class MAPPO:
             )
             new_params, new_opt = {}, {}
             for name in MODEL_NAMES:
-                metrics[f"{name}/grad_norm"] = optax.tree.norm(grads[name])
+                # Of the raveled gradient, as the clip sees it: one reduction, not one per weight.
+                metrics[f"{name}/grad_norm"] = jnp.linalg.norm(ravel_pytree(grads[name])[0])
                 updates, new_opt[name] = self.tx.update(grads[name], opt_state[name], params[name])
                 new_params[name] = optax.apply_updates(params[name], updates)
             return (new_params, new_opt), metrics

@@ -950,3 +950,18 @@ def test_fused_bidirectional_lstm_matches_the_two_directions():
     whole = module.apply(params, x)  # the separate recurrences
     few = module.apply(params, x[:limit])  # both directions in one scan
     np.testing.assert_allclose(np.asarray(few), np.asarray(whole[:limit]), rtol=1e-5, atol=1e-6)
+
+
+def test_each_weight_draws_its_own_values(fresh_variables):
+    """One draw serves all of a model's random weights (``init_variables``); no two weights may
+    share a slice of it: their first 32 signs (those of the shared U[0, 1) draws minus 1/2,
+    whatever each weight's bound) all differ."""
+    module = build_module("nwrqk", FRESH_CONFIGS["nwrqk"])  # compiled for the tests above
+    params = fresh_variables(module, FRESH_SEED)["params"]
+    signs = {
+        path: tuple(np.asarray(leaf).ravel()[:32] > 0)
+        for path, leaf in leaves_with_paths(params)
+        if (path.endswith("kernel") or re.search(r"_(ih|hh)_l\d", path)) and leaf.size >= 32
+    }
+    assert len(signs) > 10
+    assert len(set(signs.values())) == len(signs)

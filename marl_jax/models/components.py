@@ -17,8 +17,11 @@ backend choice) live in :mod:`marl_jax.models.recurrences`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,11 +41,51 @@ NORM_EPS = 1e-5
 Array = jax.Array
 
 
+class UniformSource:
+    """U[0, 1) draws that the :func:`uniform_init` initialisers take in turn, inside
+    :func:`uniform_source`; ``draws=None`` only counts how many they take.
+
+    One draw for all of a model's weights compiles one random-bits kernel instead of one per
+    weight: on a CPU that is most of an initialiser's compile time (seconds per model).
+    """
+
+    def __init__(self, draws: Array | None = None):
+        self.draws = draws
+        self.taken = 0
+
+    def take(self, shape: Sequence[int], dtype: Any) -> Array:
+        size = math.prod(shape)
+        start, self.taken = self.taken, self.taken + size
+        if self.draws is None:
+            return jnp.zeros(shape, dtype)
+        return self.draws[start : start + size].reshape(shape).astype(dtype)
+
+
+_UNIFORM_SOURCE: contextvars.ContextVar[UniformSource | None] = contextvars.ContextVar(
+    "uniform_source", default=None
+)
+
+
+@contextlib.contextmanager
+def uniform_source(source: UniformSource) -> Iterator[UniformSource]:
+    """Within the block, :func:`uniform_init` initialisers read ``source`` instead of their key."""
+    token = _UNIFORM_SOURCE.set(source)
+    try:
+        yield source
+    finally:
+        _UNIFORM_SOURCE.reset(token)
+
+
 def uniform_init(bound: float) -> Callable:
     """Initialiser for U(-bound, bound), PyTorch's default for linear, conv and RNN weights."""
 
     def init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        source = _UNIFORM_SOURCE.get()
+        if source is None:
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        # jax.random.uniform's own affine map and clamp, on the shared draws.
+        u = source.take(shape, dtype)
+        return jnp.maximum(-bound, u * (2 * bound) - bound)
 
     return init
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from marl_jax.agents import FIXED_BY, MODEL_NAMES, fixed_sizes
 from marl_jax.models.actors import ACTOR_CLASSES, StrategicActor
+from marl_jax.models.components import UniformSource, uniform_source
 from marl_jax.models.critic import CentralizedCritic
 
 if TYPE_CHECKING:
@@ -74,7 +75,12 @@ def example_input(module: nn.Module, batch: int = 1) -> jax.Array:
 
 def _init(module: nn.Module, key: jax.Array) -> dict:
     kwargs = {"deterministic": True} if isinstance(module, StrategicActor) else {}
-    return module.init({"params": key}, example_input(module), **kwargs)
+    x = example_input(module)
+    counter = UniformSource()
+    with uniform_source(counter):
+        jax.eval_shape(lambda k: module.init({"params": k}, x, **kwargs), key)
+    with uniform_source(UniformSource(jax.random.uniform(key, (counter.taken,)))):
+        return module.init({"params": key}, x, **kwargs)
 
 
 _jitted_init = jax.jit(_init, static_argnums=0)
