@@ -370,17 +370,34 @@ def _bad_input(kind: str, tmp_path: Path, run_dir) -> str:
         ("to-pt", "unknown-step"),
     ],
 )
-def test_bad_input_gives_one_line_error_and_writes_nothing(tmp_path, run_dir, command, kind):
+def test_bad_input_gives_one_line_error_and_writes_nothing(
+    tmp_path, run_dir, command, kind, capsys
+):
+    """In this process (``bridge.__main__.main``, the command line's own entry point); the
+    test below checks the exit status of the real command line once."""
+    from bridge.__main__ import main
+
     bad = _bad_input(kind, tmp_path, run_dir)
     output = tmp_path / "out" / ("models" if command == "to-orbax" else "out.pt")
     args = [command, bad] + ([output] if command in ("to-orbax", "to-pt") else [])
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_cli(*args)
-    assert result.returncode == 2, f"{result.stdout}\n{result.stderr}"
-    message = result.stderr.strip()
-    assert message.startswith("error: ") and "\n" not in message, result.stderr
-    assert "Traceback" not in result.stderr
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 2, f"{out}\n{err}"
+    message = err.strip()
+    assert message.startswith("error: ") and "\n" not in message, err
+    assert "Traceback" not in err
     assert bad in message or Path(bad).name in message, message
     assert not output.exists()
     assert not (tmp_path / "pwned").exists()  # the pickled code did not run
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing else written
+
+
+def test_a_bad_input_exits_2_from_the_command_line(tmp_path, run_dir):
+    bad = _bad_input("code", tmp_path, run_dir)
+    result = run_cli("to-orbax", bad, tmp_path / "out" / "models")
+    assert result.returncode == 2, f"{result.stdout}\n{result.stderr}"
+    message = result.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, result.stderr
+    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "out").exists()
