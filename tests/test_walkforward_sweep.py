@@ -150,6 +150,31 @@ def test_resume_skips_finished_folds_and_continues_the_sweep(walk, capsys):
     assert "drop --sweep" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_pbt_sweep_exploits_during_training_then_chooses_on_validation(tmp_path):
+    """One fold, 2 PBT members, a round after update 1: the worse member copies the better
+    and perturbs its learning rate (recorded in its lineage); the choice is on validation."""
+    pbt = {
+        "strategy": "pbt",
+        "random": {"training.actor_lr": {"log_uniform": [1.0e-3, 3.0e-2]}},
+        "samples": 2,
+        "pbt": {"interval": 1, "quantile": 0.5, "resample_prob": 0.0},
+    }
+    data = _write_bars(tmp_path / "a.csv", synthetic_bars(1500, seed=0))
+    args = _args(
+        _config(tmp_path), data, tmp_path / "wf", "--sweep", _sweep_file(tmp_path / "s.yaml", pbt)
+    )
+    args[args.index("--folds") + 1] = "1"
+    assert main(args) == 0
+    sel = _report(tmp_path / "wf")["folds"][0]["selection"]
+    copier = [m for m in sel["members"] if m["lineage"]]
+    assert len(copier) == 1 and copier[0]["lineage"][0]["step"] == 1
+    lr = copier[0]["hparams"]["actor_lr"]
+    assert lr != pytest.approx(copier[0]["values"]["training.actor_lr"], rel=1e-6)
+    scores = [m["validation"]["total_log_return"] for m in sel["members"]]
+    assert sel["member"] == int(np.argmax(scores)) and sel["n_trials"] == 2
+
+
 @pytest.mark.parametrize(
     ("sweep", "match"),
     [

@@ -169,6 +169,7 @@ def _score_members(
                 "values": {k: plain(v) for k, v in member.values.items()},
                 "hparams": {k: float(np.asarray(getattr(hp, k))[pos]) for k in HPARAM_NAMES},
                 "status": "failed" if member.index in result.failed else "ok",
+                "lineage": result.lineage.of(member.index),  # PBT's copies (empty otherwise)
             }
             if row["status"] == "ok":
                 val = evaluate.run_policy(
