@@ -95,12 +95,16 @@ class GroupTrainer:
         options: SweepOptions,
         bars: Any,
         metrics_path: Path,
+        train_params: market.EnvParams | None = None,
     ):
         self.index, self.group, self.spec, self.options = index, group, spec, options
         self.cfg = group.config
         self.members = group.members
         self.metrics_path = metrics_path
-        self.train_params = env_params_for(self.cfg, bars, "train", None)
+        # A walk-forward fold passes its own train environment (its span, its normalisation).
+        if train_params is None:
+            train_params = env_params_for(self.cfg, bars, "train", None)
+        self.train_params = train_params
         self.mesh = member_mesh(options.devices)
         self.dir = options.out / "checkpoints" / f"g{index}"
         self.checkpointer = TrainCheckpointer(

@@ -2,9 +2,11 @@
 (argument parsing; the work is done by :mod:`marl_jax.walkforward.driver`).
 
 Each fold trains a run in ``OUT/fold_K`` on its train part, chooses the checkpoint with the best
-validation net return, and runs it once over its test fold. ``OUT`` then holds ``report.json``,
-``returns.csv`` (one row per test bar) and ``equity_curve.png`` (the stitched test folds against
-the baselines). A killed walk-forward continues with ``--resume --out OUT``.
+validation net return, and runs it once over its test fold; with ``--sweep FILE`` each fold
+trains the sweep's members as one population and keeps the member with the best validation net
+return. ``OUT`` then holds ``report.json``, ``returns.csv`` (one row per test bar) and
+``equity_curve.png`` (the stitched test folds against the baselines). A killed walk-forward
+continues with ``--resume --out OUT``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 # Flags that fix what a walk-forward is; --resume takes them from OUT/walkforward.json.
-_LAYOUT_FLAGS = ("config", "set", "data", "folds", "gap", "val_fraction", "rolling")
+_LAYOUT_FLAGS = ("config", "set", "data", "folds", "gap", "val_fraction", "rolling", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="BARS",
         help="rolling train spans of this many bars (default: expanding from the first bar)",
+    )
+    p.add_argument(
+        "--sweep",
+        metavar="FILE",
+        help="each fold trains this sweep's members and keeps the best on validation",
     )
     p.add_argument("--out", default="runs/walkforward", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the walk-forward in --out")
@@ -69,6 +76,7 @@ def spec_from_args(args: argparse.Namespace):
         gap=args.gap,
         val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,
         rolling=args.rolling,
+        sweep=args.sweep,
     )
 
 

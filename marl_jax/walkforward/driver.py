@@ -23,6 +23,7 @@ from marl_jax.run.setup import load_market
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, WalkForwardError, make_folds
 from marl_jax.walkforward.pooled import write_outputs
 from marl_jax.walkforward.runner import SELECT_METRIC, run_fold
+from marl_jax.walkforward.sweep import FoldSweep, pooled_trials
 
 __all__ = ["MANIFEST", "WalkForwardSpec", "fold_dir", "walk_forward"]
 
@@ -41,6 +42,7 @@ class WalkForwardSpec:
     gap: int | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
     rolling: int | None = None
+    sweep: str | None = None
     resume: bool = False
 
     def options(self) -> dict:
@@ -92,6 +94,14 @@ def _resolve(spec: WalkForwardSpec) -> tuple:
     return load_config(spec.config, overrides), spec.options()
 
 
+def _sweep_for(spec: WalkForwardSpec, cfg) -> FoldSweep | None:
+    """The sweep each fold trains (``--sweep``, or as recorded for ``--resume``), or None."""
+    if spec.resume:
+        record = json.loads((Path(spec.out) / MANIFEST).read_text()).get("sweep")
+        return None if record is None else FoldSweep.from_record(record, cfg)
+    return None if spec.sweep is None else FoldSweep.load(spec.sweep, cfg)
+
+
 def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
     """Runs the walk-forward ``spec`` asks for and writes its outputs; returns the report.
 
@@ -102,6 +112,7 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
     if out.exists() and not out.is_dir():
         raise WalkForwardError(f"--out {out}: exists and is not a folder; choose another --out")
     cfg, options = _resolve(spec)
+    sweep = _sweep_for(spec, cfg)
     bars = load_market(cfg)
     folds = make_folds(
         len(bars),
@@ -121,6 +132,9 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
             "options": options,
             "selection": f"the checkpoint with the best validation {SELECT_METRIC}",
         }
+        if sweep is not None:
+            header["selection"] = f"the sweep member with the best validation {SELECT_METRIC}"
+            header["sweep"] = sweep.record()
         layout = json.loads(json.dumps({**header, "folds": [f.to_dict() for f in folds]}))
         if not spec.resume:
             atomic_write_text(out / MANIFEST, json.dumps(layout, indent=2) + "\n")
@@ -137,7 +151,11 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
                     f"test {fold.test}",
                     flush=True,
                 )
-            results.append(run_fold(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
+            train = run_fold if sweep is None else sweep.run_fold
+            results.append(train(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
         interval = bars.interval_minutes if math.isfinite(bars.interval_minutes) else 30.0
         ppy = evaluate.periods_per_year_for(interval)
-        return write_outputs(out, results, bars.timestamp, ppy, header, cfg.env.cost_bps)
+        trials = None if sweep is None else pooled_trials([s for s, _ in results])
+        return write_outputs(
+            out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials
+        )

@@ -51,10 +51,14 @@ def returns_frame(folds: Sequence[tuple[dict, dict]], timestamps: np.ndarray) ->
 
 
 def pooled_metrics(
-    folds: Sequence[tuple[dict, dict]], periods_per_year: float, cost_bps: float
+    folds: Sequence[tuple[dict, dict]],
+    periods_per_year: float,
+    cost_bps: float,
+    trial_sharpes: Sequence[float] | None = None,
 ) -> dict:
     """The report's metrics (:func:`marl_jax.metrics.summary`, against buy-and-hold) of the
-    stitched test folds, for the policy and each baseline."""
+    stitched test folds, for the policy and each baseline; the policy's DSR deflates for
+    ``trial_sharpes`` (the trials it was chosen among)."""
 
     def stitched(name: str, field: str) -> np.ndarray:
         return np.concatenate([a[name][field] for _, a in folds])
@@ -72,6 +76,7 @@ def pooled_metrics(
             gross=stitched(name, "pnl"),
             benchmark_gross=benchmark_gross,
             cost_bps=cost_bps,
+            trial_sharpes=trial_sharpes if name == "policy" else None,
         )
         for name in _names(folds[0][1])
     }
@@ -97,6 +102,7 @@ def write_outputs(
     periods_per_year: float,
     header: Mapping,
     cost_bps: float,
+    trial_sharpes: Sequence[float] | None = None,
 ) -> dict:
     """Writes ``returns.csv``, ``equity_curve.png`` and ``report.json`` under ``out``
     (atomically); returns the report."""
@@ -116,7 +122,7 @@ def write_outputs(
     report = {
         **header,
         "folds": [summary for summary, _ in folds],
-        "pooled": pooled_metrics(folds, periods_per_year, cost_bps),
+        "pooled": pooled_metrics(folds, periods_per_year, cost_bps, trial_sharpes),
         "returns_csv": RETURNS_CSV,
     }
     atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")

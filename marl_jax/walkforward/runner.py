@@ -45,6 +45,7 @@ __all__ = [
     "SELECT_METRIC",
     "TEST_RUNS",
     "FoldEnvs",
+    "finish_fold",
     "fold_envs",
     "load_fold",
     "run_fold",
@@ -181,6 +182,32 @@ def load_fold(root: Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]] | Non
     return summary, arrays
 
 
+def finish_fold(
+    root: Path,
+    fold: Fold,
+    bars: bar_data.Bars,
+    selection: dict,
+    runs: dict[str, evaluate.EvalRun],
+) -> tuple[dict, dict]:
+    """Writes a tested fold's ``test_runs.npz`` and ``fold.json`` (last: it marks the fold
+    finished) with ``selection`` (what was chosen on validation); returns :func:`load_fold`'s
+    pair."""
+    ts = bars.timestamp
+    summary = {
+        **fold.to_dict(),
+        "dates": {
+            part: [str(pd.Timestamp(ts[a])), str(pd.Timestamp(ts[b - 1]))]
+            for part, (a, b) in (("train", fold.train), ("val", fold.val), ("test", fold.test))
+        },
+        "normalisation_fitted_on": fold.train,
+        "selection": selection,
+        "test": {name: r.metrics for name, r in runs.items()},
+    }
+    _save_runs(root / TEST_RUNS, runs)
+    atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
+    return load_fold(root)
+
+
 def run_fold(
     cfg: Config, bars: bar_data.Bars, fold: Fold, root: Path, *, progress: bool = False
 ) -> tuple[dict, dict]:
@@ -198,23 +225,11 @@ def run_fold(
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
-        ts = bars.timestamp
-        summary = {
-            **fold.to_dict(),
-            "dates": {
-                part: [str(pd.Timestamp(ts[a])), str(pd.Timestamp(ts[b - 1]))]
-                for part, (a, b) in (("train", fold.train), ("val", fold.val), ("test", fold.test))
-            },
-            "normalisation_fitted_on": fold.train,
-            "selection": {
-                "metric": f"validation {SELECT_METRIC}",
-                "step": step,
-                "scores": {str(s): v for s, v in scores.items()},
-            },
-            "test": {name: r.metrics for name, r in runs.items()},
+        selection = {
+            "metric": f"validation {SELECT_METRIC}",
+            "step": step,
+            "scores": {str(s): v for s, v in scores.items()},
         }
-        _save_runs(root / TEST_RUNS, runs)
-        atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
+        return finish_fold(root, fold, bars, selection, runs)
     finally:
         run.lock.release()
-    return load_fold(root)
