@@ -24,7 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    p.add_argument("--data", help="CSV/Parquet bar file (default: synthetic bars)")
+    p.add_argument(
+        "--data",
+        action="append",
+        metavar="FILE",
+        help="CSV/Parquet bar file (default: synthetic bars); repeat for several instruments "
+        "(as env.data_paths)",
+    )
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument(
         "--resume",
@@ -63,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
         out=args.out,
         config=args.config,
         overrides=tuple(args.set),
-        data=args.data,
+        data=tuple(args.data or ()),
         resume=args.resume,
         init_from=args.init_from,
         seed=args.seed,
