@@ -13,6 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from marl_jax.cli import add_data_argument
+
 DEFAULT_CONFIG = "configs/strategic_marl_v1.yaml"
 
 
@@ -24,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    p.add_argument(
-        "--data",
-        action="append",
-        metavar="FILE",
-        help="CSV/Parquet bar file (default: synthetic bars); repeat for several instruments "
-        "(as env.data_paths)",
-    )
+    add_data_argument(p)
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument(
         "--resume",
