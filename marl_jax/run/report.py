@@ -96,7 +96,8 @@ def stitched_summary(
 ) -> dict[str, dict]:
     """Every metric of :func:`marl_jax.metrics.summary` (against buy-and-hold) of the per-bar
     arrays ``{name: {rewards, positions, pnl}}`` of ``parts`` (test folds, instruments)
-    concatenated, for each name of the first part (``buy_and_hold`` among them)."""
+    concatenated, for each name of the first part (``buy_and_hold`` among them; ``policy``
+    first)."""
 
     def stitched(name: str, field: str) -> np.ndarray:
         return np.concatenate([np.asarray(part[name][field]) for part in parts])
@@ -113,8 +114,7 @@ def stitched_summary(
             benchmark_gross=benchmark_gross,
             cost_bps=cost_bps,
         )
-        for name in parts[0]
-        if name != "bar_index"
+        for name in sorted((k for k in parts[0] if k != "bar_index"), key=lambda k: k != "policy")
     }
 
 
