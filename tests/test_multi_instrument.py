@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from tiny_config import TINY, tiny
@@ -16,6 +17,7 @@ from tiny_config import TINY, tiny
 from marl_jax import train
 from marl_jax.config import config_to_dict, load_config
 from marl_jax.env import data, evaluate, market
+from marl_jax.env.features import WARMUP_BARS
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run import loop
 from marl_jax.run.checkpointer import TrainCheckpointer
@@ -24,6 +26,9 @@ from marl_jax.run.rundir import RunError
 from marl_jax.run.session import train_run
 from marl_jax.run.setup import RunSpec, _resolve_config, env_params_for, load_market
 from marl_jax.run.steps import saved_normalisation
+from marl_jax.walkforward import make_folds
+from marl_jax.walkforward.__main__ import main as walkforward_main
+from marl_jax.walkforward.pooled import format_table
 
 # Two instruments of different lengths, price levels and volatility.
 FILES = {"aaa.csv": (1500, 1, 100.0), "bbb.csv": (1300, 2, 5.0)}
@@ -201,3 +206,75 @@ def test_policy_picks_the_instrument_by_the_bar_files_name(multi_run):
     with pytest.raises(PolicyError, match=r"aaa\.csv, bbb\.csv") as err:
         Policy.load(root, instrument="other.csv")
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- walk-forward
+
+W = TINY["env"]["window"]
+
+
+@pytest.fixture(scope="module")
+def multi_walk_forward(tmp_path_factory, files):
+    """A 2-fold walk-forward over both files, given as two ``--data``; its printed table."""
+    root = tmp_path_factory.mktemp("wf")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny(checkpoint={"save_every": 1})))
+    out = root / "out"
+    argv = ["--config", str(config), "--folds", "2", "--out", str(out), "--no-progress"]
+    for path in files.values():
+        argv += ["--data", str(path)]
+    assert walkforward_main(argv) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_walk_forward_reports_each_instrument_and_pooled(multi_walk_forward, files, capsys):
+    out = multi_walk_forward
+    report = json.loads((out / "report.json").read_text())
+    frame = pd.read_csv(out / "returns.csv")
+    assert list(frame.columns[:3]) == ["fold", "instrument", "timestamp"]
+    assert list(dict.fromkeys(frame["instrument"])) == list(FILES)
+    names = ("policy", *evaluate.BASELINES)
+    for name, path in files.items():
+        bars = data.load_bars(path)
+        folds = make_folds(len(bars), 2, window=W, warmup=WARMUP_BARS)
+        rows = frame[frame["instrument"] == name]
+        assert len(rows) == sum(f.test[1] - f.test[0] - 1 for f in folds)
+        assert rows["timestamp"].iloc[0] == str(pd.Timestamp(bars.timestamp[folds[0].test[0]]))
+        for key in names:
+            stitched = report["instruments"][name][key]["total_log_return"]
+            assert rows[key].sum() == pytest.approx(stitched, rel=1e-5, abs=1e-7)
+        for fold, summary in zip(folds, report["folds"], strict=True):
+            part = summary["instruments"][name]
+            assert part["normalisation_fitted_on"] == list(fold.train)
+            assert set(part["test"]) == set(names)  # linear among them, per instrument
+            # The fold's checkpoint saved this instrument's normalisation of its own train span.
+            ckpt = TrainCheckpointer(out / f"fold_{fold.index}" / "checkpoints", read_only=True)
+            try:
+                saved = saved_normalisation(ckpt, ckpt.latest_step())[name]
+            finally:
+                ckpt.close()
+            own = market.fit_normalisation(bars[: fold.val[1]], bounds=fold.train)
+            assert np.array_equal(saved.center, own.center.astype(np.float32))
+    for key in names:
+        pooled = report["pooled"][key]["total_log_return"]
+        assert frame[key].sum() == pytest.approx(pooled, rel=1e-5, abs=1e-7)
+        for summary in report["folds"]:
+            in_fold = frame.loc[frame["fold"] == summary["fold"], key].sum()
+            assert in_fold == pytest.approx(summary["test"][key]["total_log_return"], abs=1e-6)
+    table = format_table(report)
+    assert all(name in table for name in FILES) and "pooled" in table
+
+
+@pytest.mark.slow
+def test_walk_forward_over_instruments_resumes(multi_walk_forward):
+    out = multi_walk_forward
+    report = json.loads((out / "report.json").read_text())
+    frame = pd.read_csv(out / "returns.csv")
+    done0 = (out / "fold_0" / "fold.json").stat().st_mtime_ns
+    (out / "fold_1" / "fold.json").unlink()
+    (out / "returns.csv").unlink()
+    assert walkforward_main(["--resume", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "fold_0" / "fold.json").stat().st_mtime_ns == done0
+    assert pd.read_csv(out / "returns.csv").equals(frame)
+    assert json.loads((out / "report.json").read_text()) == report
