@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from marl_jax.cli import add_model_arguments, run_command
 
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from marl_jax.run.backtest import BacktestSpec, backtest, write_backtest
         from marl_jax.run.report import format_report
 
-        policy = Policy.load(args.model, norm_from=args.norm_from)
+        instrument = Path(args.data).name  # a multi-instrument model's normalisation
+        policy = Policy.load(args.model, norm_from=args.norm_from, instrument=instrument)
         bars = policy.load_bars(args.data)
         spec = BacktestSpec(args.split, args.start, args.end, args.cost_bps)
         report, curves = backtest(policy, bars, spec, source=args.data)

@@ -1,5 +1,5 @@
-"""What the policy command lines (decide, backtest, export) share: the model flags and the
-one-line error exit."""
+"""What the command lines share: the model flags and the one-line error exit of the policy
+commands (decide, backtest, export), the repeatable ``--data`` of train and walk-forward."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help="take the feature normalisation (and, for a .pt, the window) from this model "
         "source: needed for an original .pt",
+    )
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data FILE``, repeatable: one file is ``env.data_path``, several ``env.data_paths``
+    (see :func:`marl_jax.run.setup.data_overrides`)."""
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="FILE",
+        help="CSV/Parquet bar file (default: synthetic bars); repeat for several instruments "
+        "(as env.data_paths)",
     )
 
 

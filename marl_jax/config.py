@@ -47,6 +47,7 @@ from marl_jax.validation import (
     Int,
     Located,
     Name,
+    Names,
     Sizes,
     Where,
     explain,
@@ -297,7 +298,8 @@ class TrainingConfig(_Section):
 
 
 class EnvConfig(_Section):
-    """Market environment and data. ``data_path`` null means synthetic bars."""
+    """Market environment and data. ``data_path`` null (and no ``data_paths``) means synthetic
+    bars; ``data_paths`` lists several instruments, trained in one environment."""
 
     episode_len: Int = Field(256, ge=1, description="bars per episode")
     cost_bps: Float = Field(1.0, ge=0, description="cost per unit of position change, bps")
@@ -307,6 +309,11 @@ class EnvConfig(_Section):
     val_frac: Float = Field(0.15, ge=0, lt=1, description="validation split, by time")
     test_frac: Float = Field(0.15, gt=0, lt=1, description="test split, by time")
     data_path: Name | None = Field(None, description="CSV/Parquet bar file; null = synthetic")
+    data_paths: Names = Field(
+        (),
+        description="several CSV/Parquet bar files (instruments, distinct file names): each "
+        "environment draws one at reset; not with data_path",
+    )
     synthetic_n_bars: Int = Field(20_000, ge=1, description="bars of synthetic data")
     synthetic_seed: Int = Field(0, ge=0, description="seed of the synthetic data")
     norm_clip: Float = Field(10.0, gt=0, description="clip normalised features to +-this")
@@ -335,6 +342,20 @@ class EnvConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
+        if self.data_path is not None and self.data_paths:
+            raise rule(
+                "data_paths",
+                "both data_path and data_paths are set",
+                "set data_path for one file or data_paths for several, not both",
+            )
+        names = [Path(p).name for p in self.data_paths]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise rule(
+                "data_paths",
+                f"two files are named {twice[0]} (an instrument is known by its file name)",
+                "give the files distinct names",
+            )
         total = self.train_frac + self.val_frac + self.test_frac
         if total > 1.0 + 1e-9:
             raise rule(

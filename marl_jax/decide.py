@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from marl_jax.cli import add_model_arguments, run_command
 
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         from marl_jax.policy import Policy
 
-        policy = Policy.load(args.model, norm_from=args.norm_from)
+        instrument = Path(args.data).name  # a multi-instrument model's normalisation
+        policy = Policy.load(args.model, norm_from=args.norm_from, instrument=instrument)
         bars = policy.load_bars(args.data)
         row = policy.decide(bars, args.at, position=args.position, source=args.data).row(0)
         if args.json:

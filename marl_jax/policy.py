@@ -3,7 +3,9 @@
 ``Policy.load(source, norm_from=None)`` reads any source ``--init-from`` accepts (a run,
 ``RUN:STEP``, a checkpoint step, a model directory or a ``.pt``) with the feature normalisation
 saved beside the models (an original ``.pt`` has none: ``norm_from`` names a source whose
-normalisation to use). ``policy.decide(bars, at=None, *, position=None)`` computes the 13
+normalisation to use; a model trained on several instruments saved one per instrument, and
+``decide``/``backtest`` take the one whose name is the ``--data`` file's name).
+``policy.decide(bars, at=None, *, position=None)`` computes the 13
 features causally from only the tail of the bars that the decision bar's window needs
 (``WARMUP_BARS + window`` bars), normalises them, and runs the three actors greedily (eval
 mode, as the trainer's greedy evaluation) and the critic. ``policy.decide_many(bars, start,
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ from marl_jax.models.registry import module_config
 from marl_jax.run.rundir import CONFIG
 from marl_jax.run.setup import env_modes
 from marl_jax.run.sources import load_models_from
+from marl_jax.run.steps import normalisations_from
 
 __all__ = [
     "ACTION_NAMES",
@@ -195,11 +197,21 @@ def feature_windows(features: np.ndarray, window: int, rows: np.ndarray) -> np.n
     return np.ascontiguousarray(features[np.asarray(rows)[:, None] + offsets])
 
 
-def _norm_of(bundle_metadata: Mapping) -> FeatureNorm | None:
-    saved = bundle_metadata.get("feature_normalisation")
-    if not saved:
-        return None
-    return FeatureNorm.from_dict(json.loads(saved) if isinstance(saved, str) else saved)
+def _norm_of(
+    bundle_metadata: Mapping, source: str, instrument: str | None = None
+) -> FeatureNorm | None:
+    """The saved normalisation; of a multi-instrument model, that of ``instrument``."""
+    saved = normalisations_from(bundle_metadata)
+    if saved is None or isinstance(saved, FeatureNorm):
+        return saved
+    if instrument in saved:
+        return saved[instrument]
+    names = ", ".join(saved)
+    raise PolicyError(
+        f"{source}: trained on several instruments ({names}), each with its own feature "
+        f"normalisation, and the bar file {instrument} is none of them; give the bar file the "
+        "name of the instrument it holds"
+    )
 
 
 def _run_config(kind: str, path: Path) -> Config | None:
@@ -240,19 +252,23 @@ class Policy:
     config: Config | None = None
 
     @classmethod
-    def load(cls, source: str, norm_from: str | None = None) -> Policy:
+    def load(
+        cls, source: str, norm_from: str | None = None, instrument: str | None = None
+    ) -> Policy:
         """The models of any model source; the normalisation saved with them, or that of
-        ``norm_from`` (required for an original ``.pt``, which carries none)."""
+        ``norm_from`` (required for an original ``.pt``, which carries none). A model trained
+        on several instruments saved one per instrument: ``instrument`` (the bar file's name,
+        as the training run named it) picks one."""
         resolved, bundle = load_models_from(source)
         missing = [name for name in MODEL_NAMES if name not in bundle.modules]
         if missing:
             raise PolicyError(f"{source}: the checkpoint has no {', '.join(missing)} model")
         config = _run_config(resolved.kind, resolved.path)
         window = _window(source, config, bundle.modules)
-        norm = _norm_of(bundle.metadata)
+        norm = None if norm_from is not None else _norm_of(bundle.metadata, source, instrument)
         if norm_from is not None:
             other, other_bundle = load_models_from(norm_from)
-            norm = _norm_of(other_bundle.metadata)
+            norm = _norm_of(other_bundle.metadata, f"--norm-from {norm_from}", instrument)
             if norm is None:
                 raise PolicyError(f"--norm-from {norm_from}: has no saved feature normalisation")
             other_config = _run_config(other.kind, other.path)

@@ -13,6 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from marl_jax.cli import add_data_argument
+
 DEFAULT_CONFIG = "configs/strategic_marl_v1.yaml"
 
 
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
-    p.add_argument("--data", help="CSV/Parquet bar file (default: synthetic bars)")
+    add_data_argument(p)
     p.add_argument("--out", default="runs/latest", help="run directory")
     p.add_argument(
         "--resume",
@@ -63,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         out=args.out,
         config=args.config,
         overrides=tuple(args.set),
-        data=args.data,
+        data=tuple(args.data or ()),
         resume=args.resume,
         init_from=args.init_from,
         seed=args.seed,

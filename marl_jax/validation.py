@@ -32,6 +32,7 @@ __all__ = [
     "Int",
     "Located",
     "Name",
+    "Names",
     "Sizes",
     "Where",
     "as_float",
@@ -85,6 +86,7 @@ Int = Annotated[int, BeforeValidator(as_int)]
 Float = Annotated[float, BeforeValidator(as_float)]
 Bool = Annotated[bool, Strict()]
 Name = Annotated[str, Strict(), Field(pattern=r"\S")]  # a non-blank string
+Names = Annotated[tuple[Name, ...], BeforeValidator(_as_list)]  # a list of non-blank strings
 Sizes = Annotated[
     tuple[Annotated[int, Ge(1), BeforeValidator(as_int)], ...], BeforeValidator(_as_list)
 ]

@@ -291,7 +291,7 @@ def test_decide_under_delta_moves_the_given_position_and_needs_it(
 
     model_dir, bar_file, bars = tiny[:3]
     delta = with_modes(policy, action_mode="delta", delta_step=0.5)
-    monkeypatch.setattr(Policy, "load", classmethod(lambda cls, source, norm_from=None: delta))
+    monkeypatch.setattr(Policy, "load", classmethod(lambda cls, source, **kw: delta))
     args = ["--model", str(model_dir), "--data", str(bar_file)]
     for extra, message in (
         ([], "env.action_mode delta: a decision moves the current holding, so pass --position P"),

@@ -174,7 +174,9 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
 
     # returns.csv: one row per test bar, the policy and every baseline; the report from it.
     frame = pd.read_csv(out1 / "returns.csv")
-    assert list(frame.columns) == ["fold", "timestamp", "position", "policy", *evaluate.BASELINES]
+    assert list(frame.columns) == ["fold", "instrument", "timestamp", "position", "policy",
+                                   *evaluate.BASELINES]  # fmt: skip
+    assert set(frame["instrument"]) == {"a.csv"}
     assert len(frame) == sum(f.test[1] - f.test[0] - 1 for f in folds)
     assert frame["timestamp"].iloc[0] == str(pd.Timestamp(bars.timestamp[folds[0].test[0]]))
     for name in ("policy", *evaluate.BASELINES):

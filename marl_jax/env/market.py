@@ -116,6 +116,7 @@ __all__ = [
     "differential_sharpe",
     "get_return_stats",
     "make_multi_env_params",
+    "combine_instruments",
     "periods_per_year_for",
     "REWARDS",
     "ACTION_MODES",
@@ -376,6 +377,13 @@ def make_multi_env_params(
         make_env_params(bars, split, norm=norm, return_stats=st, **kwargs)
         for bars, norm, st in zip(bars_list, norms, stats, strict=True)
     ]
+    return combine_instruments(parts), parts
+
+
+def combine_instruments(parts: Sequence[EnvParams]) -> EnvParams:
+    """One multi-instrument environment of single-instrument ``parts`` built alike (same
+    window, episode length, costs and modes): bars concatenated, per-instrument fields
+    stacked."""
     offsets = np.cumsum([0] + [len(p.log_returns) for p in parts[:-1]]).astype(np.int32)
 
     def stack(name: str, shift: bool = False) -> jax.Array:
@@ -397,7 +405,7 @@ def make_multi_env_params(
         norm_scale=stack("norm_scale"),
         return_mean=stack("return_mean"),
         return_sq=stack("return_sq"),
-    ), parts
+    )
 
 
 def _of_instrument(value: jax.Array, instrument: jax.Array) -> jax.Array:

@@ -21,8 +21,13 @@ from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.metrics import metrics_lines, to_floats, trim_metrics_log
 from marl_jax.run.rundir import RunError
-from marl_jax.run.setup import Run
-from marl_jax.run.steps import restore_state, save_step, saved_normalisation
+from marl_jax.run.setup import Run, data_label
+from marl_jax.run.steps import (
+    normalisation_metadata,
+    restore_state,
+    save_step,
+    saved_normalisation,
+)
 
 __all__ = ["train_loop"]
 
@@ -53,11 +58,12 @@ def _checkpointer(run: Run) -> TrainCheckpointer:
 
 
 def _check_normalisation(run: Run, checkpointer: TrainCheckpointer, step: int) -> None:
-    """A resume must see the market its checkpoint was trained on: the same normalisation."""
-    if saved_normalisation(checkpointer, step).to_dict() != run.norm.to_dict():
-        data = run.cfg.env.data_path or "the synthetic market"
+    """A resume must see the market its checkpoint was trained on: the same normalisation (of
+    every instrument, by name)."""
+    saved = saved_normalisation(checkpointer, step)
+    if saved is None or normalisation_metadata(saved) != normalisation_metadata(run.norms):
         raise RunError(
-            f"{data}: its feature normalisation differs from the one checkpoint "
+            f"{data_label(run.cfg)}: its feature normalisation differs from the one checkpoint "
             f"{run.dir.checkpoints / str(step)} was trained with; resume with the data the "
             "run started with, or start a new run"
         )
@@ -134,7 +140,7 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
                     checkpointer,
                     algo,
                     state,
-                    norm=run.norm,
+                    norm=run.norms,
                     metrics={**means, "update": step},
                 )
                 last_good, since_save = step, []

@@ -7,12 +7,13 @@ member's, a checkpoint's); :func:`write_report` is a run's use of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from marl_jax import metrics
 from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import Config
 from marl_jax.env import evaluate, market
@@ -21,14 +22,17 @@ from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.metrics import read_metrics_log, tenth_mean
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
-from marl_jax.run.setup import Run, env_params_for
-from marl_jax.run.steps import model_metadata
+from marl_jax.run.setup import Instrument, Run, env_params_for
+from marl_jax.run.steps import Normalisations, model_metadata
 
 __all__ = [
     "REPORT_METRICS",
     "export_pt",
     "format_report",
     "greedy_policy",
+    "instruments_report",
+    "run_arrays",
+    "stitched_summary",
     "test_split_report",
     "write_report",
 ]
@@ -85,17 +89,99 @@ def test_split_report(
     return report, curves
 
 
+def stitched_summary(
+    parts: Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+    periods_per_year: float,
+    cost_bps: float,
+    trial_sharpes: Sequence[float] | None = None,
+) -> dict[str, dict]:
+    """Every metric of :func:`marl_jax.metrics.summary` (against buy-and-hold) of the per-bar
+    arrays ``{name: {rewards, positions, pnl}}`` of ``parts`` (test folds, instruments)
+    concatenated, for each name of the first part (``buy_and_hold`` among them; ``policy``
+    first). The policy's DSR deflates for ``trial_sharpes`` (the trials it was chosen
+    among), when given."""
+
+    def stitched(name: str, field: str) -> np.ndarray:
+        return np.concatenate([np.asarray(part[name][field]) for part in parts])
+
+    benchmark = stitched("buy_and_hold", "rewards")
+    benchmark_gross = stitched("buy_and_hold", "pnl")
+    return {
+        name: metrics.summary(
+            stitched(name, "rewards"),
+            stitched(name, "positions"),
+            benchmark,
+            periods_per_year,
+            gross=stitched(name, "pnl"),
+            benchmark_gross=benchmark_gross,
+            cost_bps=cost_bps,
+            trial_sharpes=trial_sharpes if name == "policy" else None,
+        )
+        for name in sorted((k for k in parts[0] if k != "bar_index"), key=lambda k: k != "policy")
+    }
+
+
+def run_arrays(r: evaluate.EvalRun) -> dict[str, np.ndarray]:
+    """The per-bar arrays of an evaluation that :func:`stitched_summary` pools."""
+    return {"rewards": r.rewards, "positions": r.positions, "pnl": r.pnl}
+
+
+POOLED = (
+    "every instrument's test-split bars one after the other (each starts flat), scored as one "
+    "series: the per-bar net returns concatenated, annualised at the instruments' mean "
+    "bars per year"
+)
+
+
+def instruments_report(
+    cfg: Config, algo: MAPPO, state: TrainState, instruments: Mapping[str, Instrument]
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The test-split report of a multi-instrument run: each instrument's ``policy`` and
+    ``baselines`` (the linear one fitted on its own train split) under ``instruments``, and the
+    pooled ones (:data:`POOLED`) as the report's ``policy`` and ``baselines``; the pooled
+    equity curves by name."""
+    greedy = greedy_policy(algo, state)
+    per, arrays, per_year = {}, [], []
+    for name, inst in instruments.items():
+        test = env_params_for(cfg, inst.bars, "test", inst.norm, where=name)
+        runs = {"policy": evaluate.run_policy(greedy, test, batch_size=2048)}
+        linear = evaluate.LinearBaseline.fit(inst.train_params)
+        runs.update(evaluate.evaluate_baselines(test, seed=cfg.seed, linear=linear))
+        per[name] = {
+            "policy": runs["policy"].metrics,
+            "baselines": {k: r.metrics for k, r in runs.items() if k != "policy"},
+        }
+        arrays.append({k: run_arrays(r) for k, r in runs.items()})
+        per_year.append(evaluate.periods_per_year_for(test.interval_minutes))
+    pooled = stitched_summary(arrays, float(np.mean(per_year)), cfg.env.cost_bps)
+    report = {
+        "split": "test",
+        "policy": pooled.pop("policy"),
+        "baselines": pooled,
+        "pooled": POOLED,
+        "instruments": per,
+    }
+    curves = {
+        name: np.exp(np.r_[0.0, np.cumsum(np.concatenate([a[name]["rewards"] for a in arrays]))])
+        for name in arrays[0]
+    }
+    return report, curves
+
+
 def write_report(run: Run, state: TrainState) -> dict:
     """Evaluates the greedy policy and the baselines (the linear one fitted on the train split)
-    on the test split; writes ``report.json``, ``equity_curve.png`` and ``learning_curve.png``
-    of the run."""
+    on the test split (of each instrument, and pooled, for several); writes ``report.json``,
+    ``equity_curve.png`` and ``learning_curve.png`` of the run."""
     cfg = run.cfg
-    test_params = env_params_for(cfg, run.bars, "test", run.norm)
-    linear = evaluate.LinearBaseline.fit(run.train_params)
-    report, curves = test_split_report(cfg, run.algo, state, test_params, linear)
-    plot_equity_curves(
-        curves, run.dir.equity_curve, title="test split: trained policy (greedy) vs baselines"
-    )
+    if run.instruments is None:
+        test_params = env_params_for(cfg, run.bars, "test", run.norm)
+        linear = evaluate.LinearBaseline.fit(run.train_params)
+        report, curves = test_split_report(cfg, run.algo, state, test_params, linear)
+        title = "test split: trained policy (greedy) vs baselines"
+    else:
+        report, curves = instruments_report(cfg, run.algo, state, run.instruments)
+        title = f"test splits of {len(run.instruments)} instruments pooled: greedy vs baselines"
+    plot_equity_curves(curves, run.dir.equity_curve, title=title)
     rows = read_metrics_log(run.dir.metrics)
     rewards = [r["average_reward"] for r in rows]
     updates = int(state.update_step)
@@ -105,7 +191,11 @@ def write_report(run: Run, state: TrainState) -> dict:
         "first_10pct_reward": tenth_mean(rewards, first=True) if rows else None,
         "last_10pct_reward": tenth_mean(rewards) if rows else None,
     }
-    report["normalisation"] = run.norm.to_dict()
+    norms = run.norms
+    if isinstance(norms, FeatureNorm):
+        report["normalisation"] = norms.to_dict()
+    else:
+        report["normalisation"] = {name: n.to_dict() for name, n in norms.items()}
     atomic_write_text(run.dir.report, json.dumps(report, indent=2) + "\n")
     if rows:
         plot_learning_curve(rows, run.dir.learning_curve)
@@ -113,21 +203,26 @@ def write_report(run: Run, state: TrainState) -> dict:
 
 
 def format_report(report: Mapping) -> str:
-    """The report as a text table."""
+    """The report as a text table (a block per instrument, then the pooled one, for several)."""
     width = {k: max(11, len(k) + 2) for k in REPORT_METRICS}
     header = f"{'test split':16s}" + "".join(f"{k:>{width[k]}s}" for k in REPORT_METRICS)
     lines = [header, "-" * len(header)]
-    entries = [("policy (greedy)", report["policy"]), *report["baselines"].items()]
-    for name, metrics in entries:
-        cells = "".join(f"{metrics[k]:>{width[k]}.4f}" for k in REPORT_METRICS)
-        lines.append(f"{name:16s}" + cells)
+    blocks = [(f"{name}:", part) for name, part in report.get("instruments", {}).items()]
+    if blocks:
+        blocks.append(("pooled:", report))
+    for title, part in blocks or [(None, report)]:
+        if title is not None:
+            lines.append(title)
+        for name, scores in [("policy (greedy)", part["policy"]), *part["baselines"].items()]:
+            cells = "".join(f"{scores[k]:>{width[k]}.4f}" for k in REPORT_METRICS)
+            lines.append(f"{name:16s}" + cells)
     return "\n".join(lines)
 
 
-def export_pt(path: Path, algo: MAPPO, state: TrainState, norm: FeatureNorm) -> Path | None:
+def export_pt(path: Path, algo: MAPPO, state: TrainState, norm: Normalisations) -> Path | None:
     """Writes the models of ``state`` to ``path`` as a ``.pt`` file in the original format,
-    with the feature normalisation in its metadata. Needs torch (through the bridge): without
-    it, prints a warning and returns None."""
+    with the feature normalisation (one per instrument for several) in its metadata. Needs
+    torch (through the bridge): without it, prints a warning and returns None."""
     try:
         from bridge.convert import new_checkpoint, save_pt_checkpoint
     except ImportError as err:

@@ -32,7 +32,7 @@ def train_run(spec: RunSpec, *, progress: bool = True, tensorboard: bool = False
     try:
         state = loop.train_loop(run, spec.resume, progress, tensorboard)
         result = report.write_report(run, state)
-        exported = report.export_pt(run.dir.export_pt, run.algo, state, run.norm)
+        exported = report.export_pt(run.dir.export_pt, run.algo, state, run.norms)
     finally:
         run.lock.release()
     return RunResult(run, state, result, exported)

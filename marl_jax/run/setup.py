@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,22 @@ from marl_jax.models.registry import configurable_kwargs, module_config
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.sources import load_models_from
 
-__all__ = ["Run", "RunSpec", "env_params_for", "load_init", "load_market", "prepare"]
+__all__ = [
+    "SYNTHETIC",
+    "Instrument",
+    "Run",
+    "RunSpec",
+    "data_label",
+    "env_params_for",
+    "instruments_env_params",
+    "load_init",
+    "load_market",
+    "load_markets",
+    "prepare",
+]
+
+# The instrument name of the embedded synthetic market (a bar file's is its file name).
+SYNTHETIC = "synthetic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,16 +47,30 @@ class RunSpec:
     out: str
     config: str = "configs/strategic_marl_v1.yaml"
     overrides: Sequence[str] = ()
-    data: str | None = None
+    data: str | Sequence[str] | None = None  # one file, or several (instruments)
     resume: bool = False
     init_from: str | None = None
     seed: int | None = None
     total_timesteps: int | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Instrument:
+    """One instrument of a multi-instrument run: its bars, the normalisation fitted on its own
+    train split, and its train split's environment."""
+
+    bars: bar_data.Bars
+    norm: FeatureNorm
+    train_params: market.EnvParams
+
+
 @dataclasses.dataclass
 class Run:
-    """A resolved run: config, directory (locked), market, algorithm and starting models."""
+    """A resolved run: config, directory (locked), market, algorithm and starting models.
+
+    With several instruments (``env.data_paths``), ``instruments`` holds each by name,
+    ``train_params`` is the one environment over all of them, and ``bars`` and ``norm`` are
+    the first instrument's."""
 
     cfg: Config
     dir: RunDir
@@ -50,24 +80,58 @@ class Run:
     train_params: market.EnvParams
     algo: MAPPO
     init: dict | None
+    instruments: dict[str, Instrument] | None = None
 
     @property
     def out(self) -> Path:
         return self.dir.root
 
+    @property
+    def norms(self) -> FeatureNorm | dict[str, FeatureNorm]:
+        """What the run saves with its models: the normalisation, or one per instrument."""
+        if self.instruments is None:
+            return self.norm
+        return {name: inst.norm for name, inst in self.instruments.items()}
+
+
+def data_label(cfg: Config) -> str:
+    """The configured data in words: its file(s), or the synthetic market."""
+    e = cfg.env
+    if e.data_paths:
+        return ", ".join(e.data_paths)
+    return e.data_path or f"the synthetic market ({e.synthetic_n_bars} bars)"
+
+
+def load_markets(cfg: Config) -> dict[str, bar_data.Bars]:
+    """Every configured instrument by name: ``env.data_paths`` (by file name), else
+    ``env.data_path``, else the embedded synthetic market (:data:`SYNTHETIC`)."""
+    paths = list(cfg.env.data_paths) or ([cfg.env.data_path] if cfg.env.data_path else [])
+    if not paths:
+        synthetic = bar_data.synthetic_bars(
+            cfg.env.synthetic_n_bars,
+            seed=cfg.env.synthetic_seed,
+            interval_minutes=cfg.env.interval_minutes,
+        )
+        return {SYNTHETIC: synthetic}
+    markets = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise RunError(
+                f"{path}: data file not found (set --data, env.data_path or env.data_paths)"
+            )
+        markets[path.name] = bar_data.load_bars(path, interval_minutes=cfg.env.interval_minutes)
+    return markets
+
 
 def load_market(cfg: Config) -> bar_data.Bars:
-    """The configured bar file, or the embedded synthetic market."""
-    if cfg.env.data_path:
-        path = Path(cfg.env.data_path)
-        if not path.is_file():
-            raise RunError(f"{path}: data file not found (set --data or env.data_path)")
-        return bar_data.load_bars(path, interval_minutes=cfg.env.interval_minutes)
-    return bar_data.synthetic_bars(
-        cfg.env.synthetic_n_bars,
-        seed=cfg.env.synthetic_seed,
-        interval_minutes=cfg.env.interval_minutes,
-    )
+    """The configured bar file, or the embedded synthetic market; one instrument only."""
+    markets = load_markets(cfg)
+    if len(markets) > 1:
+        raise RunError(
+            f"env.data_paths: {len(markets)} instruments, but this command takes one; set "
+            "env.data_path (or give --data once)"
+        )
+    return next(iter(markets.values()))
 
 
 def env_modes(cfg: Config) -> dict[str, Any]:
@@ -84,6 +148,21 @@ def env_modes(cfg: Config) -> dict[str, Any]:
         "target_vol": e.target_vol,
         "max_leverage": e.max_leverage,
     }
+
+
+def _env_kwargs(cfg: Config, **given: Any) -> dict[str, Any]:
+    """:func:`marl_jax.env.market.make_env_params`'s keywords from the config, with those of
+    ``given`` that are not None overriding (``window``, ``cost_bps``, ``split_fractions``)."""
+    env = cfg.env
+    kwargs = {
+        "episode_len": env.episode_len,
+        "cost_bps": env.cost_bps,
+        "window": env.window,
+        "split_fractions": env.split_fractions,
+        "norm_clip": env.norm_clip,
+        **env_modes(cfg),
+    }
+    return {**kwargs, **{k: v for k, v in given.items() if v is not None}}
 
 
 def env_params_for(
@@ -111,25 +190,39 @@ def env_params_for(
     config's. A bad split raises ``error("WHERE: ...")``, ``where`` defaulting to the
     config's data.
     """
-    env = cfg.env
+    kwargs = _env_kwargs(cfg, cost_bps=cost_bps, window=window, split_fractions=split_fractions)
     try:
         return market.make_env_params(
             bars,
             split,
-            episode_len=env.episode_len,
-            cost_bps=env.cost_bps if cost_bps is None else cost_bps,
-            window=env.window if window is None else window,
             norm=norm,
-            split_fractions=env.split_fractions if split_fractions is None else split_fractions,
             features=features,
-            norm_clip=env.norm_clip,
             return_stats=return_stats,
             bounds=bounds,
-            **env_modes(cfg),
+            **kwargs,
         )
     except ValueError as err:
-        where = where or env.data_path or f"synthetic market ({env.synthetic_n_bars} bars)"
-        raise error(f"{where}: {err}") from None
+        raise error(f"{where or data_label(cfg)}: {err}") from None
+
+
+def instruments_env_params(
+    cfg: Config,
+    markets: Mapping[str, bar_data.Bars],
+    split: str,
+    norms: Mapping[str, FeatureNorm] | None,
+    *,
+    error: Callable[[str], Exception] = RunError,
+) -> tuple[market.EnvParams, dict[str, market.EnvParams]]:
+    """One environment over several instruments (each environment draws one at reset) and
+    each instrument's own: ``norms=None`` fits each on its own training split, as are the
+    reward's return statistics. Errors name the instrument."""
+    parts = {
+        name: env_params_for(
+            cfg, bars, split, None if norms is None else norms[name], where=name, error=error
+        )
+        for name, bars in markets.items()
+    }
+    return market.combine_instruments(list(parts.values())), parts
 
 
 def load_init(spec: str) -> tuple[dict[str, dict], dict[str, dict], str]:
@@ -156,6 +249,17 @@ def config_with_models(cfg: Config, configs: Mapping[str, Mapping], source: str)
     return config_from_dict(data, source=source)
 
 
+def data_overrides(data: str | Sequence[str] | None) -> list[str]:
+    """The overrides of ``--data``: one file sets ``env.data_path``, several
+    ``env.data_paths`` (either clears the other)."""
+    paths = [data] if isinstance(data, str) else list(data or ())
+    if not paths:
+        return []
+    if len(paths) == 1:
+        return [f"env.data_path={json.dumps(paths[0])}", "env.data_paths=[]"]
+    return ["env.data_path=null", f"env.data_paths={json.dumps(paths)}"]
+
+
 def _resolve_config(spec: RunSpec, run_dir: RunDir) -> Config:
     if spec.resume:
         if not run_dir.config.is_file():
@@ -177,9 +281,7 @@ def _resolve_config(spec: RunSpec, run_dir: RunDir) -> Config:
             data["training"]["total_timesteps"] = spec.total_timesteps
             cfg = config_from_dict(data, source=f"{run_dir.config} (--total-timesteps)")
         return cfg
-    overrides = list(spec.overrides)
-    if spec.data:
-        overrides.append(f"env.data_path={spec.data}")
+    overrides = [*spec.overrides, *data_overrides(spec.data)]
     if spec.seed is not None:
         overrides.append(f"seed={spec.seed}")
     if spec.total_timesteps is not None:
@@ -211,10 +313,22 @@ def prepare(spec: RunSpec) -> Run:
             init, model_configs, described = load_init(spec.init_from)
             cfg = config_with_models(cfg, model_configs, spec.init_from)
             print(f"init from {described}")
-        bars = load_market(cfg)
-        train_params = env_params_for(cfg, bars, "train", None)
-        norm = market.get_normalisation(train_params)
-        return Run(cfg, run_dir, lock, bars, norm, train_params, MAPPO(cfg), init)
+        markets = load_markets(cfg)
+        if len(markets) == 1:
+            bars = next(iter(markets.values()))
+            train_params = env_params_for(cfg, bars, "train", None)
+            norm = market.get_normalisation(train_params)
+            return Run(cfg, run_dir, lock, bars, norm, train_params, MAPPO(cfg), init)
+        train_params, parts = instruments_env_params(cfg, markets, "train", None)
+        instruments = {
+            name: Instrument(markets[name], market.get_normalisation(part), part)
+            for name, part in parts.items()
+        }
+        first = next(iter(instruments.values()))
+        algo = MAPPO(cfg)
+        return Run(
+            cfg, run_dir, lock, first.bars, first.norm, train_params, algo, init, instruments
+        )
     except BaseException:
         lock.release()
         if created:

@@ -4,7 +4,8 @@ A step saves the models as ``variables`` + ``models`` (the model-directory items
 :mod:`marl_jax.run.modeldir`, whose metadata holds the feature normalisation) and the rest of
 the :class:`~marl_jax.mappo.TrainState` (optimizer states, ValueNorm, environments,
 hyperparameters, rng, step) as ``state``; nothing is stored twice. ``restore_state`` joins them
-back into a ``TrainState`` exactly; ``saved_normalisation`` reads the normalisation back.
+back into a ``TrainState`` exactly; ``saved_normalisation`` reads the normalisation back (one
+per instrument for a multi-instrument run).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.modeldir import MODELS_ITEM, VARIABLES_ITEM, model_items
 
-__all__ = ["model_metadata", "restore_state", "save_step", "saved_normalisation"]
+__all__ = [
+    "Normalisations",
+    "model_metadata",
+    "normalisation_metadata",
+    "normalisations_from",
+    "restore_state",
+    "save_step",
+    "saved_normalisation",
+]
 
 _MODEL_FIELDS = ("params", "constants")
 
@@ -32,12 +41,36 @@ def _rest(state: TrainState) -> dict[str, Any]:
     }
 
 
-def model_metadata(state: TrainState, norm: FeatureNorm) -> dict[str, Any]:
+# Normalisations = one FeatureNorm, or one per instrument (by name) for a multi-instrument run.
+Normalisations = FeatureNorm | Mapping[str, FeatureNorm]
+
+
+def normalisation_metadata(norm: Normalisations) -> dict[str, str]:
+    """``feature_normalisation`` (one instrument: as single-instrument runs always saved it), or
+    ``feature_normalisations`` (JSON of ``{instrument: normalisation}``) for several."""
+    if isinstance(norm, FeatureNorm):
+        return {"feature_normalisation": json.dumps(norm.to_dict())}
+    by_name = {name: n.to_dict() for name, n in norm.items()}
+    return {"feature_normalisations": json.dumps(by_name)}
+
+
+def normalisations_from(metadata: Mapping[str, Any]) -> Normalisations | None:
+    """What :func:`normalisation_metadata` saved in ``metadata`` (None when nothing was)."""
+
+    def loaded(value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    if metadata.get("feature_normalisations"):
+        by_name = loaded(metadata["feature_normalisations"])
+        return {name: FeatureNorm.from_dict(d) for name, d in by_name.items()}
+    if metadata.get("feature_normalisation"):
+        return FeatureNorm.from_dict(loaded(metadata["feature_normalisation"]))
+    return None
+
+
+def model_metadata(state: TrainState, norm: Normalisations) -> dict[str, Any]:
     """What a model directory and the ``.pt`` export record beside the weights."""
-    return {
-        "trained_updates": int(state.update_step),
-        "feature_normalisation": json.dumps(norm.to_dict()),
-    }
+    return {"trained_updates": int(state.update_step), **normalisation_metadata(norm)}
 
 
 def save_step(
@@ -45,7 +78,7 @@ def save_step(
     algo: MAPPO,
     state: TrainState,
     *,
-    norm: FeatureNorm,
+    norm: Normalisations,
     metrics: Mapping[str, Any],
 ) -> int:
     """Saves ``state`` as step ``state.update_step`` (its models recording ``norm``) and waits
@@ -78,7 +111,8 @@ def restore_state(
     return target.replace(params=params, constants=constants, **rest), metrics
 
 
-def saved_normalisation(checkpointer: TrainCheckpointer, step: int) -> FeatureNorm:
-    """The feature normalisation that step ``step`` was trained with (its models' metadata)."""
+def saved_normalisation(checkpointer: TrainCheckpointer, step: int) -> Normalisations | None:
+    """The feature normalisation (one per instrument for several) that step ``step`` was
+    trained with (its models' metadata)."""
     info = checkpointer.restore_json(step, MODELS_ITEM)
-    return FeatureNorm.from_dict(json.loads(info["metadata"]["feature_normalisation"]))
+    return normalisations_from(info["metadata"])

@@ -16,6 +16,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from marl_jax.cli import add_data_argument
+
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 # Flags that fix what a walk-forward is; --resume takes them from OUT/walkforward.json.
 _LAYOUT_FLAGS = ("config", "set", "data", "folds", "gap", "val_fraction", "rolling", "sweep")
@@ -28,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help=f"YAML config file (default {DEFAULT_CONFIG})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--data", help="CSV/Parquet bar file (default: synthetic bars)")
+    add_data_argument(p)
     p.add_argument("--folds", type=int, help="number of test folds (default 5)")
     p.add_argument(
         "--gap",
@@ -71,7 +73,7 @@ def spec_from_args(args: argparse.Namespace):
         out=args.out,
         config=args.config or DEFAULT_CONFIG,
         overrides=tuple(args.set or ()),
-        data=args.data,
+        data=tuple(args.data) if args.data else None,
         folds=5 if args.folds is None else args.folds,
         gap=args.gap,
         val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,

@@ -16,11 +16,15 @@ from pathlib import Path
 
 from marl_jax.config import config_from_dict, config_to_dict, load_config
 from marl_jax.env import evaluate
-from marl_jax.env.features import WARMUP_BARS
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
-from marl_jax.run.setup import load_market
-from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, WalkForwardError, make_folds
+from marl_jax.run.setup import data_label, data_overrides, load_markets
+from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, WalkForwardError
+from marl_jax.walkforward.instruments import (
+    instrument_folds,
+    run_instruments_fold,
+    write_instruments_outputs,
+)
 from marl_jax.walkforward.pooled import write_outputs
 from marl_jax.walkforward.runner import SELECT_METRIC, run_fold
 from marl_jax.walkforward.sweep import FoldSweep, pooled_trials
@@ -37,7 +41,7 @@ class WalkForwardSpec:
     out: str
     config: str = "configs/quickstart.yaml"
     overrides: Sequence[str] = ()
-    data: str | None = None
+    data: str | Sequence[str] | None = None  # one file, or several (instruments)
     folds: int = 5
     gap: int | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
@@ -69,6 +73,18 @@ def _sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
+def _digest(cfg) -> str | dict[str, str] | None:
+    """The data file's SHA-256, or each instrument's by name for several."""
+    if cfg.env.data_paths:
+        return {Path(p).name: _sha256(p) for p in cfg.env.data_paths}
+    return _sha256(cfg.env.data_path)
+
+
+def _single_file(cfg) -> str | None:
+    """The one data file (``env.data_path``, or ``env.data_paths`` of one), or None."""
+    return cfg.env.data_paths[0] if cfg.env.data_paths else cfg.env.data_path
+
+
 def _resolve(spec: WalkForwardSpec) -> tuple:
     """``(config, options)`` for a new walk-forward, or as recorded for ``--resume``."""
     manifest = Path(spec.out) / MANIFEST
@@ -79,9 +95,9 @@ def _resolve(spec: WalkForwardSpec) -> tuple:
             )
         recorded = json.loads(manifest.read_text())
         cfg = config_from_dict(recorded["config"], source=str(manifest))
-        if _sha256(cfg.env.data_path) != recorded["data_sha256"]:
+        if _digest(cfg) != recorded["data_sha256"]:
             raise WalkForwardError(
-                f"{cfg.env.data_path}: the data file changed since the walk-forward in "
+                f"{data_label(cfg)}: the data file changed since the walk-forward in "
                 f"{spec.out} started; restore it or start a new walk-forward in another --out"
             )
         return cfg, recorded["options"]
@@ -90,7 +106,7 @@ def _resolve(spec: WalkForwardSpec) -> tuple:
             f"{spec.out} already holds a walk-forward; continue it with --resume or choose "
             "another --out"
         )
-    overrides = [*spec.overrides] + ([f"env.data_path={spec.data}"] if spec.data else [])
+    overrides = [*spec.overrides, *data_overrides(spec.data)]
     return load_config(spec.config, overrides), spec.options()
 
 
@@ -113,29 +129,30 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         raise WalkForwardError(f"--out {out}: exists and is not a folder; choose another --out")
     cfg, options = _resolve(spec)
     sweep = _sweep_for(spec, cfg)
-    bars = load_market(cfg)
-    folds = make_folds(
-        len(bars),
-        options["folds"],
-        window=cfg.env.window,
-        warmup=WARMUP_BARS,
-        gap=options["gap"],
-        val_fraction=options["val_fraction"],
-        rolling=options["rolling"],
-    )
+    markets = load_markets(cfg)
+    by_instrument = instrument_folds(cfg, markets, options)
+    several = len(markets) > 1
+    if several and sweep is not None:
+        raise WalkForwardError(
+            "--sweep with several --data files: not supported; give one --data, or drop --sweep"
+        )
+    bars, folds = next(iter(markets.values())), next(iter(by_instrument.values()))
     with RunLock(out):
         header = {
             "config": config_to_dict(cfg),
-            "data": cfg.env.data_path,
-            "data_sha256": _sha256(cfg.env.data_path),
-            "n_bars": len(bars),
+            "data": list(cfg.env.data_paths) if several else _single_file(cfg),
+            "data_sha256": _digest(cfg),
+            "n_bars": {n: len(b) for n, b in markets.items()} if several else len(bars),
             "options": options,
-            "selection": f"the checkpoint with the best validation {SELECT_METRIC}",
+            "selection": f"the checkpoint with the best validation {SELECT_METRIC}"
+            + (", summed over the instruments" if several else ""),
         }
         if sweep is not None:
             header["selection"] = f"the sweep member with the best validation {SELECT_METRIC}"
             header["sweep"] = sweep.record()
-        layout = json.loads(json.dumps({**header, "folds": [f.to_dict() for f in folds]}))
+        fold_layout = {n: [f.to_dict() for f in fs] for n, fs in by_instrument.items()}
+        layout = {**header, "folds": fold_layout if several else fold_layout[next(iter(markets))]}
+        layout = json.loads(json.dumps(layout))
         if not spec.resume:
             atomic_write_text(out / MANIFEST, json.dumps(layout, indent=2) + "\n")
         elif json.loads((out / MANIFEST).read_text())["folds"] != layout["folds"]:
@@ -143,6 +160,8 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
                 f"{out / MANIFEST}: its folds differ from those this version lays out; finish "
                 "the walk-forward with the version that started it, or start a new one"
             )
+        if several:
+            return _run_instruments(out, cfg, markets, by_instrument, header, progress)
         results = []
         for fold in folds:
             if progress:
@@ -159,3 +178,16 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         return write_outputs(
             out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials
         )
+
+
+def _run_instruments(out, cfg, markets, by_instrument, header, progress: bool) -> dict:
+    """Every fold over all instruments (:mod:`marl_jax.walkforward.instruments`)."""
+    count = len(next(iter(by_instrument.values())))
+    results = []
+    for k in range(count):
+        folds = {name: fs[k] for name, fs in by_instrument.items()}
+        if progress:
+            print(f"fold {k + 1}/{count}: {len(folds)} instruments", flush=True)
+        root = fold_dir(out, k)
+        results.append(run_instruments_fold(cfg, markets, folds, root, progress=progress))
+    return write_instruments_outputs(out, results, markets, header, cfg.env.cost_bps)

@@ -1,8 +1,9 @@
 """The walk-forward's pooled outputs: ``returns.csv``, ``report.json``, ``equity_curve.png`` and
 the printed table, all from the finished folds' per-bar test arrays.
 
-``returns.csv`` has one row per test bar: ``fold``, ``timestamp`` (the bar the position is set
-at; its return is earned over the next bar), ``position`` (the policy's), then the net return
+``returns.csv`` has one row per test bar: ``fold``, ``instrument`` (the bar file's name, or
+``synthetic``), ``timestamp`` (the bar the position is set at; its return is earned over the
+next bar), ``position`` (the policy's), then the net return
 (log, after costs) of ``policy`` and of each baseline at that bar. The pooled metrics are
 those of the stitched rows; each fold starts flat, as the environment does.
 """
@@ -17,12 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from marl_jax import metrics
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
-from marl_jax.run.report import REPORT_METRICS
+from marl_jax.run.report import REPORT_METRICS, stitched_summary
+from marl_jax.run.setup import SYNTHETIC
 
-__all__ = ["RETURNS_CSV", "format_table", "pooled_metrics", "returns_frame", "write_outputs"]
+__all__ = [
+    "RETURNS_CSV",
+    "format_table",
+    "instrument_name",
+    "pooled_metrics",
+    "returns_frame",
+    "write_outputs",
+]
 
 RETURNS_CSV = "returns.csv"
 REPORT_JSON = "report.json"
@@ -35,13 +43,21 @@ def _names(arrays: Mapping) -> list[str]:
     return ["policy"] + [k for k in names if k != "policy"]
 
 
-def returns_frame(folds: Sequence[tuple[dict, dict]], timestamps: np.ndarray) -> pd.DataFrame:
-    """One row per test bar of every fold (see the module docstring)."""
+def instrument_name(data: str | None) -> str:
+    """The instrument name of a bar file (its file name), or of the synthetic market."""
+    return Path(data).name if data else SYNTHETIC
+
+
+def returns_frame(
+    folds: Sequence[tuple[dict, dict]], timestamps: np.ndarray, instrument: str = SYNTHETIC
+) -> pd.DataFrame:
+    """One row per test bar of every fold (see the module docstring) of ``instrument``."""
     frames = []
     for summary, arrays in folds:
         idx = arrays["bar_index"]
         cols = {
             "fold": np.full(len(idx), summary["fold"]),
+            "instrument": instrument,
             "timestamp": pd.to_datetime(timestamps[idx]),
             "position": arrays["policy"]["positions"],
         }
@@ -59,39 +75,24 @@ def pooled_metrics(
     """The report's metrics (:func:`marl_jax.metrics.summary`, against buy-and-hold) of the
     stitched test folds, for the policy and each baseline; the policy's DSR deflates for
     ``trial_sharpes`` (the trials it was chosen among)."""
-
-    def stitched(name: str, field: str) -> np.ndarray:
-        return np.concatenate([a[name][field] for _, a in folds])
-
-    benchmark, benchmark_gross = (
-        stitched("buy_and_hold", "rewards"),
-        stitched("buy_and_hold", "pnl"),
+    return stitched_summary(
+        [arrays for _, arrays in folds], periods_per_year, cost_bps, trial_sharpes
     )
-    return {
-        name: metrics.summary(
-            stitched(name, "rewards"),
-            stitched(name, "positions"),
-            benchmark,
-            periods_per_year,
-            gross=stitched(name, "pnl"),
-            benchmark_gross=benchmark_gross,
-            cost_bps=cost_bps,
-            trial_sharpes=trial_sharpes if name == "policy" else None,
-        )
-        for name in _names(folds[0][1])
-    }
 
 
 def format_table(report: Mapping) -> str:
-    """Each fold's and the pooled test metrics as a text table."""
-    header = f"{'fold':8s}{'':16s}" + "".join(f"{k:>18s}" for k in REPORT_METRICS)
-    lines = [header, "-" * len(header)]
+    """Each fold's and the pooled test metrics as a text table (with several instruments, each
+    instrument's folds stitched too, before the pooled rows)."""
     blocks = [(str(f["fold"]), f["test"]) for f in report["folds"]]
+    blocks += list(report.get("instruments", {}).items())
     blocks.append(("pooled", report["pooled"]))
+    width = max(8, *(len(label) + 2 for label, _ in blocks))
+    header = f"{'fold':{width}s}{'':16s}" + "".join(f"{k:>18s}" for k in REPORT_METRICS)
+    lines = [header, "-" * len(header)]
     for label, by_name in blocks:
         for i, (name, scores) in enumerate(by_name.items()):
             row = "".join(f"{scores[k]:>18.4f}" for k in REPORT_METRICS)
-            lines.append(f"{label if i == 0 else '':8s}{name:16s}" + row)
+            lines.append(f"{label if i == 0 else '':{width}s}{name:16s}" + row)
     return "\n".join(lines)
 
 
@@ -106,7 +107,7 @@ def write_outputs(
 ) -> dict:
     """Writes ``returns.csv``, ``equity_curve.png`` and ``report.json`` under ``out``
     (atomically); returns the report."""
-    frame = returns_frame(folds, timestamps)
+    frame = returns_frame(folds, timestamps, instrument_name(header.get("data")))
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.10g")
     atomic_write_text(out / RETURNS_CSV, buffer.getvalue())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -126,10 +127,15 @@ def train_fold(
 
 
 def select_checkpoint(
-    run: Run, state: TrainState, val: market.EnvParams, policy_of
+    run: Run,
+    state: TrainState,
+    val: market.EnvParams | Mapping[str, market.EnvParams],
+    policy_of,
 ) -> tuple[int, TrainState, dict[int, float]]:
-    """The kept checkpoint with the best validation ``SELECT_METRIC`` (the later one on a tie):
+    """The kept checkpoint with the best validation ``SELECT_METRIC`` (the later one on a tie;
+    summed over the instruments when ``val`` maps each to its validation split):
     ``(step, state, {step: score})``."""
+    vals = list(val.values()) if isinstance(val, Mapping) else [val]
     k = run.cfg.checkpoint
     ckpt = TrainCheckpointer(
         run.dir.checkpoints, max_to_keep=k.max_to_keep, best_metric=k.best_metric, read_only=True
@@ -138,8 +144,9 @@ def select_checkpoint(
         scores, states = {}, {}
         for step in ckpt.all_steps():
             restored, _ = restore_state(ckpt, run.algo, state, step)
-            scores[step] = evaluate.run_policy(policy_of(restored), val, batch_size=EVAL_BATCH)
-            scores[step] = float(scores[step].metrics[SELECT_METRIC])
+            policy = policy_of(restored)
+            runs = [evaluate.run_policy(policy, v, batch_size=EVAL_BATCH) for v in vals]
+            scores[step] = sum(float(r.metrics[SELECT_METRIC]) for r in runs)
             states[step] = restored
     finally:
         ckpt.close()

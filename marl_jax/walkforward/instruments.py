@@ -1,0 +1,247 @@
+"""A walk-forward over several instruments (``env.data_paths``, or ``--data`` repeated).
+
+Each instrument is cut into the same number of folds on its own bars (:func:`instrument_folds`).
+Fold ``K`` trains one run in ``OUT/fold_K`` on one environment over every instrument's fold-K
+train span (each environment draws its instrument at reset; each instrument's normalisation is
+fitted on its own train span, saved per instrument with the checkpoints), chooses the
+checkpoint with the best validation ``SELECT_METRIC`` summed over the instruments (their
+validation bars concatenated), and runs it once over each instrument's test fold with the
+baselines (the linear one fitted on that instrument's train span). Leakage is as in
+:mod:`marl_jax.walkforward.runner`, per instrument.
+
+``fold.json`` holds, per instrument, its fold's bars, dates and test metrics, and as ``test`` the
+fold's instruments pooled; ``test_runs.npz`` holds ``INSTRUMENT/NAME/FIELD`` arrays. The report
+gives each fold (pooled over instruments), each instrument (its folds stitched) and ``pooled``:
+every instrument's test bars of every fold concatenated as one series (fold by fold, instrument
+by instrument; each part starts flat), annualised at the instruments' mean bars per year.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from marl_jax.config import Config
+from marl_jax.env import data as bar_data
+from marl_jax.env import evaluate, market
+from marl_jax.env.features import WARMUP_BARS
+from marl_jax.mappo import MAPPO
+from marl_jax.run import loop
+from marl_jax.run.files import atomic_write_text, atomic_write_with
+from marl_jax.run.metrics import read_metrics_log
+from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
+from marl_jax.run.report import run_arrays
+from marl_jax.run.rundir import RunDir, RunLock
+from marl_jax.run.setup import Instrument, Run
+from marl_jax.walkforward.folds import Fold, WalkForwardError, make_folds
+from marl_jax.walkforward.pooled import (
+    EQUITY_PNG,
+    REPORT_JSON,
+    RETURNS_CSV,
+    pooled_metrics,
+    returns_frame,
+)
+from marl_jax.walkforward.runner import (
+    FOLD_RESULT,
+    SELECT_METRIC,
+    TEST_RUNS,
+    _greedy,
+    _test_runs,
+    fold_envs,
+    select_checkpoint,
+)
+
+__all__ = [
+    "POOLED",
+    "instrument_folds",
+    "load_instruments_fold",
+    "run_instruments_fold",
+    "write_instruments_outputs",
+]
+
+POOLED = (
+    "every instrument's test bars of every fold concatenated as one series (fold by fold, "
+    "instrument by instrument, each part starting flat), annualised at the instruments' mean "
+    "bars per year"
+)
+
+
+def instrument_folds(
+    cfg: Config, markets: Mapping[str, bar_data.Bars], options: Mapping
+) -> dict[str, list[Fold]]:
+    """Each instrument's folds, laid out on its own bars with the walk-forward's options."""
+    out = {}
+    for name, bars in markets.items():
+        try:
+            out[name] = make_folds(
+                len(bars),
+                options["folds"],
+                window=cfg.env.window,
+                warmup=WARMUP_BARS,
+                gap=options["gap"],
+                val_fraction=options["val_fraction"],
+                rolling=options["rolling"],
+            )
+        except WalkForwardError as err:
+            if len(markets) == 1:
+                raise
+            raise WalkForwardError(f"{name}: {err}") from None
+    return out
+
+
+def _per_year(bars: bar_data.Bars) -> float:
+    interval = bars.interval_minutes if math.isfinite(bars.interval_minutes) else 30.0
+    return evaluate.periods_per_year_for(interval)
+
+
+def load_instruments_fold(root: Path) -> tuple[dict, dict[str, dict]] | None:
+    """A finished fold's ``fold.json`` and ``{instrument: {"bar_index", NAME: {positions,
+    rewards, pnl}}}``, or None when the fold is not finished."""
+    result = root / FOLD_RESULT
+    if not result.is_file():
+        return None
+    summary = json.loads(result.read_text())
+    arrays: dict[str, dict] = {}
+    with np.load(root / TEST_RUNS) as z:
+        for key in z.files:
+            inst, rest = key.split("/", 1)
+            if rest == "bar_index":
+                arrays.setdefault(inst, {})["bar_index"] = z[key]
+            else:
+                name, field = rest.split("/")
+                arrays.setdefault(inst, {}).setdefault(name, {})[field] = z[key]
+    return summary, arrays
+
+
+def run_instruments_fold(
+    cfg: Config,
+    markets: Mapping[str, bar_data.Bars],
+    folds: Mapping[str, Fold],
+    root: Path,
+    *,
+    progress: bool = False,
+) -> tuple[dict, dict[str, dict]]:
+    """Trains, selects on validation and tests fold ``K`` of every instrument (``folds``: each
+    instrument's fold K); skipped when already finished. Returns
+    :func:`load_instruments_fold`'s pair."""
+    done = load_instruments_fold(root)
+    if done is not None:
+        return done
+    envs = {}
+    for name, fold in folds.items():
+        try:
+            envs[name] = fold_envs(cfg, markets[name], fold)
+        except WalkForwardError as err:
+            raise WalkForwardError(f"{name}: {err}") from None
+    instruments = {
+        name: Instrument(markets[name][: folds[name].val[1]], e.norm, e.train)
+        for name, e in envs.items()
+    }
+    train = market.combine_instruments([e.train for e in envs.values()])
+    first = next(iter(instruments.values()))
+    lock = RunLock(root).acquire()
+    try:
+        run_dir = RunDir(root, cfg.checkpoint.dir)
+        algo = MAPPO(cfg)
+        run = Run(cfg, run_dir, lock, first.bars, first.norm, train, algo, None, instruments)
+        state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
+        policy_of = _greedy(algo)
+        vals = {n: e.val for n, e in envs.items()}
+        step, chosen, scores = select_checkpoint(run, state, vals, policy_of)
+        per, arrays = {}, {}
+        for name, e in envs.items():
+            runs = _test_runs(policy_of(chosen), e, cfg.seed)  # linear: on its own train span
+            fold, ts = folds[name], markets[name].timestamp
+            spans = (("train", fold.train), ("val", fold.val), ("test", fold.test))
+            per[name] = {
+                **fold.to_dict(),
+                "dates": {
+                    part: [str(pd.Timestamp(ts[a])), str(pd.Timestamp(ts[b - 1]))]
+                    for part, (a, b) in spans
+                },
+                "normalisation_fitted_on": fold.train,
+                "test": {k: r.metrics for k, r in runs.items()},
+            }
+            arrays[name] = {"bar_index": runs["policy"].bar_index}
+            arrays[name].update({k: run_arrays(r) for k, r in runs.items()})
+        rows = read_metrics_log(run.dir.metrics)
+        if rows:
+            plot_learning_curve(rows, run.dir.learning_curve)
+        per_year = float(np.mean([_per_year(b) for b in markets.values()]))
+        index = next(iter(folds.values())).index
+        summary = {
+            "fold": index,
+            "instruments": per,
+            "selection": {
+                "metric": f"validation {SELECT_METRIC}, summed over the instruments",
+                "step": step,
+                "scores": {str(s): v for s, v in scores.items()},
+            },
+            "test": pooled_metrics(
+                [(None, a) for a in arrays.values()], per_year, cfg.env.cost_bps
+            ),
+        }
+        flat = {}
+        for inst, a in arrays.items():
+            flat[f"{inst}/bar_index"] = a["bar_index"]
+            for key, fields in a.items():
+                if key != "bar_index":
+                    flat.update({f"{inst}/{key}/{f}": v for f, v in fields.items()})
+        atomic_write_with(root / TEST_RUNS, lambda fh: np.savez(fh, **flat))
+        atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
+    finally:
+        lock.release()
+    return load_instruments_fold(root)
+
+
+def write_instruments_outputs(
+    out: Path,
+    results: Sequence[tuple[dict, dict[str, dict]]],
+    markets: Mapping[str, bar_data.Bars],
+    header: Mapping,
+    cost_bps: float,
+) -> dict:
+    """Writes ``returns.csv`` (with each row's ``instrument``), ``equity_curve.png`` and
+    ``report.json`` under ``out`` (atomically); returns the report."""
+    per_year = float(np.mean([_per_year(b) for b in markets.values()]))
+    parts = [(summary, arrays[name]) for summary, arrays in results for name in markets]
+    frame = pd.concat(
+        [
+            returns_frame([(summary, arrays[name])], markets[name].timestamp, name)
+            for summary, arrays in results
+            for name in markets
+        ],
+        ignore_index=True,
+    )
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.10g")
+    atomic_write_text(out / RETURNS_CSV, buffer.getvalue())
+    names = [c for c in frame.columns if c not in ("fold", "instrument", "timestamp", "position")]
+    curves = {n: np.exp(np.r_[0.0, np.cumsum(frame[n].to_numpy(np.float64))]) for n in names}
+    plot_equity_curves(
+        curves,
+        out / EQUITY_PNG,
+        title=f"walk-forward: {len(results)} folds of {len(markets)} instruments stitched, "
+        "greedy policy vs baselines",
+    )
+    report = {
+        **header,
+        "folds": [summary for summary, _ in results],
+        "instruments": {
+            name: pooled_metrics(
+                [(s, a[name]) for s, a in results], _per_year(markets[name]), cost_bps
+            )
+            for name in markets
+        },
+        "pooled": pooled_metrics(parts, per_year, cost_bps),
+        "pooled_over": POOLED,
+        "returns_csv": RETURNS_CSV,
+    }
+    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    return report
