@@ -226,10 +226,11 @@ def op_row(op: str, hlo: NS, models: dict) -> dict:
     ins = hlo.instrs.get(op)
     (meta, inferred), loop = metadata_of(ins), enclosing_while(ins, hlo)
     name = (meta.op_name or "") if meta is not None else ""
+    shared = ins is not None and meta is None  # its users belong to several models
     return dict(
         op=op,
         category=categorize(ins, hlo),
-        model="shared (XLA-made, several models)" if ins and meta is None else model_of(name),
+        model="shared (XLA-made, several models)" if shared else model_of(name),
         backward="transpose(" in name,
         loop=loop.name if loop is not None else None,
         op_name=name,
