@@ -17,6 +17,50 @@ import os
 import statistics
 import sys
 import time
+from types import SimpleNamespace
+
+
+def call_ms(fn, *args) -> float:
+    """Milliseconds of one call of ``fn``, until its results are ready."""
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return (time.perf_counter() - start) * 1e3
+
+
+def median_ms(repeats: int, fn, *args, warmup: int = 1) -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        call_ms(fn, *args)
+    return statistics.median(call_ms(fn, *args) for _ in range(repeats))
+
+
+def setup(cfg, rows: int, steps: int | None = None) -> SimpleNamespace:
+    """The algorithm, training environment and initial state of ``cfg``, a jitted rollout, its
+    trajectory of ``steps`` steps (default the config's) and that trajectory's first ``rows``
+    transitions as one learn-step ``minibatch``."""
+    import jax
+
+    from marl_jax.mappo import MAPPO, Batch
+    from marl_jax.run.setup import env_params_for, load_market
+
+    env_params = env_params_for(cfg, load_market(cfg), "train", None)
+    algo = MAPPO(cfg)
+    state = jax.jit(algo.init)(jax.random.key(cfg.seed), env_params)
+    rollout = jax.jit(algo.rollout, static_argnums=2)
+    _, traj = rollout(state, env_params, steps)
+    adv, targets, _ = algo.advantages(state, traj)
+    batch = Batch(traj.bar, traj.actions, traj.log_probs, traj.value, adv, targets)
+    minibatch = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:rows], batch)
+    return SimpleNamespace(
+        algo=algo,
+        env_params=env_params,
+        state=state,
+        rollout=rollout,
+        traj=traj,
+        minibatch=minibatch,
+    )
 
 
 def main() -> None:
@@ -32,48 +76,37 @@ def main() -> None:
     import jax
 
     from marl_jax.config import load_config
-    from marl_jax.mappo import MAPPO, Batch
-    from marl_jax.run.setup import env_params_for, load_market
 
     cfg = load_config(args.config, args.set)
-    params = env_params_for(cfg, load_market(cfg), "train", None)
-    algo = MAPPO(cfg)
-    state = jax.jit(algo.init)(jax.random.key(cfg.seed), params)
-
-    def median_ms(fn, *xs) -> float:
-        jax.block_until_ready(fn(*xs))
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*xs))
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
-
-    rollout = jax.jit(algo.rollout)
+    t = cfg.training
+    s = setup(cfg, t.minibatch_size)
+    algo, params, state, mb = s.algo, s.env_params, s.state, s.minibatch
     learn = jax.jit(algo.learn)
     update = jax.jit(algo.update)
-    _, traj = rollout(state, params)
-    adv, targets, _ = algo.advantages(state, traj)
-    flat = jax.tree.map(
-        lambda x: x.reshape(-1, *x.shape[2:]),
-        Batch(traj.bar, traj.actions, traj.log_probs, traj.value, adv, targets),
-    )
-    t = cfg.training
-    mb = jax.tree.map(lambda x: x[: t.minibatch_size], flat)
     loss = jax.jit(lambda p: algo.loss(p, state.constants, mb, params, state.hparams)[0])
     grad = jax.jit(jax.grad(lambda p: algo.loss(p, state.constants, mb, params, state.hparams)[0]))
     started = time.perf_counter()
     update = update.lower(state, params).compile()
     compile_s = time.perf_counter() - started
+    n = args.repeats
     rows = [
-        ("update (rollout + learn)", median_ms(update, state, params)),
-        (f"rollout ({t.rollout_len} steps x {t.num_envs} envs)", median_ms(rollout, state, params)),
+        ("update (rollout + learn)", median_ms(n, update, state, params)),
+        (
+            f"rollout ({t.rollout_len} steps x {t.num_envs} envs)",
+            median_ms(n, s.rollout, state, params, None),
+        ),
         (
             f"learn ({t.update_epochs} epochs x {t.num_minibatches} minibatches)",
-            median_ms(learn, state, traj, params),
+            median_ms(n, learn, state, s.traj, params),
         ),
-        (f"one minibatch loss, forward ({t.minibatch_size} rows)", median_ms(loss, state.params)),
-        (f"one minibatch loss, gradient ({t.minibatch_size} rows)", median_ms(grad, state.params)),
+        (
+            f"one minibatch loss, forward ({t.minibatch_size} rows)",
+            median_ms(n, loss, state.params),
+        ),
+        (
+            f"one minibatch loss, gradient ({t.minibatch_size} rows)",
+            median_ms(n, grad, state.params),
+        ),
     ]
     print(
         f"JAX {jax.__version__} on {jax.devices()[0].platform}; {args.config} {' '.join(args.set)}"
