@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -293,13 +293,19 @@ class Policy:
         return cls(modules, variables, norm, int(window), resolved.description, config)
 
     def __post_init__(self) -> None:
-        modules = self.modules
-        self._decide = jax.jit(
-            lambda variables, windows: decision_from_windows(modules, variables, windows)
-        )
-        self._act = jax.jit(
-            lambda variables, obs: decision_from_obs(modules, variables, obs).actions
-        )
+        self._programs: tuple[Any, Callable, Callable] | None = None
+
+    def _compiled(self) -> tuple[Callable, Callable]:
+        """The jitted decision (windows -> Decision) and greedy actions (obs -> actions), with
+        this policy's variables as constants of the program: XLA then prepares the weights
+        once, at compile time, not at every call (benchmarks/decide.py). Rebuilt if
+        ``variables`` is replaced."""
+        if self._programs is None or self._programs[0] is not self.variables:
+            modules, variables = self.modules, self.variables
+            decide = jax.jit(lambda windows: decision_from_windows(modules, variables, windows))
+            act = jax.jit(lambda obs: decision_from_obs(modules, variables, obs).actions)
+            self._programs = (variables, decide, act)
+        return self._programs[1], self._programs[2]
 
     # ------------------------------------------------------------------ bars
 
@@ -441,7 +447,7 @@ class Policy:
                 f"feature windows have shape {windows.shape}; this model takes "
                 f"(B, {self.window}, {NUM_FEATURES})"
             )
-        return jax.tree.map(np.asarray, self._decide(self.variables, windows))
+        return jax.tree.map(np.asarray, self._compiled()[0](windows))
 
     def decide(
         self,
@@ -498,7 +504,8 @@ class Policy:
 
     def policy_fn(self):
         """A NumPy policy for :mod:`marl_jax.env.evaluate`: greedy actions ``(N, 3)``."""
-        return lambda obs: np.asarray(self._act(self.variables, obs))
+        act = self._compiled()[1]
+        return lambda obs: np.asarray(act(obs))
 
     def metadata(self) -> dict[str, Any]:
         """What a deployed decision needs beside the models: features, window, normalisation."""
