@@ -9,7 +9,7 @@ one jitted call. Beside it, from the same invocation, the original PyTorch model
 (``bridge.torch_reference``) in eager mode under ``torch.no_grad()`` on the same features
 (the same NumPy feature code, then the four models). p50 and p99 of ``--repeats`` timed
 decisions after 5 warm-up ones, with the features-only time for reference; PyTorch first,
-then JAX.
+then JAX. Then each model alone at batch 1 (where the time goes).
 
     python benchmarks/decide.py --repeats 300
 """
@@ -27,6 +27,7 @@ import torch
 
 from bridge import torch_reference
 from bridge.convert import torch_to_flax
+from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import load_config
 from marl_jax.env import data, market
 from marl_jax.env.features import AGENT_FEATURES
@@ -92,6 +93,32 @@ def table_row(size: str, bars: data.Bars, repeats: int) -> str:
     )
 
 
+def breakdown_row(size: str, bars: data.Bars, repeats: int) -> str:
+    """Each model alone at batch 1 on the latest window (jitted, its variables as
+    arguments), PyTorch eager beside it: where the decision's time goes."""
+    policy, refs = build(CONFIGS[size], bars)
+    tail = bars[len(bars) - policy.history :]
+    window = policy.normalised_features(tail)[-policy.window :].astype(np.float32)
+    x = np.ascontiguousarray(window.T[None])
+    inputs = {name: x[:, a:b] for name, (a, b) in AGENT_FEATURES.items()}
+    inputs["critic"] = x.mean(-1)
+    cells = []
+    for name in MODEL_NAMES:
+        module = policy.modules[name]
+        kwargs = {} if name == "critic" else {"deterministic": True}
+        flax_kwargs = kwargs | ({} if name == "critic" else {"attention_weights": False})
+        fn = jax.jit(lambda v, x, m=module, kw=flax_kwargs: m.apply(v, x, **kw))
+        j50, _ = percentiles(
+            lambda f=fn, n=name: jax.block_until_ready(f(policy.variables[n], inputs[n])),
+            repeats,
+        )
+        tx = torch.from_numpy(inputs[name])
+        with torch.no_grad():
+            t50, _ = percentiles(lambda r=refs[name], t=tx, kw=kwargs: r(t, **kw), repeats)
+        cells.append(f"{t50:.2f} / {j50:.2f}")
+    return f"| {size} | " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bars", type=int, default=8760, help="hourly bars in the file")
@@ -117,6 +144,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for size in args.models.split(","):
         print(table_row(size, bars, args.repeats))
+    print("\nEach model alone at batch 1, p50 ms, PyTorch eager / JAX jitted:")
+    print("| models | " + " | ".join(MODEL_NAMES) + " |")
+    print("|---" * (len(MODEL_NAMES) + 1) + "|")
+    for size in args.models.split(","):
+        print(breakdown_row(size, bars, args.repeats))
 
 
 if __name__ == "__main__":
