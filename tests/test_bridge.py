@@ -281,6 +281,7 @@ def test_pt_flax_pt_is_bit_identical(raw_ckpt, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["in.pt", "out.pt"]  # no temporary files left
 
 
+@pytest.mark.slow
 def test_flax_pt_flax_is_identical(fresh, tmp_path):
     modules, variables = {}, {}
     for name in MODEL_NAMES:
@@ -343,6 +344,7 @@ def test_fresh_jax_weights_run_the_same_in_torch(fresh, name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.slow
 def test_train_mode_step_matches_torch(fresh, name):
     """dropout_rate=0, one train step: outputs and the updated running statistics."""
     _, variables = fresh(name)

@@ -112,6 +112,7 @@ def test_defaults_without_jax_are_the_flax_defaults():
         assert pt_file.default_config(name) == module_config(build_module(name)), name
 
 
+@pytest.mark.slow
 def test_verify_passes_on_the_fixture_and_prints_every_output(reference_ckpt_path):
     result = run_cli("verify", reference_ckpt_path)
     assert_ok(result)
@@ -140,6 +141,7 @@ def raw_fixture(reference_ckpt_path):
     return torch.load(reference_ckpt_path, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_to_orbax_then_to_pt_reproduces_the_checkpoint(raw_fixture, tmp_path):
     source = tmp_path / "source.pt"
     checkpoint = {
@@ -177,6 +179,7 @@ def test_to_orbax_then_to_pt_reproduces_the_checkpoint(raw_fixture, tmp_path):
     assert_identical(raw_fixture, {k: after[k] for k in raw_fixture})
 
 
+@pytest.mark.slow
 def test_to_pt_of_a_pt_file_keeps_everything_and_gets_the_umask_mode(raw_fixture, tmp_path):
     source, out = tmp_path / "source.pt", tmp_path / "sub" / "out.pt"
     torch.save({**raw_fixture, "metrics": {"average_reward": 0.5}}, source)
@@ -271,6 +274,7 @@ def run_dir(tmp_path_factory):
     return run, state_dicts
 
 
+@pytest.mark.slow
 def test_inspect_and_to_pt_read_a_run_directory(run_dir, tmp_path):
     run, state_dicts = run_dir
     result = run_cli("inspect", run)
@@ -299,6 +303,7 @@ def test_inspect_and_to_pt_read_a_run_directory(run_dir, tmp_path):
     assert written["metadata"]["step"] == 4
 
 
+@pytest.mark.slow
 def test_verify_reads_a_checkpoint_step(run_dir):
     run, _ = run_dir
     step = run / "checkpoints" / "4"

@@ -47,6 +47,7 @@ def test_mappo_trainer_runs_the_original_loop(env_params, tmp_path):
     assert set(best["agents"]) == {"mlmi", "nwrqk", "mmd"}
 
 
+@pytest.mark.slow
 def test_mappo_trainer_ranks_by_the_configured_metric(env_params, tmp_path):
     trainer = MAPPOTrainer(
         TINY["training"],

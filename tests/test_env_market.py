@@ -161,6 +161,7 @@ def test_truncation_termination_and_auto_reset(params):
     assert float(s4.position) == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_jit_vmap_1024_envs_match_a_python_loop(params):
     n_env, n_steps = 1024, 40
     key = jax.random.PRNGKey(7)

@@ -39,6 +39,7 @@ def leaves_equal(a, b) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_rollout_and_loss_use_the_same_mode(cfg, env_params):
     """Before any update, the loss recomputes exactly the rollout's log-probabilities."""
     algo = MAPPO(cfg)

@@ -199,6 +199,7 @@ def stacked_parameter_sets(variables: dict, count: int = 3) -> dict:
     return jax.tree.map(stack, variables)
 
 
+@pytest.mark.slow
 def test_vmap_over_parameter_sets_and_inputs(small):
     module, variables = small("mlmi")  # integer batch statistics ride along
     stacked = stacked_parameter_sets(variables)
@@ -227,6 +228,7 @@ def test_vmap_critic_over_parameter_sets(small):
     assert not np.allclose(values[0], values[1])
 
 
+@pytest.mark.slow
 def test_grad_reaches_every_parameter(small):
     """grad of sum(log_prob of given actions) + sum(value), in train mode with batch stats.
 
@@ -307,6 +309,7 @@ def test_any_batch_size_and_rows_are_independent(small, name):
 
 
 @pytest.mark.parametrize("name", AGENTS)
+@pytest.mark.slow
 def test_last_query_attention_gives_the_same_outputs_and_gradients(small, name):
     """``attention_weights=False`` (the trainer's rollout and loss) attends from the last
     time step only: every output but the weights, and the gradient of the loss, are those
@@ -773,6 +776,7 @@ def test_lstm_gates_match_plain_activations_and_their_derivatives():
 
 
 @pytest.mark.parametrize(("layers", "bidirectional"), [(3, True), (2, False)])
+@pytest.mark.slow
 def test_cudnn_weight_packing_matches_jax_rnn_layout(layers, bidirectional):
     """The flat vector handed to cuDNN, unpacked by ``jax.experimental.rnn``'s own layout and
     run through its reference LSTM (the cuDNN semantics, on any device), gives the scan's
@@ -870,6 +874,7 @@ def test_cudnn_backend_matches_scan_on_gpu(name):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.slow
 def test_recurrence_gradients_match_autodiff_of_the_same_scan(cell, reverse):
     """The hand-written backward pass of the recurrences (one scan, compact residuals,
     ``dW_hh`` as one reduction) gives plain autodiff's gradients, alone and under ``vmap``
@@ -908,6 +913,7 @@ def test_recurrence_gradients_match_autodiff_of_the_same_scan(cell, reverse):
             np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fused_bidirectional_lstm_matches_the_two_directions():
     """Both directions in one scan (a bidirectional layer at a few rows) give the outputs
     and gradients of the two separate recurrences, and the layer takes it only up to

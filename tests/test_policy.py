@@ -127,6 +127,7 @@ MODES = {
 
 
 @pytest.mark.parametrize("modes", MODES.values(), ids=MODES.keys())
+@pytest.mark.slow
 def test_deciding_at_every_test_bar_gives_exactly_the_evaluators_positions(
     tiny, policy, greedy, modes
 ):
@@ -313,6 +314,7 @@ def test_decide_under_delta_moves_the_given_position_and_needs_it(
     assert "env.action_mode delta (step 0.5)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path, capsys):
     from marl_jax.backtest import main
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,6 +30,7 @@ def test_readme_commands_match_ci():
     assert "pip install torch==2.13.0" in text and "torch==2.13.0" in ci
 
 
+@pytest.mark.slow
 def test_quick_start_runs_on_the_reference_checkpoint(reference_ckpt_path, capsys):
     code = quick_start_code()
     assert '"strategic_marl_initial.pt"' in code

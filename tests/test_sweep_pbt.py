@@ -93,6 +93,7 @@ def injected_rate(opt_state) -> np.ndarray:
 # ------------------------------------------------------------------ exploit (device)
 
 
+@pytest.mark.slow
 def test_exploit_copies_the_source_exactly_and_keeps_the_rest_own(population):
     before = population
     p = plan(
@@ -132,6 +133,7 @@ def test_exploit_copies_the_source_exactly_and_keeps_the_rest_own(population):
     assert float(got.hparams.clip_eps) == float(cop.hparams.clip_eps)  # not in the table
 
 
+@pytest.mark.slow
 def test_injected_learning_rates_follow_the_new_hyperparameters(population):
     p = plan(
         np.random.default_rng(3),
@@ -153,6 +155,7 @@ def test_injected_learning_rates_follow_the_new_hyperparameters(population):
     assert float(after.hparams.actor_lr[0]) in (np.float32(old * 0.8), np.float32(old * 1.25))
 
 
+@pytest.mark.slow
 def test_non_copiers_are_unchanged_bit_for_bit(population):
     scores = np.array([2.0, 9.0, 7.0, 3.0])
     p = plan(
@@ -165,6 +168,7 @@ def test_non_copiers_are_unchanged_bit_for_bit(population):
     assert not leaves_equal(member(after, 0).params, member(population, 0).params)
 
 
+@pytest.mark.slow
 def test_a_dead_member_is_left_as_it_was(population):
     alive = np.array([True, True, True, False])
     p = plan(

@@ -115,6 +115,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert (killed / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_report_has_policy_and_baselines(tmp_path):
     old_umask = os.umask(0o022)
     try:
@@ -177,6 +178,7 @@ def test_resume_without_a_run_and_reuse_of_a_run_dir_are_refused(tmp_path, capsy
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_names_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     real_to_floats = run_loop.to_floats
