@@ -23,6 +23,7 @@ def env_params():
     return env_params_for(cfg, data.synthetic_bars(cfg.env.synthetic_n_bars, seed=1), "train", None)
 
 
+@pytest.mark.slow
 def test_mappo_trainer_runs_the_original_loop(env_params, tmp_path):
     trainer = MAPPOTrainer(
         TINY["training"],
