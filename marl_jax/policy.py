@@ -62,6 +62,7 @@ from marl_jax.env.features import (
 )
 from marl_jax.env.market import (
     combined_vote,
+    interval_minutes_of,
     periods_per_year_for,
     positions_from_actions,
     vol_scale,
@@ -396,8 +397,7 @@ class Policy:
             return np.ones(stop - start, np.float32)
         first = max(0, start + 1 - self.vol_history)
         log_returns = np.r_[0.0, np.diff(np.log(bars.close[first:stop]))]
-        interval = bars.interval_minutes
-        per_year = periods_per_year_for(interval if np.isfinite(interval) else 30.0)
+        per_year = periods_per_year_for(interval_minutes_of(bars))
         spans = (m["vol_span"], m["target_vol"], m["max_leverage"], per_year)
         return vol_scale(log_returns, *spans)[start - first :].astype(np.float32)
 

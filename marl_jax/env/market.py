@@ -249,6 +249,13 @@ def _episode_range(
     return lo, hi, s1 - 1
 
 
+def interval_minutes_of(bars) -> float:
+    """The bars' interval in minutes; 30 (the original system's bars) when a file does not
+    say (a single bar)."""
+    interval = bars.interval_minutes
+    return float(interval) if np.isfinite(interval) else 30.0
+
+
 def vol_scale(
     log_returns: np.ndarray, span: int, target_vol: float, max_leverage: float, per_year: float
 ) -> np.ndarray:
@@ -324,8 +331,7 @@ def make_env_params(
         t_lo, _, t_last = _episode_range(n, "train", split_fractions, window, bounds)
         paid = log_returns[t_lo + 1 : t_last + 1]
         return_stats = (float(paid.mean()), float(np.mean(paid**2)))
-    interval = bars.interval_minutes
-    interval = float(interval) if np.isfinite(interval) else 30.0
+    interval = interval_minutes_of(bars)
     if position_sizing == "vol_target":
         per_year = periods_per_year_for(interval)
         scale = vol_scale(log_returns, vol_span, target_vol, max_leverage, per_year)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -96,7 +95,7 @@ def instrument_folds(
 
 
 def _per_year(bars: bar_data.Bars) -> float:
-    interval = bars.interval_minutes if math.isfinite(bars.interval_minutes) else 30.0
+    interval = market.interval_minutes_of(bars)
     return evaluate.periods_per_year_for(interval)
 
 
