@@ -73,6 +73,23 @@ def test_quickstart_is_small_and_short():
     assert t.batch_size % t.num_minibatches == 0
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.env.cost_bps >= 0 and cfg.training.num_updates >= 1
+
+
+def test_real_markets_is_the_benchmarks_setting():
+    """configs/real_markets.yaml trades at the learning benchmark's cost, 1 bp."""
+    cfg = load_config(ROOT / "configs" / "real_markets.yaml")
+    assert cfg.env.cost_bps == 1.0
+    assert (cfg.env.reward, cfg.env.action_mode, cfg.env.position_sizing) == (
+        "pnl",
+        "target",
+        "fixed",
+    )
+
+
 def test_agent_kwargs_are_model_arguments():
     kw = load_config(V1).agents.mlmi.to_kwargs()
     assert kw == {
