@@ -72,7 +72,8 @@ def write_config_and_run(tmp_path: Path, name: str, data: dict, *extra: str) -> 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    a = cli("--config", str(config), "--out", str(straight))
+    # The straight run starts after the kill, so it and the resumed run load the programs that
+    # the killed run compiled from the compilation cache instead of compiling them again.
     b = cli("--config", str(config), "--out", str(killed))
     deadline = time.time() + 600
     while not (killed / "checkpoints" / "2").is_dir():
@@ -88,6 +89,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     )
     assert done_before_kill < 8, "the kill came too late to test resuming"
 
+    a = cli("--config", str(config), "--out", str(straight))
     code, _, err = finish(cli("--out", str(killed), "--resume"))
     assert code == 0, err
     code, _, err = finish(a)
