@@ -118,6 +118,8 @@ __all__ = [
     "make_multi_env_params",
     "combine_instruments",
     "periods_per_year_for",
+    "interval_minutes_of",
+    "periods_per_year_of",
     "REWARDS",
     "ACTION_MODES",
     "POSITION_SIZINGS",
@@ -254,6 +256,11 @@ def interval_minutes_of(bars) -> float:
     say (a single bar)."""
     interval = bars.interval_minutes
     return float(interval) if np.isfinite(interval) else 30.0
+
+
+def periods_per_year_of(bars) -> float:
+    """Bars per year at the bars' interval (:func:`interval_minutes_of`)."""
+    return periods_per_year_for(interval_minutes_of(bars))
 
 
 def vol_scale(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from marl_jax.config import config_from_dict, config_to_dict, load_config
-from marl_jax.env import evaluate, market
+from marl_jax.env import market
 from marl_jax.run.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets
@@ -171,8 +171,7 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
                 )
             train = run_fold if sweep is None else sweep.run_fold
             results.append(train(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
-        interval = market.interval_minutes_of(bars)
-        ppy = evaluate.periods_per_year_for(interval)
+        ppy = market.periods_per_year_of(bars)
         trials = None if sweep is None else pooled_trials([s for s, _ in results])
         return write_outputs(
             out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials

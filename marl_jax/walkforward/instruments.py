@@ -28,7 +28,7 @@ import pandas as pd
 
 from marl_jax.config import Config
 from marl_jax.env import data as bar_data
-from marl_jax.env import evaluate, market
+from marl_jax.env import market
 from marl_jax.env.features import WARMUP_BARS
 from marl_jax.mappo import MAPPO
 from marl_jax.run import loop
@@ -92,11 +92,6 @@ def instrument_folds(
                 raise
             raise WalkForwardError(f"{name}: {err}") from None
     return out
-
-
-def _per_year(bars: bar_data.Bars) -> float:
-    interval = market.interval_minutes_of(bars)
-    return evaluate.periods_per_year_for(interval)
 
 
 def load_instruments_fold(root: Path) -> tuple[dict, dict[str, dict]] | None:
@@ -172,7 +167,7 @@ def run_instruments_fold(
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
-        per_year = float(np.mean([_per_year(b) for b in markets.values()]))
+        per_year = float(np.mean([market.periods_per_year_of(b) for b in markets.values()]))
         index = next(iter(folds.values())).index
         summary = {
             "fold": index,
@@ -208,7 +203,7 @@ def write_instruments_outputs(
 ) -> dict:
     """Writes ``returns.csv`` (with each row's ``instrument``), ``equity_curve.png`` and
     ``report.json`` under ``out`` (atomically); returns the report."""
-    per_year = float(np.mean([_per_year(b) for b in markets.values()]))
+    per_year = float(np.mean([market.periods_per_year_of(b) for b in markets.values()]))
     parts = [(summary, arrays[name]) for summary, arrays in results for name in markets]
     frame = pd.concat(
         [
@@ -234,7 +229,9 @@ def write_instruments_outputs(
         "folds": [summary for summary, _ in results],
         "instruments": {
             name: pooled_metrics(
-                [(s, a[name]) for s, a in results], _per_year(markets[name]), cost_bps
+                [(s, a[name]) for s, a in results],
+                market.periods_per_year_of(markets[name]),
+                cost_bps,
             )
             for name in markets
         },
