@@ -14,12 +14,18 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from xla_levels import with_fast_compile
 
 # Exact float32 matmuls everywhere (the tolerances assume them); set before any test runs.
 # The environment variable carries it to the command lines the tests start, so that their
 # programs are the ones compiled in this process (the precision is part of each program).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# XLA's lowest backend optimisation level for every test and for the command lines the tests
+# start (the environment carries it): compiling dominates the suite (xla_levels.py). It must be
+# set before JAX starts its CPU backend, which importing jax does not do.
+os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
 
 # One persistent compilation cache for the session, shared with the subprocesses the CLI tests
 # start (they compile the same tiny training programs): compile time dominates those tests.

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from xla_levels import FULL_OPTIMISATION
 
 from marl_jax.env.data import Bars, synthetic_bars
 from marl_jax.env.features import WARMUP_BARS, FeatureNorm, compute_features
@@ -223,7 +224,9 @@ def _episode(params: EnvParams, actions: np.ndarray, t0: int):
         _, state, reward, done, info = step(jax.random.PRNGKey(1), state, a, params)
         return state, (reward, done, info["position"], info["pnl"], info["cost"], info["equity"])
 
-    _, out = jax.jit(lambda s, a: jax.lax.scan(one, s, a))(start, jnp.asarray(actions, jnp.int32))
+    # XLA's default level, as the helpers' replay below: it compares two programs bit for bit.
+    scan = jax.jit(lambda s, a: jax.lax.scan(one, s, a), compiler_options=FULL_OPTIMISATION)
+    _, out = scan(start, jnp.asarray(actions, jnp.int32))
     return [np.asarray(x) for x in out]
 
 
@@ -363,9 +366,9 @@ def test_evaluation_helpers_replay_the_environment():
     actions = np.random.default_rng(9).integers(0, 3, size=(p.episode_len, 3))
     _, _, positions, pnl, cost, _ = _episode(p, actions, 350)
     bars = np.arange(350, 350 + len(actions))
-    got = jax.jit(positions_from_actions)(actions, p, bars)
+    got = jax.jit(positions_from_actions, compiler_options=FULL_OPTIMISATION)(actions, p, bars)
     np.testing.assert_array_equal(np.asarray(got), positions)
-    got_pnl, got_cost = net_returns(got, p, bars)
+    got_pnl, got_cost = jax.jit(net_returns, compiler_options=FULL_OPTIMISATION)(got, p, bars)
     np.testing.assert_array_equal(np.asarray(got_pnl), pnl)
     np.testing.assert_allclose(np.asarray(got_cost), cost, rtol=1e-6, atol=1e-12)
 

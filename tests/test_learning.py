@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from xla_levels import FULL_OPTIMISATION
 
 from marl_jax.config import load_config
 from marl_jax.env import evaluate, market
@@ -30,7 +31,9 @@ def _train_and_score(dtype: str, seeds: tuple[int, ...]) -> dict[str, Any]:
     train_params = env_params_for(cfg, bars, "train", None)
     test_params = env_params_for(cfg, bars, "test", market.get_normalisation(train_params))
     train = make_train(cfg, train_params)
-    states, metrics = jax.jit(jax.vmap(train))(jax.vmap(jax.random.key)(jnp.array(seeds)))
+    # Minutes of running, not of compiling: XLA's default optimisation level (xla_levels.py).
+    train_seeds = jax.jit(jax.vmap(train), compiler_options=FULL_OPTIMISATION)
+    states, metrics = train_seeds(jax.vmap(jax.random.key)(jnp.array(seeds)))
     act = jax.jit(lambda state, obs: train.algo.act(state, obs)[0])
     sharpes = []
     for i in range(len(seeds)):

@@ -72,7 +72,8 @@ def sweep_cmd(files, sweep: str, out: Path, *extra: str) -> list[str]:
 
 def env_for(files, devices: int) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    flags = env.get("XLA_FLAGS", "")  # conftest's, kept
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}"
     env["XDG_CACHE_HOME"] = str(files["cache"])
     env["PYTHONPATH"] = str(ROOT)
     env["JAX_PLATFORMS"] = "cpu"  # host devices, also on a machine with a GPU
