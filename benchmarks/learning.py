@@ -19,8 +19,9 @@ folds play no part) runs ``--seeds - 1`` more seeds. Each walk-forward has its o
 killed and rerun at will.
 
 Table: per file and variant, the pooled out-of-sample Sharpe, active IR against buy-and-hold,
-alpha t-statistic, turnover, the linear baseline's active IR, the active IR at 0x/1x/2x cost and
-the wall time; whether the goal is met (the chosen variant's mean pooled active IR over its
+alpha t-statistic, turnover, the linear baseline's active IR, the active IR at 0x/1x/2x cost, the
+test folds in which the position never changes sign (a scaled buy-and-hold there) and the wall
+time; whether the goal is met (the chosen variant's mean pooled active IR over its
 seeds is positive, above the linear baseline's, with non-zero turnover). Printed, and written
 to ``OUT/learning.md``.
 
@@ -347,6 +348,21 @@ def row_of(report: Mapping) -> dict[str, float]:
     return row
 
 
+def one_sign_folds(out: Path) -> tuple[int, int] | None:
+    """How many test folds of a finished walk-forward hold one sign of position (long, short
+    or flat) at every bar, and how many folds there are; None without ``returns.csv``.
+
+    Such a fold is buy-and-hold scaled (or its short): within it the policy times nothing, so
+    a positive pooled active IR then comes from which sign each fold chose."""
+    path = out / "returns.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, usecols=["fold", "position"])
+    signs = frame["position"].gt(0).astype(int) - frame["position"].lt(0).astype(int)
+    per_fold = signs.groupby(frame["fold"]).nunique()
+    return int((per_fold == 1).sum()), int(per_fold.size)
+
+
 def goal(rows: Sequence[Mapping[str, float]]) -> tuple[bool, dict[str, float]]:
     """The goal over the chosen variant's seeds: mean pooled active IR > 0 and above the linear
     baseline's mean, with mean turnover > 0."""
@@ -368,7 +384,7 @@ def format_tables(
 ) -> str:
     """The markdown tables: a section per file, a row per variant and seed."""
     head = ["variant", "seed", "validation", *(c for c, _ in COLUMNS), "linear active IR"]
-    head += ["active IR 0x / 1x / 2x cost", "wall"]
+    head += ["active IR 0x / 1x / 2x cost", "one-sign test folds", "wall"]
     lines = [f"Net of {COST_BPS:g} bp, pooled out of sample over the test folds.", ""]
     verdicts = []
     for file in files:
@@ -392,6 +408,8 @@ def format_tables(
             cells += [_num(row[k], 4 if k == "turnover" else 2) for _, k in COLUMNS]
             cells.append(_num(row["linear_active_ir"]))
             cells.append(" / ".join(_num(row[k]) for k in COSTS))
+            one_sign = one_sign_folds(r.out)
+            cells.append("n/a" if one_sign is None else "{} of {}".format(*one_sign))
             cells.append(_wall(walls.get(r.key)))
             lines.append("| " + " | ".join(map(str, cells)) + " |")
         lines.append("")

@@ -97,6 +97,12 @@ def _fake_walkforward(out: Path, folds: int, val: list[float], test_ir: float, f
         pooled = {"policy": policy, "linear": {"active_ir": -3.7}, "buy_and_hold": {}}
         report = {"options": {"folds": folds}, "folds": summaries, "pooled": pooled}
         (out / "report.json").write_text(json.dumps(report))
+        # Fold 0 changes sign (long, flat, short); every later fold stays long, at varying size.
+        rows = ["fold,timestamp,position,policy"]
+        for k in range(folds):
+            positions = [0.5, 0.0, -0.25] if k == 0 else [0.25, 1.0, 0.5]
+            rows += [f"{k},2020-01-0{i + 1},{x},0.0" for i, x in enumerate(positions)]
+        (out / "returns.csv").write_text("\n".join(rows) + "\n")
 
 
 def test_plan_covers_files_by_variants_and_resumes(tmp_path, monkeypatch):
@@ -195,9 +201,13 @@ def test_table_rows_choice_and_goal(tmp_path):
         "0.0125",
         "-3.70",
         "0.90 / 0.50 / -0.40",
+        "1 of 2",
         "1:02:05 |",
     ]
     assert rows[0].startswith("| pnl (chosen)") and len(rows) == 2
+    assert learning.one_sign_folds(out / file / "excess" / "seed_0") == (1, 2)
+    (out / file / "excess" / "seed_0" / "returns.csv").unlink()
+    assert learning.one_sign_folds(out / file / "excess" / "seed_0") is None
     assert "**pnl**" in table
     assert "Goal: **met**: mean over 2 seeds, active IR 0.60 vs linear -3.70" in table
     assert "Goal on every file: **met**" in table
