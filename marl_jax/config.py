@@ -248,6 +248,13 @@ class TrainingConfig(_Section):
     use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")
     huber_delta: Float = Field(10.0, gt=0, description="Huber loss delta")
     normalize_advantages: Bool = Field(True, description="normalise advantages per batch")
+    aux_return_coef: Float = Field(
+        0.0,
+        ge=0,
+        description="weight of an auxiliary loss in which each actor's last features predict "
+        "the next bar's return through a linear head that is trained but never exported; "
+        "0 turns it off",
+    )
     unroll_learn: Bool = Field(
         True,
         description="unroll the epoch x minibatch loop: faster updates, longer compile",

@@ -39,6 +39,7 @@ the environment's feature table, so the rollout buffer holds a few numbers per s
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,6 +88,9 @@ class HyperParams:
         return cls(**{name: jnp.asarray(getattr(t, name), jnp.float32) for name in HPARAM_NAMES})
 
 
+AUX = "aux"
+"""The key of the auxiliary return heads among the trained parameters and optimizer states."""
+
 HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HyperParams))
 """The traced hyperparameters: ``training.<name>`` keys a population shares one program for."""
 
@@ -103,6 +107,9 @@ class TrainState:
     hparams: HyperParams
     rng: Array  # uint32 (2,) key data
     update_step: Array  # int32: updates done
+    # agent -> {'kernel', 'bias'}: the linear heads of the auxiliary return loss
+    # (training.aux_return_coef; {} when it is 0). Trained with the actors, never exported.
+    aux: dict = struct.field(default_factory=dict)
 
 
 @struct.dataclass
@@ -186,10 +193,20 @@ def make_optimizer(training: TrainingConfig, num_updates: int) -> optax.Gradient
 
 
 def learning_rates(hparams: HyperParams) -> dict[str, Array]:
-    """Each model's learning rate: ``actor_lr`` for the actors, ``critic_lr`` for the critic."""
+    """Each model's learning rate: ``actor_lr`` for the actors (and the auxiliary return
+    heads), ``critic_lr`` for the critic."""
     return {
-        name: hparams.critic_lr if name == "critic" else hparams.actor_lr for name in MODEL_NAMES
+        name: hparams.critic_lr if name == "critic" else hparams.actor_lr
+        for name in (*MODEL_NAMES, AUX)
     }
+
+
+def next_return_targets(env_params: market.EnvParams, bars: Array) -> Array:
+    """The auxiliary loss's targets: the next bar's log return after each of ``bars``, over
+    their standard deviation in this batch (so the loss does not depend on the market's
+    scale, and only bars that training visits set it)."""
+    returns = env_params.log_returns[bars + 1]
+    return returns / (jnp.std(returns) + 1e-12)
 
 
 def with_learning_rates(opt_state: dict, rates: Mapping[str, Array]) -> dict:
@@ -235,6 +252,10 @@ class MAPPO:
             params[name], constants[name] = split_variables(variables)
         hparams = hparams if hparams is not None else HyperParams.from_config(self.config)
         opt_state = {name: self.tx.init(params[name]) for name in MODEL_NAMES}
+        aux = {}
+        if self.config.training.aux_return_coef > 0:  # its own key: the models' draws stay
+            aux = self.init_aux(jax.random.fold_in(model_rng, len(MODEL_NAMES)))
+            opt_state[AUX] = self.tx.init(aux)
         _, env_state = jax.vmap(market.reset, in_axes=(0, None))(
             jax.random.split(env_rng, self.num_envs), env_params
         )
@@ -247,7 +268,19 @@ class MAPPO:
             hparams=hparams,
             rng=rng,
             update_step=jnp.zeros((), jnp.int32),
+            aux=aux,
         )
+
+    def init_aux(self, rng: Array) -> dict:
+        """The auxiliary return heads: per actor, a linear map of its last features
+        (PyTorch's uniform initialisation of a ``Linear(width, 1)``)."""
+        heads = {}
+        for key, name in zip(jax.random.split(rng, len(AGENT_NAMES)), AGENT_NAMES, strict=True):
+            width = self.modules[name].hidden_dims[-1]
+            bound = 1.0 / math.sqrt(width)
+            kernel = jax.random.uniform(key, (width,), jnp.float32, -bound, bound)
+            heads[name] = {"kernel": kernel, "bias": jnp.zeros((), jnp.float32)}
+        return heads
 
     def variables(self, state: TrainState, name: str) -> dict:
         """Flax variables of model ``name`` in ``state``."""
@@ -350,11 +383,17 @@ class MAPPO:
         env_params: market.EnvParams,
         hp: HyperParams,
     ) -> tuple[Array, dict[str, Array]]:
-        """MAPPO loss of one minibatch: per-agent clipped surrogates, entropy, value loss."""
+        """MAPPO loss of one minibatch: per-agent clipped surrogates, entropy, value loss;
+        with ``params[AUX]``, plus ``aux_return_coef`` x the auxiliary return loss (each actor's
+        head's squared error on :func:`next_return_targets`)."""
         t = self.config.training
         obs = market.observations(env_params, batch.bar)
         metrics = {}
         actor_loss = jnp.zeros((), jnp.float32)
+        aux = params.get(AUX)
+        if aux is not None:
+            aux_targets = next_return_targets(env_params, batch.bar)
+            aux_loss = jnp.zeros((), jnp.float32)
         for i, name in enumerate(AGENT_NAMES):
             out = self.apply(
                 name,
@@ -362,7 +401,13 @@ class MAPPO:
                 obs[name],
                 actions=batch.actions[:, i],
                 attention_weights=False,
+                return_features=aux is not None,
             )
+            if aux is not None:
+                predicted = out["features"] @ aux[name]["kernel"] + aux[name]["bias"]
+                agent_aux = jnp.mean((predicted - aux_targets) ** 2)
+                aux_loss = aux_loss + agent_aux
+                metrics[f"{name}/aux_loss"] = agent_aux
             pg_loss, pg_metrics = ppo_clip_loss(
                 out["log_prob"], batch.log_probs[:, i], batch.advantages, hp.clip_eps
             )
@@ -387,6 +432,9 @@ class MAPPO:
         metrics["value_loss"] = v_loss
         metrics["actor_loss"] = actor_loss
         total = actor_loss + hp.value_loss_coef * v_loss
+        if aux is not None:
+            metrics["aux_loss"] = aux_loss
+            total = total + t.aux_return_coef * aux_loss
         metrics["loss"] = total
         return total, metrics
 
@@ -443,7 +491,7 @@ class MAPPO:
                 params, state.constants, mb, env_params, hp
             )
             new_params, new_opt = {}, {}
-            for name in MODEL_NAMES:
+            for name in params:  # the models, then the auxiliary heads when there are any
                 # Of the raveled gradient, as the clip sees it: one reduction, not one per weight.
                 metrics[f"{name}/grad_norm"] = jnp.linalg.norm(ravel_pytree(grads[name])[0])
                 updates, new_opt[name] = self.tx.update(grads[name], opt_state[name], params[name])
@@ -455,13 +503,17 @@ class MAPPO:
             shuffled = jax.tree.map(lambda x: x[perm].reshape(n_mb, -1, *x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, shuffled, unroll=t.unroll_learn)
 
-        carry = (state.params, state.opt_state)
-        (params, opt_state), metrics = jax.lax.scan(
-            epoch, carry, jax.random.split(perm_rng, t.update_epochs), unroll=t.unroll_learn
+        trained = {**state.params, AUX: state.aux} if state.aux else state.params
+        (trained, opt_state), metrics = jax.lax.scan(
+            epoch,
+            (trained, state.opt_state),
+            jax.random.split(perm_rng, t.update_epochs),
+            unroll=t.unroll_learn,
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         new_state = state.replace(
-            params=params,
+            params={name: trained[name] for name in MODEL_NAMES},
+            aux=trained.get(AUX, {}),
             opt_state=opt_state,
             value_norm=value_norm,
             rng=rng,

@@ -11,7 +11,7 @@ from tiny_config import TINY, tiny
 
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.mappo import MAPPO, Batch, HyperParams, make_train
+from marl_jax.mappo import MAPPO, Batch, HyperParams, make_train, next_return_targets
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,62 @@ def leaves_equal(a, b) -> bool:
 def test_rollout_and_loss_use_the_same_mode(cfg, env_params):
     """Before any update, the loss recomputes exactly the rollout's log-probabilities."""
     algo = MAPPO(cfg)
-    state = jax.jit(algo.init)(jax.random.key(0), env_params)
+    state, batch = rollout_batch(
+        algo, jax.jit(algo.init)(jax.random.key(0), env_params), env_params
+    )
+    _, metrics = jax.jit(algo.loss)(state.params, state.constants, batch, env_params, state.hparams)
+    for name in ("mlmi", "nwrqk", "mmd"):
+        assert float(metrics[f"{name}/approx_kl"]) < 1e-6
+        assert float(metrics[f"{name}/clip_frac"]) == 0.0
+
+
+def rollout_batch(algo: MAPPO, state, env_params) -> tuple:
+    """``(state after a rollout, its flattened Batch)``."""
     state, traj = jax.jit(algo.rollout)(state, env_params)
     adv, targets, _ = algo.advantages(state, traj)
     batch = jax.tree.map(
         lambda x: x.reshape(-1, *x.shape[2:]),
         Batch(traj.bar, traj.actions, traj.log_probs, traj.value, adv, targets),
     )
-    _, metrics = jax.jit(algo.loss)(state.params, state.constants, batch, env_params, state.hparams)
+    return state, batch
+
+
+@pytest.mark.slow
+def test_the_auxiliary_return_loss_trains_the_actors_and_its_heads_only(cfg, env_params):
+    """``training.aux_return_coef``: linear heads on each actor's last features predict the
+    next bar's return; the loss adds coef x their squared error. The heads are drawn from
+    their own key, trained with the actors, and never among the exported models."""
+    off, on = MAPPO(cfg), MAPPO(config_from_dict(tiny(training={"aux_return_coef": 0.5})))
+    state_off = jax.jit(off.init)(jax.random.key(0), env_params)
+    state_on = jax.jit(on.init)(jax.random.key(0), env_params)
+    assert leaves_equal(state_on.params, state_off.params)
+    assert state_off.aux == {} and "aux" not in state_off.opt_state
+    assert set(state_on.aux) == {"mlmi", "nwrqk", "mmd"} and "aux" in state_on.opt_state
+    assert leaves_equal(on.model_variables(state_on), off.model_variables(state_off))
+
+    state, batch = rollout_batch(off, state_off, env_params)
+    targets = np.asarray(next_return_targets(env_params, batch.bar))
+    returns = np.asarray(env_params.log_returns)[np.asarray(batch.bar) + 1]
+    np.testing.assert_allclose(targets * returns.std(), returns, rtol=1e-4, atol=1e-9)
+
+    def grads(algo, params):
+        return jax.jit(jax.grad(algo.loss, has_aux=True))(
+            params, state.constants, batch, env_params, state.hparams
+        )
+
+    g_on, m_on = grads(on, {**state.params, "aux": state_on.aux})
+    g_off, m_off = grads(off, state.params)
     for name in ("mlmi", "nwrqk", "mmd"):
-        assert float(metrics[f"{name}/approx_kl"]) < 1e-6
-        assert float(metrics[f"{name}/clip_frac"]) == 0.0
+        assert not leaves_equal(g_on[name], g_off[name]), name
+        assert float(m_on[f"{name}/aux_loss"]) > 0, name
+        assert np.any(np.asarray(g_on["aux"][name]["kernel"]) != 0), name  # (ReLU zeros)
+        assert float(g_on["aux"][name]["bias"]) != 0, name
+    assert leaves_equal(g_on["critic"], g_off["critic"])
+    per_agent = sum(float(m_on[f"{n}/aux_loss"]) for n in ("mlmi", "nwrqk", "mmd"))
+    assert float(m_on["aux_loss"]) == pytest.approx(per_agent, rel=1e-6)
+    np.testing.assert_allclose(
+        float(m_on["loss"]), float(m_off["loss"]) + 0.5 * per_agent, rtol=1e-5
+    )
 
 
 @pytest.mark.slow

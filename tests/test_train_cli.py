@@ -260,9 +260,11 @@ def test_init_from_fixture_checkpoint_exports_a_matching_pt(reference_ckpt_path,
 
 @pytest.mark.slow
 def test_a_run_can_be_made_longer_and_equals_a_straight_run(tmp_path, capsys):
-    """--resume --total-timesteps raises the length; the result is the straight longer run."""
-    short = tiny(training={"total_timesteps": 64})
-    long = tiny(training={"total_timesteps": 128})
+    """--resume --total-timesteps raises the length; the result is the straight longer run.
+    With the auxiliary return loss on, so that its heads and their optimizer state resume too
+    (the other resume tests run without it)."""
+    short = tiny(training={"total_timesteps": 64, "aux_return_coef": 0.5})
+    long = tiny(training={"total_timesteps": 128, "aux_return_coef": 0.5})
     extended = write_config_and_run(tmp_path, "extended", short)
     args = ["--out", str(extended), "--resume", "--no-progress"]
     assert train_cli.main([*args, "--total-timesteps", "32"]) != 0
@@ -276,6 +278,7 @@ def test_a_run_can_be_made_longer_and_equals_a_straight_run(tmp_path, capsys):
     )
     assert e_config == s_config and e_config["training"]["total_timesteps"] == 128
     assert int(e_state["update_step"]) == 4
+    assert {"mlmi", "nwrqk", "mmd"} <= {str(k) for k in e_state["aux"]}
     for x, y in zip(jax.tree.leaves(e_state), jax.tree.leaves(s_state), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     rows = (extended / "metrics.jsonl").read_text().splitlines()

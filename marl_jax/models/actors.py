@@ -41,7 +41,8 @@ class StrategicActor(nn.Module):
     given, are used instead of choosing: ``log_prob`` and ``entropy`` are then those of the given
     actions, as the original's ``evaluate_actions``. ``attention_weights=False`` leaves the
     attention weights out of the outputs and attends from the last time step only, the one
-    every other output reads (the trainer's rollout and loss).
+    every other output reads (the trainer's rollout and loss). ``return_features=True`` adds
+    ``features``, the vector the two heads read (the trainer's auxiliary return loss).
     """
 
     # The original's base class defaults are MLMI's sizes.
@@ -95,6 +96,7 @@ class StrategicActor(nn.Module):
         train: bool = False,
         actions: Array | None = None,
         attention_weights: bool = True,
+        return_features: bool = False,
     ) -> dict[str, Array]:
         if len(self.hidden_dims) < 1 or len(self.conv_channels) < 2 or len(self.kernel_sizes) < 2:
             raise ValueError(
@@ -175,6 +177,8 @@ class StrategicActor(nn.Module):
         }
         if attention_weights:
             outputs["attention_weights"] = weights
+        if return_features:
+            outputs["features"] = features
         return outputs
 
     def _head(self, x: Array, hidden: int, out: int, act, name: str, train: bool) -> Array:
