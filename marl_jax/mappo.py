@@ -89,7 +89,9 @@ class HyperParams:
 
 
 AUX = "aux"
-"""The key of the auxiliary return heads among the trained parameters and optimizer states."""
+"""The key of the auxiliary return heads among the trained parameters and optimizer states:
+``{agent: {'kernel', 'bias'}}``, present only when ``training.aux_return_coef`` > 0. They train
+with the actors and are never among the models a run saves or exports."""
 
 HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HyperParams))
 """The traced hyperparameters: ``training.<name>`` keys a population shares one program for."""
@@ -99,7 +101,7 @@ HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HyperPa
 class TrainState:
     """Everything a training run needs to continue exactly."""
 
-    params: dict  # model name -> trainable params
+    params: dict  # model name -> trainable params (and AUX -> the auxiliary return heads)
     constants: dict  # model name -> {'batch_stats', 'buffers'} (not trained)
     opt_state: dict  # model name -> optax state (own gradient clip, injected learning rate)
     value_norm: ValueNormState
@@ -107,9 +109,6 @@ class TrainState:
     hparams: HyperParams
     rng: Array  # uint32 (2,) key data
     update_step: Array  # int32: updates done
-    # agent -> {'kernel', 'bias'}: the linear heads of the auxiliary return loss
-    # (training.aux_return_coef; {} when it is 0). Trained with the actors, never exported.
-    aux: dict = struct.field(default_factory=dict)
 
 
 @struct.dataclass
@@ -251,11 +250,9 @@ class MAPPO:
                 variables = init_variables(self.modules[name], jax.random.wrap_key_data(key))
             params[name], constants[name] = split_variables(variables)
         hparams = hparams if hparams is not None else HyperParams.from_config(self.config)
-        opt_state = {name: self.tx.init(params[name]) for name in MODEL_NAMES}
-        aux = {}
         if self.config.training.aux_return_coef > 0:  # its own key: the models' draws stay
-            aux = self.init_aux(jax.random.fold_in(model_rng, len(MODEL_NAMES)))
-            opt_state[AUX] = self.tx.init(aux)
+            params[AUX] = self.init_aux(jax.random.fold_in(model_rng, len(MODEL_NAMES)))
+        opt_state = {name: self.tx.init(tree) for name, tree in params.items()}
         _, env_state = jax.vmap(market.reset, in_axes=(0, None))(
             jax.random.split(env_rng, self.num_envs), env_params
         )
@@ -268,7 +265,6 @@ class MAPPO:
             hparams=hparams,
             rng=rng,
             update_step=jnp.zeros((), jnp.int32),
-            aux=aux,
         )
 
     def init_aux(self, rng: Array) -> dict:
@@ -503,17 +499,13 @@ class MAPPO:
             shuffled = jax.tree.map(lambda x: x[perm].reshape(n_mb, -1, *x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, shuffled, unroll=t.unroll_learn)
 
-        trained = {**state.params, AUX: state.aux} if state.aux else state.params
-        (trained, opt_state), metrics = jax.lax.scan(
-            epoch,
-            (trained, state.opt_state),
-            jax.random.split(perm_rng, t.update_epochs),
-            unroll=t.unroll_learn,
+        carry = (state.params, state.opt_state)
+        (params, opt_state), metrics = jax.lax.scan(
+            epoch, carry, jax.random.split(perm_rng, t.update_epochs), unroll=t.unroll_learn
         )
         metrics = jax.tree.map(jnp.mean, metrics)
         new_state = state.replace(
-            params={name: trained[name] for name in MODEL_NAMES},
-            aux=trained.get(AUX, {}),
+            params=params,
             opt_state=opt_state,
             value_norm=value_norm,
             rng=rng,

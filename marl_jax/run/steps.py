@@ -3,9 +3,10 @@
 A step saves the models as ``variables`` + ``models`` (the model-directory items of
 :mod:`marl_jax.run.modeldir`, whose metadata holds the feature normalisation) and the rest of
 the :class:`~marl_jax.mappo.TrainState` (optimizer states, ValueNorm, environments,
-hyperparameters, rng, step) as ``state``; nothing is stored twice. ``restore_state`` joins them
-back into a ``TrainState`` exactly; ``saved_normalisation`` reads the normalisation back (one
-per instrument for a multi-instrument run).
+hyperparameters, rng, step, and the auxiliary return heads when there are any) as ``state``;
+nothing is stored twice. ``restore_state`` joins them back into a ``TrainState`` exactly;
+``saved_normalisation`` reads the normalisation back (one per instrument for a
+multi-instrument run).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from marl_jax.agents import MODEL_NAMES
 from marl_jax.env.features import FeatureNorm
-from marl_jax.mappo import MAPPO, TrainState
+from marl_jax.mappo import AUX, MAPPO, TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.modeldir import MODELS_ITEM, VARIABLES_ITEM, model_items
 
@@ -34,11 +35,14 @@ _MODEL_FIELDS = ("params", "constants")
 
 
 def _rest(state: TrainState) -> dict[str, Any]:
-    return {
+    rest = {
         field: getattr(state, field)
         for field in state.__dataclass_fields__
         if field not in _MODEL_FIELDS
     }
+    if AUX in state.params:  # the auxiliary return heads: trained, but not among the models
+        rest[AUX] = state.params[AUX]
+    return rest
 
 
 # Normalisations = one FeatureNorm, or one per instrument (by name) for a multi-instrument run.
@@ -105,6 +109,8 @@ def restore_state(
     variables = checkpointer.restore_item(step, VARIABLES_ITEM, algo.model_variables(target))
     by_model = {**variables["agents"], "critic": variables["critic"]}
     params = {name: by_model[name]["params"] for name in MODEL_NAMES}
+    if AUX in rest:
+        params[AUX] = rest.pop(AUX)
     constants = {
         name: {k: v for k, v in by_model[name].items() if k != "params"} for name in MODEL_NAMES
     }
