@@ -53,6 +53,7 @@ from jax.flatten_util import ravel_pytree
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, TrainingConfig
 from marl_jax.env import market
+from marl_jax.models.components import uniform_init
 from marl_jax.models.recurrences import resolve_rnn_backend
 from marl_jax.models.registry import build_module, init_variables, model_kwargs
 from marl_jax.ppo import (
@@ -268,13 +269,12 @@ class MAPPO:
         )
 
     def init_aux(self, rng: Array) -> dict:
-        """The auxiliary return heads: per actor, a linear map of its last features
-        (PyTorch's uniform initialisation of a ``Linear(width, 1)``)."""
+        """The auxiliary return heads: per actor, a linear map of its last features, the kernel
+        drawn as PyTorch draws a ``Linear(width, 1)``'s weight, the bias zero."""
         heads = {}
         for key, name in zip(jax.random.split(rng, len(AGENT_NAMES)), AGENT_NAMES, strict=True):
             width = self.modules[name].hidden_dims[-1]
-            bound = 1.0 / math.sqrt(width)
-            kernel = jax.random.uniform(key, (width,), jnp.float32, -bound, bound)
+            kernel = uniform_init(1.0 / math.sqrt(width))(key, (width,))
             heads[name] = {"kernel": kernel, "bias": jnp.zeros((), jnp.float32)}
         return heads
 
