@@ -1,19 +1,25 @@
-"""XLA optimisation levels for the suite.
+"""XLA compile settings for the suite.
 
-The suite's programs are small and run for milliseconds, so their compile time dominates, and
-XLA's lowest backend optimisation level compiles them about a third faster (see conftest.py,
-which sets it for every test and for the command lines the tests start). The few tests whose
-outcome depends on run speed, or on two different programs rounding alike, compile at XLA's
-default level instead: pass ``compiler_options=FULL_OPTIMISATION`` to their ``jax.jit``.
+The suite's programs are small and run for milliseconds, so their compile time dominates.
+conftest.py sets two XLA:CPU flags for every test and for the command lines the tests start:
+
+- the lowest backend (LLVM) optimisation level, which compiles about a third faster;
+- XLA:CPU's older loop emitters instead of its MLIR fusion emitters: with the first flag,
+  the tiny config's ``update`` then compiles in half the CPU time (8.5 s against 17-20 s,
+  benchmarks/RESULTS.md), and runs no slower.
+
+The few tests whose outcome depends on run speed, or on two different programs rounding
+alike, compile at XLA's default level instead: pass ``compiler_options=FULL_OPTIMISATION`` to
+their ``jax.jit``.
 """
 
 from __future__ import annotations
 
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=0"
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 FULL_OPTIMISATION = {"xla_backend_optimization_level": 2}  # XLA's default level
 
 
 def with_fast_compile(flags: str) -> str:
-    """``flags`` (an ``XLA_FLAGS`` value) with the suite's fast-compile flag added once."""
+    """``flags`` (an ``XLA_FLAGS`` value) with the suite's fast-compile flags added once."""
     parts = flags.split()
-    return " ".join(parts if FAST_COMPILE_FLAG in parts else [*parts, FAST_COMPILE_FLAG])
+    return " ".join([*parts, *(flag for flag in FAST_COMPILE_FLAGS if flag not in parts)])
