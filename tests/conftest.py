@@ -36,6 +36,27 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
+# The files that take minutes, longest first; pyproject.toml turns off pytest-xdist's reordering
+# (by number of tests, which put the 2-test learning file, 8 minutes alone, near the end of the
+# queue, so that one worker ran it while the other had run out of files). The rest keep their
+# order. Only the order changes: each file still runs whole on one worker.
+LONGEST_FIRST = (
+    "test_learning.py",
+    "test_sweep.py",
+    "test_train_cli.py",
+    "test_mappo.py",
+    "test_walkforward_sweep.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file and among the rest is kept
+
+
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE_CKPT_NAME = "strategic_marl_reference.pt"
 REFERENCE_IO_NAME = "reference_io.npz"
