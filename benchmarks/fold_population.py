@@ -25,18 +25,19 @@ import argparse
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from marl_jax.config import load_config
 from marl_jax.env.features import WARMUP_BARS
 from marl_jax.mappo import MAPPO
-from marl_jax.run.setup import load_market
+from marl_jax.run.setup import data_overrides, load_market
 from marl_jax.walkforward.folds import make_folds
 from marl_jax.walkforward.runner import fold_envs
 
 
 def _stack(trees: list) -> object:
-    return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _timed(fn, *args) -> tuple[object, float]:
@@ -48,14 +49,13 @@ def _timed(fn, *args) -> tuple[object, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
-    ap.add_argument("--data", default=None, help="a bar file (default: the config's market)")
+    ap.add_argument("--data", default=None, help="one bar file (default: the config's market)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--updates", type=int, default=3, help="timed updates after one warm-up")
     args = ap.parse_args(argv)
 
-    overrides = [f"env.data_path={args.data}"] if args.data else []
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, data_overrides(args.data))
     bars = load_market(cfg)
     folds = make_folds(len(bars), args.folds, window=cfg.env.window, warmup=WARMUP_BARS)
     envs = [fold_envs(cfg, bars, fold).train for fold in folds]
