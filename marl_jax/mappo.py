@@ -204,9 +204,11 @@ def learning_rates(hparams: HyperParams) -> dict[str, Array]:
 def next_return_targets(env_params: market.EnvParams, bars: Array) -> Array:
     """The auxiliary loss's targets: the next bar's log return after each of ``bars``, over
     their standard deviation in this batch (so the loss does not depend on the market's
-    scale, and only bars that training visits set it)."""
+    scale, and only bars that training visits set it). Returns that are all equal, as in a
+    one-transition minibatch, have no spread to divide by and stay as they are."""
     returns = env_params.log_returns[bars + 1]
-    return returns / (jnp.std(returns) + 1e-12)
+    std = jnp.std(returns)
+    return returns / jnp.where(std > 0, std, 1.0)
 
 
 def with_learning_rates(opt_state: dict, rates: Mapping[str, Array]) -> dict:

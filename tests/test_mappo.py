@@ -102,6 +102,16 @@ def test_the_auxiliary_return_loss_trains_the_actors_and_its_heads_only(cfg, env
     )
 
 
+def test_auxiliary_targets_are_returns_over_their_spread_and_finite_without_one(env_params):
+    returns = np.asarray(env_params.log_returns)
+    bars = np.array([100, 200, 300])
+    targets = np.asarray(next_return_targets(env_params, jnp.asarray(bars)))
+    np.testing.assert_allclose(targets * returns[bars + 1].std(), returns[bars + 1], rtol=1e-5)
+    # One transition (a minibatch of one row) has no spread: its return is kept, not blown up.
+    one = np.asarray(next_return_targets(env_params, jnp.asarray([100])))
+    assert returns[101] != 0 and one.tolist() == [returns[101]]
+
+
 @pytest.mark.slow
 def test_training_changes_params_but_not_batchnorm_statistics(cfg, env_params, train_fn):
     state, metrics = train_fn(jax.random.key(0))
