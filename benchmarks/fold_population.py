@@ -22,6 +22,7 @@ two ways (vmapping reorders float32 sums, so they agree to rounding, not bit for
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 
 from marl_jax.config import load_config
 from marl_jax.env.features import WARMUP_BARS
+from marl_jax.errors import cli_main
 from marl_jax.mappo import MAPPO
 from marl_jax.run.setup import data_overrides, load_market
 from marl_jax.walkforward.folds import make_folds
@@ -46,7 +48,8 @@ def _timed(fn, *args) -> tuple[object, float]:
     return out, time.perf_counter() - start
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; bad input (a missing file, too few bars for the folds) is one line, exit 2."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/quickstart.yaml")
     ap.add_argument("--data", default=None, help="one bar file (default: the config's market)")
@@ -54,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--updates", type=int, default=3, help="timed updates after one warm-up")
     args = ap.parse_args(argv)
+    return cli_main(lambda: compare(args))
 
+
+def compare(args: argparse.Namespace) -> int:
+    """Trains the members both ways and prints the table."""
     cfg = load_config(args.config, data_overrides(args.data))
     bars = load_market(cfg)
     folds = make_folds(len(bars), args.folds, window=cfg.env.window, warmup=WARMUP_BARS)
@@ -102,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {comp:.1f} | {total / args.updates:.2f} | {steps / total:,.0f} |")
     print(f"population / sequential time per update: {pop_time / seq_time:.2f}x")
     print(f"largest |parameter difference| between the two ways: {diff:.2e}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
