@@ -136,7 +136,19 @@ def test_positional_encoding_buffer_matches_checkpoint(reference_ckpt_path: Path
     stored = ckpt["model_state_dicts"]["agents"][name]["pos_encoding.pe"]
     computed = PositionalEncoding(stored.shape[-1]).pe
     assert computed.dtype == torch.float32
-    torch.testing.assert_close(computed, stored, rtol=0, atol=1e-6)
+    assert computed.shape == stored.shape
+    # Both tables take sin and cos of a float32 angle, position x exp(...), and exp's last bit
+    # differs between CPUs' vector kernels: on an Intel Xeon (AVX-512) 2% of the entries were
+    # up to 2.4e-4 from the stored table, at positions in the thousands. Each side's angle is
+    # then off by at most 1.5 float32 ulps of itself (half for the product, one for exp), so
+    # an entry may differ by 3 eps x angle, plus 1e-6 for sin and cos themselves.
+    dim = stored.shape[-1]
+    freqs = np.exp(np.arange(0, dim, 2) * -(np.log(10000.0) / dim)).repeat(2)[:dim]
+    angle = np.arange(stored.shape[1])[:, None] * freqs
+    bound = 1e-6 + 3 * np.finfo(np.float32).eps * angle
+    excess = np.abs(computed[0].numpy() - stored[0].numpy()) - bound
+    row, col = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess.max() <= 0, f"pe[{row}, {col}] is {excess.max():.1e} beyond its bound"
 
 
 @pytest.mark.parametrize("name", AGENT_NAMES)
