@@ -42,7 +42,7 @@ def setup(cfg, rows: int, steps: int | None = None) -> SimpleNamespace:
     transitions as one learn-step ``minibatch``."""
     import jax
 
-    from marl_jax.mappo import MAPPO, Batch
+    from marl_jax.mappo import MAPPO
     from marl_jax.run.setup import env_params_for, load_market
 
     env_params = env_params_for(cfg, load_market(cfg), "train", None)
@@ -50,9 +50,7 @@ def setup(cfg, rows: int, steps: int | None = None) -> SimpleNamespace:
     state = jax.jit(algo.init)(jax.random.key(cfg.seed), env_params)
     rollout = jax.jit(algo.rollout, static_argnums=2)
     _, traj = rollout(state, env_params, steps)
-    adv, targets, _ = algo.advantages(state, traj)
-    batch = Batch(traj.bar, traj.actions, traj.log_probs, traj.value, adv, targets)
-    minibatch = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:rows], batch)
+    minibatch = jax.tree.map(lambda x: x[:rows], algo.batch(state, traj)[0])
     return SimpleNamespace(
         algo=algo,
         env_params=env_params,

@@ -71,6 +71,12 @@ AGENTS: tuple[AgentSpec, ...] = (
 AGENT_NAMES: tuple[str, ...] = tuple(a.name for a in AGENTS)
 AGENT_BY_NAME: dict[str, AgentSpec] = {a.name: a for a in AGENTS}
 MODEL_NAMES: tuple[str, ...] = (*AGENT_NAMES, "critic")
+
+AUX = "aux"
+"""The key of the auxiliary return heads among the trained parameters and optimizer states:
+``{agent: {'kernel', 'bias'}}``, present only when ``training.aux_return_coef`` > 0. They train
+with the actors and are never among the models a run saves or exports."""
+
 FEATURE_NAMES: tuple[str, ...] = tuple(f for a in AGENTS for f in a.features)
 CRITIC_STATE_DIM: int = len(FEATURE_NAMES)
 CRITIC_ATTENTION_HEADS: int = 4

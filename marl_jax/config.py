@@ -266,8 +266,8 @@ class TrainingConfig(_Section):
     )
     compute_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="dtype of the models' matmuls in rollouts and losses; weights, optimizer, "
-        "norms, softmax and losses stay float32",
+        description="dtype of the actors' matmuls in rollouts and losses; the critic, weights, "
+        "optimizer, norms, softmax and losses stay float32",
     )
 
     @model_validator(mode="after")

@@ -1,25 +1,14 @@
 """MAPPO for the three Strategic MARL actors and the centralized critic, as one XLA program.
 
 Read top to bottom: the states (:class:`HyperParams`, :class:`TrainState`, :class:`Transition`,
-:class:`Batch`), the optimizer, then :class:`MAPPO`'s pure pieces (``init``, ``rollout``,
+:class:`Batch`), then :class:`MAPPO`'s pure pieces (``init``, ``rollout``,
 ``loss``, ``advantages``, ``learn``, ``update``, ``run``) and :func:`make_train`, which returns
 them as :class:`TrainFns`. ``TrainFns.train(rng, init=None, hparams=None)`` is ``lax.scan`` over
 updates; each update is a rollout (``lax.scan`` over ``rollout_len`` steps of ``num_envs``
 vmapped environments), GAE, then ``update_epochs`` x ``num_minibatches`` shuffled minibatch
 steps. ``jax.vmap(train)`` over rngs (and over :class:`HyperParams`) runs several seeds or
 hyperparameter settings in one program. Nothing here touches the disk: see
-:mod:`marl_jax.run`.
-
-Optimizer: each model (the three actors and the critic) has its own optax state, so each
-policy's gradient is clipped by its own global norm (``max_grad_norm``) as in MAPPO's
-reference code: a large NWRQK gradient does not shrink the MLMI or MMD steps. The learning
-rate lives in the optimizer state (``optax.inject_hyperparams``), set from the traced
-:class:`HyperParams` at ``init``, so it can be vmapped and changed between updates. With
-``anneal_lr`` it is multiplied by ``optax.linear_schedule(1, 0, N)`` over the
-``N = num_updates * update_epochs * num_minibatches`` minibatch steps of the configured run.
-When a resumed run raises ``total_timesteps``, ``N`` grows: the step counter carries on, so the
-factor continues from ``1 - done / N_new`` (a step up from where it was) and reaches 0 at the
-new end.
+:mod:`marl_jax.run`. Each model's optimizer: :mod:`marl_jax.optimizer`.
 
 Loops: ``training.unroll_learn`` (on by default) unrolls the epoch x minibatch loop of the learn
 step. On the CPU an XLA while loop around a large model's gradient costs about as much as the
@@ -50,12 +39,13 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
-from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
-from marl_jax.config import Config, TrainingConfig
+from marl_jax.agents import AGENT_NAMES, AUX, MODEL_NAMES
+from marl_jax.config import Config
 from marl_jax.env import market
 from marl_jax.models.components import uniform_init
 from marl_jax.models.recurrences import resolve_rnn_backend
 from marl_jax.models.registry import build_module, init_variables, model_kwargs
+from marl_jax.optimizer import learning_rates, make_optimizer, with_learning_rates
 from marl_jax.ppo import (
     ValueNormState,
     gae,
@@ -88,11 +78,6 @@ class HyperParams:
         t = config.training
         return cls(**{name: jnp.asarray(getattr(t, name), jnp.float32) for name in HPARAM_NAMES})
 
-
-AUX = "aux"
-"""The key of the auxiliary return heads among the trained parameters and optimizer states:
-``{agent: {'kernel', 'bias'}}``, present only when ``training.aux_return_coef`` > 0. They train
-with the actors and are never among the models a run saves or exports."""
 
 HPARAM_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HyperParams))
 """The traced hyperparameters: ``training.<name>`` keys a population shares one program for."""
@@ -174,33 +159,6 @@ def build_modules(config: Config) -> dict[str, nn.Module]:
     return modules
 
 
-def make_optimizer(training: TrainingConfig, num_updates: int) -> optax.GradientTransformation:
-    """One model's optimizer: clip its gradient's global norm, Adam with an injected learning
-    rate (set per model at init), and the linear anneal when ``anneal_lr``.
-
-    It works on the parameters raveled into one vector (``optax.flatten``): the update then
-    compiles to a few kernels rather than a few per weight, most of a small model's compile
-    time on a CPU. The arithmetic is elementwise, so only the norm's order of summation
-    differs from the per-weight form."""
-    parts = [
-        optax.clip_by_global_norm(training.max_grad_norm),
-        optax.inject_hyperparams(optax.adam)(learning_rate=1.0, eps=training.adam_eps),
-    ]
-    if training.anneal_lr:
-        steps = num_updates * training.update_epochs * training.num_minibatches
-        parts.append(optax.scale_by_schedule(optax.linear_schedule(1.0, 0.0, steps)))
-    return optax.flatten(optax.chain(*parts))
-
-
-def learning_rates(hparams: HyperParams) -> dict[str, Array]:
-    """Each model's learning rate: ``actor_lr`` for the actors (and the auxiliary return
-    heads), ``critic_lr`` for the critic."""
-    return {
-        name: hparams.critic_lr if name == "critic" else hparams.actor_lr
-        for name in (*MODEL_NAMES, AUX)
-    }
-
-
 def next_return_targets(env_params: market.EnvParams, bars: Array) -> Array:
     """The auxiliary loss's targets: the next bar's log return after each of ``bars``, over
     their standard deviation in this batch (so the loss does not depend on the market's
@@ -209,14 +167,6 @@ def next_return_targets(env_params: market.EnvParams, bars: Array) -> Array:
     returns = env_params.log_returns[bars + 1]
     std = jnp.std(returns)
     return returns / jnp.where(std > 0, std, 1.0)
-
-
-def with_learning_rates(opt_state: dict, rates: Mapping[str, Array]) -> dict:
-    """``opt_state`` with each model's injected learning rate replaced."""
-    return {
-        name: optax.tree_utils.tree_set(state, learning_rate=jnp.asarray(rates[name], jnp.float32))
-        for name, state in opt_state.items()
-    }
 
 
 class MAPPO:
@@ -317,15 +267,39 @@ class MAPPO:
             log_probs.append(out["log_prob"])
         return jnp.stack(actions, -1), jnp.stack(log_probs, -1)
 
+    def actor_outputs(
+        self,
+        variables: Mapping[str, Mapping],
+        obs: Mapping[str, Array],
+        actions: Array,
+        **kwargs: Any,
+    ) -> dict[str, dict]:
+        """Each actor's outputs for the given ``actions`` ``(N, 3)``: the log-prob and entropy
+        of its column, under ``variables[name]``."""
+        return {
+            name: self.apply(
+                name,
+                variables[name],
+                obs[name],
+                actions=actions[:, i],
+                attention_weights=False,
+                **kwargs,
+            )
+            for i, name in enumerate(AGENT_NAMES)
+        }
+
     def critic_value(self, state: TrainState, critic_obs: Array) -> Array:
         return self.apply("critic", self.variables(state, "critic"), critic_obs)["value"]
 
     def apply(self, name: str, variables: Mapping, inputs: Array, **kwargs: Any) -> dict:
-        """Model ``name``'s outputs (floats as float32), computed in ``training.compute_dtype``:
-        with bfloat16 the parameters and inputs are cast for the call (the float32 master
-        weights receive the gradient), while norms, softmax and log-probabilities stay
-        float32 inside the models."""
-        if self.compute_dtype != jnp.float32:
+        """Model ``name``'s outputs (floats as float32). The actors compute in
+        ``training.compute_dtype``: with bfloat16 the parameters and inputs are cast for the
+        call (the float32 master weights receive the gradient), while norms, softmax and
+        log-probabilities stay float32 inside the models. The critic always computes in
+        float32: near convergence its value errors are smaller than bfloat16 resolves, and in
+        bfloat16 its gradient there turned away from float32's (benchmarks/RESULTS.md,
+        "bfloat16 compute")."""
+        if self.compute_dtype != jnp.float32 and name != "critic":
             cast = self.compute_dtype
             variables = {**variables, "params": cast_floats(variables["params"], cast)}
             inputs = inputs.astype(cast)
@@ -392,15 +366,10 @@ class MAPPO:
         if aux is not None:
             aux_targets = next_return_targets(env_params, batch.bar)
             aux_loss = jnp.zeros((), jnp.float32)
+        variables = {name: {"params": params[name], **constants[name]} for name in AGENT_NAMES}
+        outs = self.actor_outputs(variables, obs, batch.actions, return_features=aux is not None)
         for i, name in enumerate(AGENT_NAMES):
-            out = self.apply(
-                name,
-                {"params": params[name], **constants[name]},
-                obs[name],
-                actions=batch.actions[:, i],
-                attention_weights=False,
-                return_features=aux is not None,
-            )
+            out = outs[name]
             if aux is not None:
                 predicted = out["features"] @ aux[name]["kernel"] + aux[name]["bias"]
                 agent_aux = jnp.mean((predicted - aux_targets) ** 2)
@@ -461,14 +430,11 @@ class MAPPO:
             adv = normalize_advantages(adv)
         return adv, targets, vn
 
-    def learn(
-        self, state: TrainState, traj: Transition, env_params: market.EnvParams
-    ) -> tuple[TrainState, dict[str, Array]]:
-        """GAE then ``update_epochs`` x ``num_minibatches`` shuffled minibatch steps."""
-        t = self.config.training
-        hp = state.hparams
+    def batch(self, state: TrainState, traj: Transition) -> tuple[Batch, ValueNormState]:
+        """The rollout ``traj`` as one flat training batch (GAE advantages and value targets),
+        and the ValueNorm state updated with its returns."""
         adv, targets, value_norm = self.advantages(state, traj)
-        flat = Batch(
+        batch = Batch(
             bar=traj.bar,
             actions=traj.actions,
             log_probs=traj.log_probs,
@@ -476,7 +442,15 @@ class MAPPO:
             advantages=adv,
             targets=targets,
         )
-        flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), flat)
+        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch), value_norm
+
+    def learn(
+        self, state: TrainState, traj: Transition, env_params: market.EnvParams
+    ) -> tuple[TrainState, dict[str, Array]]:
+        """GAE then ``update_epochs`` x ``num_minibatches`` shuffled minibatch steps."""
+        t = self.config.training
+        hp = state.hparams
+        flat, value_norm = self.batch(state, traj)
         size = flat.bar.shape[0]
         n_mb = t.num_minibatches
         if size % n_mb:

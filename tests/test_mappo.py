@@ -11,7 +11,7 @@ from tiny_config import TINY, tiny
 
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.mappo import MAPPO, Batch, HyperParams, make_train, next_return_targets
+from marl_jax.mappo import MAPPO, HyperParams, make_train, next_return_targets
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +55,7 @@ def test_rollout_and_loss_use_the_same_mode(cfg, env_params):
 def rollout_batch(algo: MAPPO, state, env_params) -> tuple:
     """``(state after a rollout, its flattened Batch)``."""
     state, traj = jax.jit(algo.rollout)(state, env_params)
-    adv, targets, _ = algo.advantages(state, traj)
-    batch = jax.tree.map(
-        lambda x: x.reshape(-1, *x.shape[2:]),
-        Batch(traj.bar, traj.actions, traj.log_probs, traj.value, adv, targets),
-    )
-    return state, batch
+    return state, algo.batch(state, traj)[0]
 
 
 @pytest.mark.slow

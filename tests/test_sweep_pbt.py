@@ -15,7 +15,8 @@ from tiny_config import TINY
 from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.mappo import MAPPO, HyperParams, TrainState, learning_rates, with_learning_rates
+from marl_jax.mappo import MAPPO, HyperParams, TrainState
+from marl_jax.optimizer import learning_rates, with_learning_rates
 from marl_jax.sweep.pbt import (
     Lineage,
     PBTSettings,

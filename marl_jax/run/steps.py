@@ -15,9 +15,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from marl_jax.agents import MODEL_NAMES
+from marl_jax.agents import AUX, MODEL_NAMES
 from marl_jax.env.features import FeatureNorm
-from marl_jax.mappo import AUX, MAPPO, TrainState
+from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.modeldir import MODELS_ITEM, VARIABLES_ITEM, model_items
 

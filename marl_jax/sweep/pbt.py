@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marl_jax.mappo import HyperParams, TrainState, learning_rates, with_learning_rates
+from marl_jax.mappo import HyperParams, TrainState
+from marl_jax.optimizer import learning_rates, with_learning_rates
 
 __all__ = [
     "Lineage",
