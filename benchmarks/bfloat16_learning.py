@@ -2,10 +2,12 @@
 
 Trains ``--config`` (default the quickstart) on its synthetic market once per dtype, the seeds
 vmapped in one program, then scores each seed's greedy policy on the test split. A seed
-*learns* when its mean reward over the last tenth of the updates exceeds the first tenth's and
-its test Sharpe beats the random and flat baselines (the learning test's criterion for
-float32). One run's outcome turns on rounding (benchmarks/RESULTS.md, "bfloat16 compute"), so
-the two dtypes are compared over seeds here, not one seed in the test suite.
+*learns* when its mean reward over the last tenth of the updates exceeds the first tenth's,
+its test Sharpe beats the random and flat baselines, and its active information ratio against
+buy-and-hold is positive, so that a constant position (a scaled buy-and-hold) does not count
+(the learning test's criterion for float32). One run's outcome turns on rounding
+(benchmarks/RESULTS.md, "bfloat16 compute"), so the two dtypes are compared over seeds here,
+not one seed in the test suite.
 
     python benchmarks/bfloat16_learning.py --seeds 0,1,2,3,4,5   # minutes per dtype on a CPU
     python benchmarks/bfloat16_learning.py --gradients           # + the step-gradient table
@@ -47,8 +49,9 @@ def train_and_score(
     """Trains ``config`` (``training.compute_dtype=dtype``) on ``seeds`` as one vmapped program
     (``compiler_options`` for its ``jax.jit``) and scores each seed's greedy policy on the test
     split. Returns the config, the train split's EnvParams, the initial and trained states
-    (leading axis: seed), the per-update metrics, each seed's test Sharpe and turnover, the
-    baselines' test Sharpes and the seconds the training took."""
+    (leading axis: seed), the per-update metrics, each seed's test Sharpe, turnover and active
+    information ratio against buy-and-hold, the baselines' test Sharpes and the seconds the
+    training took."""
     cfg = load_config(config, [*overrides, f"training.compute_dtype={dtype}"])
     bars = load_market(cfg)
     train_params = env_params_for(cfg, bars, "train", None)
@@ -73,6 +76,7 @@ def train_and_score(
         "metrics": metrics,
         "sharpe": [float(run.metrics["sharpe"]) for run in runs],
         "turnover": [float(run.metrics["turnover"]) for run in runs],
+        "active_ir": [float(run.metrics["active_ir"]) for run in runs],
         "baselines": {k: float(b.metrics["sharpe"]) for k, b in baselines.items()},
         "seeds": list(seeds),
         "seconds": seconds,
@@ -86,10 +90,12 @@ def reward_tenths(rewards: np.ndarray) -> tuple[float, float]:
 
 
 def learns(result: dict[str, Any], i: int) -> bool:
-    """Seed ``i`` learned: its reward rose and its test Sharpe beats random's and flat's."""
+    """Seed ``i`` learned: its reward rose, its test Sharpe beats random's and flat's, and its
+    active information ratio against buy-and-hold is positive."""
     first, last = reward_tenths(result["metrics"]["average_reward"][i])
     sharpe, base = result["sharpe"][i], result["baselines"]
-    return last > first and sharpe > base["random"] and sharpe > base["flat"]
+    beats_baselines = sharpe > base["random"] and sharpe > base["flat"]
+    return last > first and beats_baselines and result["active_ir"][i] > 0
 
 
 def relabelled(algo: MAPPO, state: TrainState, traj: Transition, env_params) -> Transition:
@@ -193,9 +199,9 @@ def main() -> None:
     )
     print(
         "| dtype | seed | reward, first tenth | last tenth | rise | test Sharpe | turnover "
-        "| learns |"
+        "| active IR vs buy-and-hold | learns |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     summary, float32 = [], None
     for dtype in args.dtypes.split(","):
         result = train_and_score(args.config, args.set, dtype, seeds)
@@ -207,7 +213,7 @@ def main() -> None:
             print(
                 f"| {dtype} | {seed} | {first:.3e} | {last:.3e} | {last - first:+.3e} "
                 f"| {result['sharpe'][i]:+.2f} | {result['turnover'][i]:.4f} "
-                f"| {'yes' if learns(result, i) else 'no'} |",
+                f"| {result['active_ir'][i]:+.2f} | {'yes' if learns(result, i) else 'no'} |",
                 flush=True,
             )
         summary.append(

@@ -44,6 +44,9 @@ def test_quickstart_learns_on_three_seeds(float32_runs):
         assert sharpe > runs["baselines"]["flat"], f"seed {seed}: Sharpe {sharpe:.2f} <= flat"
         first, last = bench.reward_tenths(rewards[i])
         assert last > first, f"seed {seed}: reward fell from {first:.2e} to {last:.2e}"
+        # Not a scaled buy-and-hold: a constant long also beats random and flat by Sharpe.
+        active_ir = runs["active_ir"][i]
+        assert active_ir > 0, f"seed {seed}: active IR {active_ir:.2f} against buy-and-hold"
         assert bench.learns(runs, i)
 
 
