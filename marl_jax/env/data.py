@@ -133,10 +133,12 @@ class Bars:
 
 
 def _norm_name(name) -> str:
+    """A column name lower-cased, with runs of spaces and dashes as one underscore."""
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
+    """The file as a DataFrame (a datetime index becomes a column); raises DataError."""
     suffixes = [s.lower() for s in path.suffixes]
     try:
         if suffixes and suffixes[-1] in (".parquet", ".pq"):
@@ -162,10 +164,57 @@ def _read_frame(path: Path) -> pd.DataFrame:
 
 
 def _find_column(columns: dict[str, str], names: Sequence[str]) -> str | None:
+    """The file's name for the first of ``names`` present among the normalised ``columns``."""
     for name in names:
         if name in columns:
             return columns[name]
     return None
+
+
+def _normalised_columns(frame: pd.DataFrame) -> dict[str, str]:
+    """Normalised column name -> the file's column name (the first one wins on a clash)."""
+    columns: dict[str, str] = {}
+    for col in frame.columns:
+        columns.setdefault(_norm_name(col), col)
+    return columns
+
+
+def _ohlcv_columns(columns: dict[str, str], source) -> dict[str, str | None]:
+    """The file's column for each OHLCV field (volume may be None); raises on a missing price."""
+    found = {field: _find_column(columns, _ALIASES[field]) for field in _FIELDS}
+    missing = [f for f in _PRICE_FIELDS if found[f] is None]
+    if missing:
+        raise DataError(source, None, f"missing column(s) {', '.join(missing)}")
+    return found
+
+
+def _time_values(
+    frame: pd.DataFrame, columns: dict[str, str], time_column: str | None, source
+) -> pd.Series:
+    """The raw time of each row, from the column chosen as :func:`load_bars` describes."""
+    if time_column is not None:
+        if time_column not in frame.columns:
+            key = _norm_name(time_column)
+            if key not in columns:
+                raise DataError(source, None, f"time column {time_column!r} not found")
+            time_column = columns[key]
+        return frame[time_column]
+    if "date" in columns and "time" in columns:
+        return (
+            frame[columns["date"]].astype(str).str.strip()
+            + " "
+            + frame[columns["time"]].astype(str).str.strip()
+        )
+    name = _find_column(columns, _TIME_NAMES)
+    if name is None:
+        unnamed = [c for c in frame.columns if str(c).startswith("Unnamed") or str(c) == ""]
+        if unnamed:
+            name = unnamed[0]
+        elif _norm_name(frame.columns[0]) == "index":
+            name = frame.columns[0]
+    if name is None:
+        raise DataError(source, None, "no time column found; pass time_column=")
+    return frame[name]
 
 
 def _parse_times(
@@ -178,11 +227,22 @@ def _parse_times(
     if pd.api.types.is_datetime64_any_dtype(values):
         return _to_ns(pd.to_datetime(values))
     if pd.api.types.is_numeric_dtype(values):
-        numbers = values.astype(np.float64)
-        finite = numbers[np.isfinite(numbers)]
-        scale = np.abs(finite).max() if len(finite) else 0
-        unit = "ns" if scale > 1e17 else "us" if scale > 1e14 else "ms" if scale > 1e11 else "s"
-        return _to_ns(pd.to_datetime(numbers, unit=unit, errors="coerce"))
+        return _parse_epoch(values)
+    return _parse_time_strings(values, source, dayfirst)
+
+
+def _parse_epoch(values: pd.Series) -> np.ndarray:
+    """Epoch numbers to int64 nanoseconds, the unit (s, ms, us, ns) read from their magnitude."""
+    numbers = values.astype(np.float64)
+    finite = numbers[np.isfinite(numbers)]
+    scale = np.abs(finite).max() if len(finite) else 0
+    unit = "ns" if scale > 1e17 else "us" if scale > 1e14 else "ms" if scale > 1e11 else "s"
+    return _to_ns(pd.to_datetime(numbers, unit=unit, errors="coerce"))
+
+
+def _parse_time_strings(values: pd.Series, source, dayfirst: bool | None) -> np.ndarray:
+    """Date strings to int64 nanoseconds, month-first or day-first as ``dayfirst`` or the data
+    says."""
     strings = values.astype(str).str.strip()
     options = [dayfirst] if dayfirst is not None else [False, True]
     candidates = []
@@ -198,26 +258,56 @@ def _parse_times(
         raise DataError(source, None, "time column cannot be parsed; pass date_format=")
     if len(candidates) == 1:
         return candidates[0]
-    # Inference is ambiguous between month-first and day-first: prefer the reading that parses
-    # the most rows, then the one that is strictly increasing, then the shorter time span
-    # (a day-first file read month-first jumps by months).
+    return min(candidates, key=_reading_score)
+
+
+def _reading_score(ns: np.ndarray) -> tuple[int, bool, int]:
+    """Rank of one reading of ambiguous dates, lowest best: most rows parsed, then strictly
+    increasing, then the shorter span (a day-first file read month-first jumps by months)."""
     nat = np.iinfo(np.int64).min
-
-    def score(ns: np.ndarray):
-        ok = ns != nat
-        good = ns[ok]
-        increasing = bool(np.all(np.diff(good) > 0)) if len(good) > 1 else True
-        span = int(good[-1] - good[0]) if len(good) > 1 else 0
-        return (-int(ok.sum()), not increasing, span)
-
-    return min(candidates, key=score)
+    ok = ns != nat
+    good = ns[ok]
+    increasing = bool(np.all(np.diff(good) > 0)) if len(good) > 1 else True
+    span = int(good[-1] - good[0]) if len(good) > 1 else 0
+    return (-int(ok.sum()), not increasing, span)
 
 
 def _to_ns(parsed) -> np.ndarray:
+    """Parsed times as int64 nanoseconds, time-zone-aware ones converted to naive UTC."""
     series = pd.Series(parsed)
     if getattr(series.dt, "tz", None) is not None:
         series = series.dt.tz_convert("UTC").dt.tz_localize(None)
     return series.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
+def _numeric_values(
+    frame: pd.DataFrame, found: dict[str, str | None], source
+) -> dict[str, np.ndarray]:
+    """Each OHLCV field as float64 (a missing volume as zeros, with a warning to the caller of
+    :func:`load_bars`); raises on the first entry that is not a number."""
+    values = {}
+    for field in _FIELDS:
+        col = found[field]
+        if col is None:
+            warnings.warn(f"{source}: no volume column; volume set to 0", stacklevel=3)
+            values[field] = np.zeros(len(frame))
+            continue
+        raw = frame[col]
+        numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(numeric) & raw.notna().to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad)) + 1
+            raise DataError(source, row, f"{field} is not a number: {raw.iloc[row - 1]!r}")
+        values[field] = numeric
+    return values
+
+
+def _check_parsed(ns: np.ndarray, times: pd.Series, source) -> None:
+    """Raise for the first row whose timestamp did not parse."""
+    nat = np.iinfo(np.int64).min
+    if (ns == nat).any():
+        row = int(np.argmax(ns == nat)) + 1
+        raise DataError(source, row, f"timestamp cannot be parsed: {times.iloc[row - 1]!r}")
 
 
 def load_bars(
@@ -242,60 +332,12 @@ def load_bars(
     frame = _read_frame(path)
     if len(frame) == 0:
         raise DataError(path, None, "file holds no rows")
-    columns = {}
-    for col in frame.columns:
-        columns.setdefault(_norm_name(col), col)
-
-    found = {field: _find_column(columns, _ALIASES[field]) for field in _FIELDS}
-    missing = [f for f in _PRICE_FIELDS if found[f] is None]
-    if missing:
-        raise DataError(path, None, f"missing column(s) {', '.join(missing)}")
-
-    if time_column is not None:
-        if time_column not in frame.columns:
-            key = _norm_name(time_column)
-            if key not in columns:
-                raise DataError(path, None, f"time column {time_column!r} not found")
-            time_column = columns[key]
-        times = frame[time_column]
-    elif "date" in columns and "time" in columns:
-        times = (
-            frame[columns["date"]].astype(str).str.strip()
-            + " "
-            + frame[columns["time"]].astype(str).str.strip()
-        )
-    else:
-        name = _find_column(columns, _TIME_NAMES)
-        if name is None:
-            unnamed = [c for c in frame.columns if str(c).startswith("Unnamed") or str(c) == ""]
-            if unnamed:
-                name = unnamed[0]
-            elif _norm_name(frame.columns[0]) == "index":
-                name = frame.columns[0]
-        if name is None:
-            raise DataError(path, None, "no time column found; pass time_column=")
-        times = frame[name]
-
+    columns = _normalised_columns(frame)
+    found = _ohlcv_columns(columns, path)
+    times = _time_values(frame, columns, time_column, path)
     ns = _parse_times(times, path, date_format, dayfirst)
-    values = {}
-    for field in _FIELDS:
-        col = found[field]
-        if col is None:
-            warnings.warn(f"{path}: no volume column; volume set to 0", stacklevel=2)
-            values[field] = np.zeros(len(frame))
-            continue
-        raw = frame[col]
-        numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.isnan(numeric) & raw.notna().to_numpy()
-        if bad.any():
-            row = int(np.argmax(bad)) + 1
-            raise DataError(path, row, f"{field} is not a number: {raw.iloc[row - 1]!r}")
-        values[field] = numeric
-
-    nat = np.iinfo(np.int64).min
-    if (ns == nat).any():
-        row = int(np.argmax(ns == nat)) + 1
-        raise DataError(path, row, f"timestamp cannot be parsed: {times.iloc[row - 1]!r}")
+    values = _numeric_values(frame, found, path)
+    _check_parsed(ns, times, path)
     bars = Bars(timestamp=ns.astype("datetime64[ns]"), **values)
     validate_bars(bars, source=str(path))
     if resample:
@@ -411,7 +453,7 @@ def synthetic_bars(
     reversion: float = 0.05,
     level_band: float = 0.25,
     return_regimes: bool = False,
-):
+) -> Bars | tuple[Bars, np.ndarray]:
     """A seeded regime-switching OHLCV series of ``n`` bars.
 
     A hidden Markov chain stays in its regime with probability ``persistence`` per bar (mean
@@ -435,6 +477,35 @@ def synthetic_bars(
     if n < 1:
         raise ValueError("synthetic_bars needs n >= 1")
     rng = np.random.default_rng(seed)
+    regimes, returns = _regime_returns(
+        rng,
+        n,
+        persistence=persistence,
+        trend_drift=trend_drift,
+        base_vol=base_vol,
+        volatile_mult=volatile_mult,
+        reversion=reversion,
+        level_band=level_band,
+    )
+    open_, high, low, close = _ohlc(rng, returns, regimes, start_price, base_vol, volatile_mult)
+    ts = _bar_times(n, start, interval_minutes)
+    volume = _intraday_volume(rng, ts, regimes, returns)
+    bars = Bars(ts.astype("datetime64[ns]"), open_, high, low, close, volume)
+    return (bars, regimes) if return_regimes else bars
+
+
+def _regime_returns(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    persistence: float,
+    trend_drift: float,
+    base_vol: float,
+    volatile_mult: float,
+    reversion: float,
+    level_band: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The hidden regime path (int8) and the per-bar log returns it generates."""
     jump = rng.random(n) > persistence
     pick = rng.integers(1, 3, size=n)
     direction = rng.choice([-1.0, 1.0], size=n)
@@ -460,33 +531,46 @@ def synthetic_bars(
         regimes[t] = regime
         returns[t] = r
         x += r
+    return regimes, returns
 
+
+def _ohlc(
+    rng: np.random.Generator,
+    returns: np.ndarray,
+    regimes: np.ndarray,
+    start_price: float,
+    base_vol: float,
+    volatile_mult: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Open, high, low and close from the log returns, with half-normal wicks."""
+    n = len(returns)
     close = start_price * np.exp(np.cumsum(returns))
     open_ = np.r_[start_price, close[:-1]] * np.exp(rng.standard_normal(n) * base_vol * 0.05)
     vol_scale = np.where(regimes == VOLATILE, volatile_mult, 1.0) * base_vol
     high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(n)) * 0.5 * vol_scale)
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(n)) * 0.5 * vol_scale)
+    return open_, high, low, close
 
+
+def _bar_times(n: int, start: str, interval_minutes: float) -> np.ndarray:
+    """``n`` evenly spaced bar times from ``start`` as int64 nanoseconds."""
     width = int(round(interval_minutes * 60e9))
     t0 = np.datetime64(pd.Timestamp(start).to_datetime64(), "ns").astype(np.int64)
-    ts = t0 + np.arange(n, dtype=np.int64) * width
+    return t0 + np.arange(n, dtype=np.int64) * width
+
+
+def _intraday_volume(
+    rng: np.random.Generator, ts: np.ndarray, regimes: np.ndarray, returns: np.ndarray
+) -> np.ndarray:
+    """Whole-number volumes: a U-shaped intraday profile, raised by volatility, with noise."""
+    n = len(ts)
     hour = (ts // 3_600_000_000_000) % 24 + ((ts // 60_000_000_000) % 60) / 60.0
     # U-shaped around a session from 08:00 to 16:00, quieter overnight.
     session = (hour >= 8) & (hour < 16)
     u_shape = 1.0 + 1.5 * ((hour - 12.0) / 4.0) ** 2
     profile = np.where(session, u_shape, 0.4)
     activity = 1.0 + 0.8 * (regimes == VOLATILE) + 50.0 * np.abs(returns)
-    volume = np.round(1000.0 * profile * activity * rng.lognormal(0.0, 0.3, size=n))
-
-    bars = Bars(
-        timestamp=ts.astype("datetime64[ns]"),
-        open=open_,
-        high=high,
-        low=low,
-        close=close,
-        volume=volume,
-    )
-    return (bars, regimes) if return_regimes else bars
+    return np.round(1000.0 * profile * activity * rng.lognormal(0.0, 0.3, size=n))
 
 
 # --------------------------------------------------------------------------------------------
