@@ -2,8 +2,8 @@
 bar, TensorBoard, and the stop on a non-finite metric.
 
 Updates are dispatched one by one rather than as a ``lax.scan`` over updates: on the CPU an
-XLA while loop around a full-size update costs about half an update again
-(``benchmarks/RESULTS.md``), while the dispatch from Python costs nothing in comparison.
+XLA while loop around a full-size update costs about half an update again, while the dispatch
+from Python costs nothing in comparison.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = ["train_loop"]
 
 
 def _progress(total: int, initial: int, enabled: bool):
+    """A tqdm bar over the updates, or None when ``enabled`` is false."""
     if not enabled:
         return None
     from tqdm import tqdm
@@ -41,6 +42,7 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 def _tensorboard_writer(path: Path):
+    """A TensorBoard writer into ``path``; RunError when tensorboardX is not installed."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
@@ -51,6 +53,7 @@ def _tensorboard_writer(path: Path):
 
 
 def _checkpointer(run: Run) -> TrainCheckpointer:
+    """The run's checkpointer, configured from its ``checkpoint`` section."""
     k = run.cfg.checkpoint
     return TrainCheckpointer(
         run.dir.checkpoints, max_to_keep=k.max_to_keep, best_metric=k.best_metric
@@ -69,17 +72,12 @@ def _check_normalisation(run: Run, checkpointer: TrainCheckpointer, step: int) -
         )
 
 
-def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> TrainState:
-    """Trains ``run`` to its configured number of updates (continuing the latest checkpoint
-    when ``resume``); checkpoints every ``checkpoint.save_every`` updates and at the end."""
-    cfg, algo = run.cfg, run.algo
-    save_every = cfg.checkpoint.save_every
-    total = algo.num_updates
-    steps_per_update = cfg.training.batch_size
-    checkpointer = _checkpointer(run)
+def _start_or_resume(run: Run, resume: bool, checkpointer: TrainCheckpointer) -> TrainState:
+    """The latest checkpoint's state with ``metrics.jsonl`` trimmed to it when ``resume`` finds
+    one, else a fresh state with an empty ``metrics.jsonl``."""
+    algo = run.algo
     init_fn = jax.jit(algo.init)
-    rng = jax.random.key(cfg.seed)
-    metrics_path = run.dir.metrics
+    rng = jax.random.key(run.cfg.seed)
     if resume and checkpointer.latest_step() is not None:
         target = jax.eval_shape(init_fn, rng, run.train_params, run.init)
         state, _ = restore_state(checkpointer, algo, target)
@@ -89,13 +87,80 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
         except RunError:
             checkpointer.close()
             raise
-        trim_metrics_log(metrics_path, lambda row: row.get("update", 0) <= step)
-    else:
-        state = init_fn(rng, run.train_params, run.init)
-        atomic_write_text(metrics_path, "")
+        trim_metrics_log(run.dir.metrics, lambda row: row.get("update", 0) <= step)
+        return state
+    state = init_fn(rng, run.train_params, run.init)
+    atomic_write_text(run.dir.metrics, "")
+    return state
+
+
+def _timed_update(update, state: TrainState, params) -> tuple[TrainState, dict, float]:
+    """One update run to completion: the new state, its metrics and the seconds it took."""
+    started = time.perf_counter()
+    new_state, metrics = update(state, params)
+    jax.block_until_ready(new_state)
+    return new_state, metrics, time.perf_counter() - started
+
+
+def _check_finite(row: dict[str, float], last_good: int | None, checkpoints: Path) -> None:
+    """Raise :class:`RunError` naming the first non-finite metric of an update's ``row`` and the
+    last good checkpoint."""
+    bad = sorted(k for k, v in row.items() if not math.isfinite(v))
+    if not bad:
+        return
+    where = (
+        f"the last good checkpoint is step {last_good} in {checkpoints / str(last_good)}"
+        if last_good is not None
+        else "no checkpoint was written yet"
+    )
+    raise RunError(
+        f"non-finite {bad[0]} in update {row['update']}; stopped, {where}. Lower the "
+        "learning rates or check the data"
+    )
+
+
+def _log_row(metrics_path: Path, writer, row: dict[str, float]) -> None:
+    """Append one update's ``row`` to ``metrics.jsonl`` and, if open, to TensorBoard."""
+    with metrics_path.open("a") as fh:
+        fh.write(metrics_lines([row]))
+    if writer is not None:
+        for key, value in row.items():
+            writer.add_scalar(key, value, row["update"])
+
+
+def _save(
+    run: Run, checkpointer: TrainCheckpointer, state: TrainState, rows: list[dict], step: int
+) -> None:
+    """Checkpoint ``state`` with each metric's mean over ``rows``, the updates since the last
+    save."""
+    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "update"}
+    save_step(checkpointer, run.algo, state, norm=run.norms, metrics={**means, "update": step})
+
+
+def _show_progress(bar, row: dict[str, float], steps_per_update: int, elapsed: float) -> None:
+    """Advance the progress bar (if any) by one update, showing env steps, speed and reward."""
+    if bar is None:
+        return
+    bar.update(1)
+    bar.set_postfix(
+        env_steps=f"{row['update'] * steps_per_update:,}",
+        sps=f"{steps_per_update / elapsed:,.0f}",
+        avg_reward=f"{row['average_reward'] * 1e4:+.2f}bp",
+    )
+
+
+def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> TrainState:
+    """Trains ``run`` to its configured number of updates (continuing the latest checkpoint
+    when ``resume``); checkpoints every ``checkpoint.save_every`` updates and at the end."""
+    cfg = run.cfg
+    save_every = cfg.checkpoint.save_every
+    total = run.algo.num_updates
+    steps_per_update = cfg.training.batch_size
+    checkpointer = _checkpointer(run)
+    state = _start_or_resume(run, resume, checkpointer)
     atomic_write_text(run.dir.config, config_yaml(cfg))
 
-    update = jax.jit(algo.update)
+    update = jax.jit(run.algo.update)
     writer = _tensorboard_writer(run.dir.tensorboard) if tensorboard else None
     bar = _progress(total, int(state.update_step), progress)
     last_good = checkpointer.latest_step()
@@ -104,53 +169,18 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
         print("compiling the update (or loading it from the compilation cache)...", flush=True)
     try:
         while int(state.update_step) < total:
-            started = time.perf_counter()
-            new_state, metrics = update(state, run.train_params)
-            jax.block_until_ready(new_state)
-            elapsed = time.perf_counter() - started
+            new_state, metrics, elapsed = _timed_update(update, state, run.train_params)
             step = int(new_state.update_step)
             row = {"update": step, **to_floats(metrics)}
-            bad = sorted(k for k, v in row.items() if not math.isfinite(v))
-            if bad:
-                where = (
-                    f"the last good checkpoint is step {last_good} in "
-                    f"{run.dir.checkpoints / str(last_good)}"
-                    if last_good is not None
-                    else "no checkpoint was written yet"
-                )
-                raise RunError(
-                    f"non-finite {bad[0]} in update {step}; stopped, {where}. Lower the "
-                    "learning rates or check the data"
-                )
+            _check_finite(row, last_good, run.dir.checkpoints)
             state = new_state
             row["env_steps"] = step * steps_per_update
-            with metrics_path.open("a") as fh:
-                fh.write(metrics_lines([row]))
-            if writer is not None:
-                for key, value in row.items():
-                    writer.add_scalar(key, value, step)
+            _log_row(run.dir.metrics, writer, row)
             since_save.append(row)
             if step % save_every == 0 or step == total:
-                means = {
-                    k: float(np.mean([r[k] for r in since_save]))
-                    for k in since_save[0]
-                    if k != "update"
-                }
-                save_step(
-                    checkpointer,
-                    algo,
-                    state,
-                    norm=run.norms,
-                    metrics={**means, "update": step},
-                )
+                _save(run, checkpointer, state, since_save, step)
                 last_good, since_save = step, []
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    env_steps=f"{step * steps_per_update:,}",
-                    sps=f"{steps_per_update / elapsed:,.0f}",
-                    avg_reward=f"{row['average_reward'] * 1e4:+.2f}bp",
-                )
+            _show_progress(bar, row, steps_per_update, elapsed)
     finally:
         if bar is not None:
             bar.close()
