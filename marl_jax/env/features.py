@@ -211,6 +211,29 @@ def _mmd(r: np.ndarray) -> np.ndarray:
     return out
 
 
+def _volume_imbalance(high, low, close, volume) -> np.ndarray:
+    """Volume signed by where each bar closes in its range, over the window's total volume."""
+    rng = high - low
+    close_loc = _safe_div(close - low, rng, 0.5)
+    signed = volume * (2.0 * close_loc - 1.0)
+    return _safe_div(
+        _rolling(signed, IMBALANCE_WINDOW).sum(axis=1),
+        _rolling(volume, IMBALANCE_WINDOW).sum(axis=1),
+    )
+
+
+def _level_touches(high, low, close) -> np.ndarray:
+    """How many of the previous ``TOUCH_WINDOW`` bars have their high or low within
+    ``TOUCH_TOLERANCE`` times those bars' mean range of the close."""
+    prev_h = _rolling(_lag(high, 1), TOUCH_WINDOW)
+    prev_l = _rolling(_lag(low, 1), TOUCH_WINDOW)
+    tol = TOUCH_TOLERANCE * (prev_h - prev_l).mean(axis=1)
+    near = (np.abs(prev_h - close[:, None]) <= tol[:, None]) | (
+        np.abs(prev_l - close[:, None]) <= tol[:, None]
+    )
+    return near.sum(axis=1).astype(np.float64)
+
+
 def compute_features(bars: Bars) -> np.ndarray:
     """``(len(bars), 13)`` float32 features in ``FEATURE_NAMES`` order; warm-up rows are 0."""
     n = len(bars)
@@ -237,21 +260,8 @@ def compute_features(bars: Bars) -> np.ndarray:
     fvg_size = (bull_gap - bear_gap) / c
     price_distance = _safe_div(logc - nw, vol30)
 
-    rng = h - lo_
-    close_loc = _safe_div(c - lo_, rng, 0.5)
-    signed = v * (2.0 * close_loc - 1.0)
-    volume_imbalance = _safe_div(
-        _rolling(signed, IMBALANCE_WINDOW).sum(axis=1), _rolling(v, IMBALANCE_WINDOW).sum(axis=1)
-    )
-
-    prev_h = _rolling(_lag(h, 1), TOUCH_WINDOW)
-    prev_l = _rolling(_lag(lo_, 1), TOUCH_WINDOW)
-    tol = TOUCH_TOLERANCE * (prev_h - prev_l).mean(axis=1)
-    near = (np.abs(prev_h - c[:, None]) <= tol[:, None]) | (
-        np.abs(prev_l - c[:, None]) <= tol[:, None]
-    )
-    level_touches = near.sum(axis=1).astype(np.float64)
-
+    volume_imbalance = _volume_imbalance(h, lo_, c, v)
+    level_touches = _level_touches(h, lo_, c)
     mmd_score = _mmd(r)
 
     columns = {
