@@ -290,6 +290,30 @@ SUMMARY_KEYS = (
 )
 
 
+def _strategy_arrays(returns, positions) -> tuple[np.ndarray, np.ndarray]:
+    """``returns`` and ``positions`` as float64; ValueError unless non-empty and equally long."""
+    r, p = _f64(returns), _f64(positions)
+    if len(r) == 0:
+        raise ValueError("no steps to evaluate")
+    if p.shape != r.shape:
+        raise ValueError(f"returns {r.shape} and positions {p.shape} differ in length")
+    return r, p
+
+
+def _skew_kurtosis(r: np.ndarray) -> tuple[float, float]:
+    """Skewness and (non-excess) kurtosis of ``r``; a normal's 0 and 3 when ``r`` is constant."""
+    skew = float(stats.skew(r)) if r.std() > _TINY else 0.0
+    kurt = float(stats.kurtosis(r, fisher=False)) if r.std() > _TINY else 3.0
+    return skew, kurt
+
+
+def _per_bar_sharpe_variance(trials: Sequence[float], periods_per_year: float) -> float:
+    """Sample variance of the trials' Sharpe ratios de-annualised to per bar (0 for < 2)."""
+    if len(trials) > 1:
+        return float(np.var(np.asarray(trials) / np.sqrt(periods_per_year), ddof=1))
+    return 0.0
+
+
 def summary(
     returns,
     positions,
@@ -312,21 +336,12 @@ def summary(
     ``cost_bps``, the :func:`cost_sensitivity` keys are added (``benchmark_positions``
     defaults to all ones, buy-and-hold).
     """
-    r, p = _f64(returns), _f64(positions)
+    r, p = _strategy_arrays(returns, positions)
     n = len(r)
-    if n == 0:
-        raise ValueError("no steps to evaluate")
-    if p.shape != r.shape:
-        raise ValueError(f"returns {r.shape} and positions {p.shape} differ in length")
     sr_bar = sharpe_ratio(r, 1.0)
-    skew = float(stats.skew(r)) if r.std() > _TINY else 0.0
-    kurt = float(stats.kurtosis(r, fisher=False)) if r.std() > _TINY else 3.0
+    skew, kurt = _skew_kurtosis(r)
     trials = [] if trial_sharpes is None else [float(s) for s in trial_sharpes]
-    trial_var = (
-        float(np.var(np.asarray(trials) / np.sqrt(periods_per_year), ddof=1))
-        if (len(trials) > 1)
-        else 0.0
-    )
+    trial_var = _per_bar_sharpe_variance(trials, periods_per_year)
     out = {
         "sharpe": sharpe_ratio(r, periods_per_year),
         "sortino": sortino_ratio(r, periods_per_year),
