@@ -72,6 +72,7 @@ _SCALED_BENCHMARK_RTOL = 1e-5
 
 
 def _f64(x) -> np.ndarray:
+    """``x`` as a flat float64 array."""
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
@@ -121,6 +122,7 @@ def calmar_ratio(returns, periods_per_year: float) -> float:
 
 
 def _longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of consecutive true ``flags``."""
     best = run = 0
     for f in flags:
         run = run + 1 if f else 0

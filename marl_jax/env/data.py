@@ -79,7 +79,7 @@ _TIME_NAMES = ("timestamp", "datetime", "date_time", "time_stamp", "dt", "time",
 class DataError(MarlJaxError, ValueError):
     """A bar file (or bar array) breaks a rule. ``str(err)`` is one line: file, row and rule."""
 
-    def __init__(self, source: str, row: int | str | None, rule: str):
+    def __init__(self, source: str, row: int | str | None, rule: str) -> None:
         self.source = str(source)
         self.row = row
         self.rule = rule

@@ -128,6 +128,7 @@ class LinearBaseline:
 
 
 def _eval_bars(params: EnvParams) -> np.ndarray:
+    """The bars ``[start_lo, last_bar)`` at which ``params`` is evaluated."""
     return np.arange(int(params.start_lo), int(params.last_bar))
 
 
@@ -165,6 +166,7 @@ def simulate(
 
 
 def _as_params(bars_or_params, split, norm, cost_bps, split_fractions) -> EnvParams:
+    """``EnvParams`` as given, or built from ``Bars`` for ``split``."""
     if isinstance(bars_or_params, EnvParams):
         return bars_or_params
     if not isinstance(bars_or_params, Bars):
@@ -181,6 +183,7 @@ def run_policy(
     periods_per_year: float | None = None,
     batch_size: int = 8192,
 ) -> EvalRun:
+    """``policy_fn`` run at every evaluation bar of ``params``, in padded chunks, and scored."""
     ts = _eval_bars(params)
     chunks = []
     for a in range(0, len(ts), batch_size):
@@ -208,6 +211,7 @@ def run_baseline(
     periods_per_year: float | None = None,
     linear: LinearBaseline | None = None,
 ) -> EvalRun:
+    """The baseline ``name`` (one of :data:`BASELINES`) at every evaluation bar, scored."""
     ts = _eval_bars(params)
     if name == "buy_and_hold":
         positions = np.ones(len(ts))
@@ -240,6 +244,7 @@ def evaluate_policy(
     periods_per_year: float | None = None,
     batch_size: int = 8192,
 ) -> dict:
+    """The policy's metrics over ``split`` (see the module docstring)."""
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
     run = run_policy(policy_fn, params, periods_per_year=periods_per_year, batch_size=batch_size)
     return run.metrics
@@ -280,6 +285,7 @@ def evaluate_split(
     seed: int = 0,
     linear: LinearBaseline | None = None,
 ) -> tuple[dict, dict[str, dict], dict[str, np.ndarray]]:
+    """``(policy metrics, baseline metrics by name, equity curves by name)`` over ``split``."""
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
     run = run_policy(policy_fn, params, periods_per_year=periods_per_year, batch_size=batch_size)
     baselines = evaluate_baselines(

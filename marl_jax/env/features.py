@@ -108,6 +108,7 @@ def _lag(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray, default: float = 0.0) -> np.ndarray:
+    """``num / den``, ``default`` where ``|den| <= EPS``."""
     ok = np.abs(den) > EPS
     return np.where(ok, num / np.where(ok, den, 1.0), default)
 
@@ -344,10 +345,12 @@ class FeatureNorm:
         return cls(center=center, scale=scale, clip=clip)
 
     def apply(self, features: np.ndarray) -> np.ndarray:
+        """Normalised float32 features, ``clip((x - center) / scale, -clip, clip)``."""
         x = (np.asarray(features, dtype=np.float64) - self.center) / self.scale
         return np.clip(x, -self.clip, self.clip).astype(np.float32)
 
     def to_dict(self) -> dict:
+        """The statistics as plain JSON-able lists (read back by :meth:`from_dict`)."""
         return {
             "feature_names": list(self.feature_names),
             "center": [float(x) for x in self.center],
@@ -357,6 +360,7 @@ class FeatureNorm:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureNorm:
+        """The normalisation that :meth:`to_dict` wrote."""
         return cls(
             center=d["center"],
             scale=d["scale"],
