@@ -17,7 +17,8 @@ import time
 import jax
 
 from marl_jax.config import load_config
-from marl_jax.mappo import make_train
+from marl_jax.env import market
+from marl_jax.mappo import MAPPO
 from marl_jax.run.setup import env_params_for, load_market
 
 
@@ -28,7 +29,11 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config, args.set)
     bars = load_market(cfg)
-    train = make_train(cfg, env_params_for(cfg, bars, "train", None))
+    algo, env_params = MAPPO(cfg, market.MARKET), env_params_for(cfg, bars, "train", None)
+
+    def train(key):
+        return algo.train(key, env_params)
+
     key = jax.random.key(cfg.seed)
     start = time.perf_counter()
     lowered = jax.jit(train).lower(key)

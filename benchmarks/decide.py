@@ -31,8 +31,8 @@ from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import load_config
 from marl_jax.env import data, market
 from marl_jax.env.features import AGENT_FEATURES
-from marl_jax.mappo import build_modules
 from marl_jax.models.registry import module_config
+from marl_jax.models.team import build_modules
 from marl_jax.policy import Policy
 
 CONFIGS = {"quickstart": "configs/quickstart.yaml", "full-size": "configs/strategic_marl_v1.yaml"}

@@ -76,12 +76,12 @@ def forward_program(algo: MAPPO) -> Callable:
 
     def forward(variables, obs):
         outs = [
-            algo.apply(n, variables[n], obs[n], deterministic=True, attention_weights=False)
+            algo.team.apply(n, variables[n], obs[n], deterministic=True, attention_weights=False)
             for n in AGENT_NAMES
         ]
         actions = jnp.stack([o["action"] for o in outs], -1)
         probs = jnp.stack([o["action_probs"] for o in outs], 1)
-        value = algo.apply("critic", variables["critic"], obs["critic"])["value"]
+        value = algo.team.apply("critic", variables["critic"], obs["critic"])["value"]
         return actions, probs, value
 
     return jax.jit(forward)
@@ -297,7 +297,7 @@ def diagnose(root: str | Path) -> dict:
         cfg = load_config(fold_root / CONFIG)
         if bars is None:
             bars = next(iter(load_markets(cfg).values()))
-            program = forward_program(MAPPO(cfg))
+            program = forward_program(MAPPO(cfg, market.MARKET))
         fold = Fold(spec["fold"], tuple(spec["train"]), tuple(spec["val"]), tuple(spec["test"]))
         summary = json.loads((fold_root / FOLD_RESULT).read_text())
         folds.append(diagnose_fold(cfg, bars, fold, summary, fold_root, program))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from marl_jax.config import load_config
+from marl_jax.env import market
 from marl_jax.env.features import WARMUP_BARS
 from marl_jax.errors import cli_main
 from marl_jax.mappo import MAPPO
@@ -67,7 +68,7 @@ def compare(args: argparse.Namespace) -> int:
     folds = make_folds(len(bars), args.folds, window=cfg.env.window, warmup=WARMUP_BARS)
     envs = [fold_envs(cfg, bars, fold).train for fold in folds]
     members = [(f, s) for f in range(len(folds)) for s in range(args.seeds)]
-    algo = MAPPO(cfg)
+    algo = MAPPO(cfg, market.MARKET)
     init = jax.jit(algo.init)
     states = [init(jax.random.key(s), envs[f]) for f, s in members]
 

@@ -42,11 +42,12 @@ def setup(cfg, rows: int, steps: int | None = None) -> SimpleNamespace:
     transitions as one learn-step ``minibatch``."""
     import jax
 
+    from marl_jax.env import market
     from marl_jax.mappo import MAPPO
     from marl_jax.run.setup import env_params_for, load_market
 
     env_params = env_params_for(cfg, load_market(cfg), "train", None)
-    algo = MAPPO(cfg)
+    algo = MAPPO(cfg, market.MARKET)
     state = jax.jit(algo.init)(jax.random.key(cfg.seed), env_params)
     rollout = jax.jit(algo.rollout, static_argnums=2)
     _, traj = rollout(state, env_params, steps)

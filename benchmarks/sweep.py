@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from marl_jax.config import load_config
-from marl_jax.mappo import HPARAM_NAMES
+from marl_jax.hparams import HPARAM_NAMES
 from marl_jax.run.setup import env_params_for, load_market
 from marl_jax.sweep.population import PopulationProgram, member_mesh
 

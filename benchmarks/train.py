@@ -29,6 +29,7 @@ import time
 import jax
 
 from marl_jax.config import load_config
+from marl_jax.env import market
 from marl_jax.mappo import MAPPO
 from marl_jax.run.setup import env_params_for, load_market
 
@@ -62,7 +63,7 @@ def update_flops(cfg, algo, state, params) -> int:
         scan_cfg = cfg.model_copy(
             update={"training": cfg.training.model_copy(update={"rnn_backend": "scan"})}
         )
-        counting = MAPPO(scan_cfg)
+        counting = MAPPO(scan_cfg, market.MARKET)
     return count_flops(counting.update, state, params)
 
 
@@ -197,7 +198,7 @@ def main() -> None:
             vs_torch(args, run_cfg, env_params_for(run_cfg, bars, "train", None))
         return
     params = env_params_for(cfg, bars, "train", None)
-    algo = MAPPO(cfg)
+    algo = MAPPO(cfg, market.MARKET)
     state = jax.jit(algo.init)(jax.random.key(0), params)
     run = jax.jit(algo.run, static_argnums=2)
     start = time.perf_counter()

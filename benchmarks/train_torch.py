@@ -15,7 +15,7 @@ rollout buffer of observations), doing the same work per update as :class:`marl_
 
 The environment is ``marl_jax.env.market`` in NumPy over the same feature table, log returns
 and rolling means (taken from the ``EnvParams`` that ``marl_jax.run.setup.env_params_for``
-builds). The models start from the JAX trainer's initial weights (``MAPPO(cfg).init`` with
+builds). The models start from the JAX trainer's initial weights (``MAPPO(cfg, MARKET).init`` with
 ``jax.random.key(cfg.seed)``, converted with ``bridge.convert.flax_to_torch``). Sampling uses
 PyTorch's and NumPy's generators, so the numbers differ from JAX's; the shapes and passes do not.
 
@@ -61,7 +61,7 @@ def model_configs(cfg: Config) -> dict[str, dict]:
 
 def jax_initial_state(cfg: Config, env_params: market.EnvParams) -> tuple[MAPPO, TrainState]:
     """The JAX trainer and its initial state (``jax.random.key(cfg.seed)``)."""
-    algo = MAPPO(cfg)
+    algo = MAPPO(cfg, market.MARKET)
     return algo, jax.jit(algo.init)(jax.random.key(cfg.seed), env_params)
 
 
@@ -454,7 +454,7 @@ def run_checks(cfg: Config, env_params: market.EnvParams) -> bool:
             f"probs/log_prob/value max diff {diff:.1e}, greedy actions "
             f"{'equal' if same else 'DIFFER'}",
         )
-    value_j = algo.critic_value(state, obs["critic"])
+    value_j = algo.team.critic_value(algo.variables(state, "critic"), obs["critic"])
     with torch.no_grad():
         value_t = trainer.models["critic"](torch.from_numpy(obs["critic"]))["value"].numpy()
     diff = float(np.abs(np.asarray(value_j) - value_t).max())
@@ -463,7 +463,7 @@ def run_checks(cfg: Config, env_params: market.EnvParams) -> bool:
     # GAE, ValueNorm and advantage normalisation on a PyTorch rollout.
     roll = trainer.rollout()
     traj = Transition(
-        bar=jnp.asarray(roll["bar"].numpy(), jnp.int32),
+        obs_key=jnp.asarray(roll["bar"].numpy(), jnp.int32),
         actions=jnp.asarray(roll["actions"].numpy(), jnp.int32),
         log_probs=jnp.asarray(roll["log_probs"].numpy()),
         value=jnp.asarray(roll["values"].numpy()),
@@ -471,8 +471,10 @@ def run_checks(cfg: Config, env_params: market.EnvParams) -> bool:
         reward=jnp.asarray(roll["rewards"].numpy()),
         terminated=jnp.asarray(roll["terminated"].numpy()),
         truncated=jnp.asarray(roll["truncated"].numpy()),
-        position=jnp.asarray(roll["position"].numpy()),
-        equity=jnp.asarray(roll["equity"].numpy()),
+        stats={
+            "position": jnp.asarray(roll["position"].numpy()),
+            "equity": jnp.asarray(roll["equity"].numpy()),
+        },
     )
     adv_j, targets_j, _ = algo.advantages(state, traj)
     batch = trainer.prepare_batch(roll)
@@ -494,7 +496,7 @@ def run_checks(cfg: Config, env_params: market.EnvParams) -> bool:
         opt.zero_grad(set_to_none=True)
     loss_t.backward()
     batch_j = Batch(
-        bar=jnp.asarray(mb["bar"].numpy(), jnp.int32),
+        obs_key=jnp.asarray(mb["bar"].numpy(), jnp.int32),
         actions=jnp.asarray(mb["actions"].numpy(), jnp.int32),
         log_probs=jnp.asarray(mb["log_probs"].numpy()),
         value=jnp.asarray(mb["values"].numpy()),

@@ -18,7 +18,7 @@ from flax import struct
 from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import Config, config_from_dict, config_to_dict
 from marl_jax.env import market
-from marl_jax.mappo import MAPPO, TrainState, Transition, rollout_metrics
+from marl_jax.mappo import MAPPO, TrainState, Transition
 from marl_jax.run.checkpointer import TrainCheckpointer
 
 __all__ = ["CheckpointManager", "Experience", "MAPPOTrainer"]
@@ -133,7 +133,7 @@ class MAPPOTrainer:
         if critic is not None:
             data["critic"] = dict(critic)
         self.config = config_from_dict(data, source="MAPPOTrainer(training=...)")
-        self.algo = MAPPO(self.config)
+        self.algo = MAPPO(self.config, market.MARKET)
         self.state: TrainState | None = None
         self._init = init
         self._rollout = jax.jit(self.algo.rollout, static_argnums=2)
@@ -158,7 +158,7 @@ class MAPPOTrainer:
         self.state, metrics = self._learn(
             self.state, experiences.transitions, experiences.env_params
         )
-        metrics = {**metrics, **rollout_metrics(experiences.transitions)}
+        metrics = {**metrics, **self.algo.rollout_metrics(experiences.transitions)}
         return {name: float(value) for name, value in metrics.items()}
 
     def variables(self) -> dict[str, dict]:

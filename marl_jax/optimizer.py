@@ -15,7 +15,6 @@ new end.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +22,7 @@ import optax
 
 from marl_jax.agents import AUX, MODEL_NAMES
 from marl_jax.config import TrainingConfig
-
-if TYPE_CHECKING:
-    from marl_jax.mappo import HyperParams
+from marl_jax.hparams import HyperParams
 
 Array = jax.Array
 

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 __all__ = [
     "ValueNormState",
+    "aux_return_loss",
+    "scaled_targets",
     "gae",
     "huber",
     "normalize_advantages",
@@ -196,3 +198,25 @@ def valuenorm_denormalize(state: ValueNormState, x: jax.Array, epsilon: float = 
     """``x * sqrt(var) + mean``: critic output back to return units."""
     mean, var = valuenorm_mean_var(state, epsilon)
     return x * jnp.sqrt(var) + mean
+
+
+def scaled_targets(targets: jax.Array) -> jax.Array:
+    """``targets`` over their standard deviation in this batch, so an auxiliary loss does not
+    depend on the environment's scale; targets with no spread (one row) stay as they are."""
+    std = jnp.std(targets)
+    return targets / jnp.where(std > 0, std, 1.0)
+
+
+def aux_return_loss(
+    heads: dict, features: dict[str, jax.Array], targets: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Auxiliary loss: each agent's head (``{'kernel': (F,), 'bias': ()}``) maps its features
+    ``(N, F)`` to a prediction of ``targets`` ``(N,)``; the sum over agents of the mean squared
+    errors, and each agent's as ``<agent>/aux_loss``."""
+    total, metrics = jnp.zeros((), jnp.float32), {}
+    for name, feats in features.items():
+        predicted = feats @ heads[name]["kernel"] + heads[name]["bias"]
+        metrics[f"{name}/aux_loss"] = jnp.mean((predicted - targets) ** 2)
+        total = total + metrics[f"{name}/aux_loss"]
+    metrics["aux_loss"] = total
+    return total, metrics

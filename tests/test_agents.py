@@ -16,10 +16,10 @@ from marl_jax.agents import (
 )
 from marl_jax.config import Config, config_from_dict
 from marl_jax.env import features
-from marl_jax.mappo import build_modules
 from marl_jax.models.actors import ACTOR_CLASSES
 from marl_jax.models.critic import CentralizedCritic
 from marl_jax.models.registry import MODEL_CLASSES, configurable_kwargs, module_config
+from marl_jax.models.team import build_modules
 
 
 def test_the_table_drives_the_environment():

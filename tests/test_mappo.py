@@ -11,7 +11,9 @@ from tiny_config import TINY, tiny
 
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.mappo import MAPPO, HyperParams, make_train, next_return_targets
+from marl_jax.hparams import HyperParams
+from marl_jax.mappo import MAPPO
+from marl_jax.ppo import scaled_targets
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +29,19 @@ def env_params(cfg):
     )
 
 
+def build(config) -> MAPPO:
+    return MAPPO(config, market.MARKET)
+
+
+def next_return_targets(env_params, bars):
+    """The auxiliary loss's targets on the market: the next bar's return over their spread."""
+    return scaled_targets(market.MARKET.aux_targets(env_params, bars))
+
+
 @pytest.fixture(scope="module")
 def train_fn(cfg, env_params):
-    return jax.jit(make_train(cfg, env_params))
+    algo = build(cfg)
+    return jax.jit(lambda rng, init=None, hparams=None: algo.train(rng, env_params, init, hparams))
 
 
 def leaves_equal(a, b) -> bool:
@@ -42,7 +54,7 @@ def leaves_equal(a, b) -> bool:
 @pytest.mark.slow
 def test_rollout_and_loss_use_the_same_mode(cfg, env_params):
     """Before any update, the loss recomputes exactly the rollout's log-probabilities."""
-    algo = MAPPO(cfg)
+    algo = build(cfg)
     state, batch = rollout_batch(
         algo, jax.jit(algo.init)(jax.random.key(0), env_params), env_params
     )
@@ -63,7 +75,7 @@ def test_the_auxiliary_return_loss_trains_the_actors_and_its_heads_only(cfg, env
     """``training.aux_return_coef``: linear heads on each actor's last features predict the
     next bar's return; the loss adds coef x their squared error. The heads are drawn from
     their own key, trained with the actors, and never among the exported models."""
-    off, on = MAPPO(cfg), MAPPO(config_from_dict(tiny(training={"aux_return_coef": 0.5})))
+    off, on = build(cfg), build(config_from_dict(tiny(training={"aux_return_coef": 0.5})))
     state_off = jax.jit(off.init)(jax.random.key(0), env_params)
     state_on = jax.jit(on.init)(jax.random.key(0), env_params)
     heads = state_on.params.pop("aux")
@@ -73,8 +85,8 @@ def test_the_auxiliary_return_loss_trains_the_actors_and_its_heads_only(cfg, env
     assert leaves_equal(on.model_variables(state_on), off.model_variables(state_off))
 
     state, batch = rollout_batch(off, state_off, env_params)
-    targets = np.asarray(next_return_targets(env_params, batch.bar))
-    returns = np.asarray(env_params.log_returns)[np.asarray(batch.bar) + 1]
+    targets = np.asarray(next_return_targets(env_params, batch.obs_key))
+    returns = np.asarray(env_params.log_returns)[np.asarray(batch.obs_key) + 1]
     np.testing.assert_allclose(targets * returns.std(), returns, rtol=1e-4, atol=1e-9)
 
     def grads(algo, params):
@@ -110,13 +122,13 @@ def test_auxiliary_targets_are_returns_over_their_spread_and_finite_without_one(
 @pytest.mark.slow
 def test_training_changes_params_but_not_batchnorm_statistics(cfg, env_params, train_fn):
     state, metrics = train_fn(jax.random.key(0))
-    fresh = jax.jit(MAPPO(cfg).init)(jax.random.key(0), env_params)
-    assert int(state.update_step) == MAPPO(cfg).num_updates == 2
+    fresh = jax.jit(build(cfg).init)(jax.random.key(0), env_params)
+    assert int(state.update_step) == build(cfg).num_updates == 2
     assert not leaves_equal(state.params["mlmi"], fresh.params["mlmi"])
     stats, fresh_stats = state.constants["mlmi"], fresh.constants["mlmi"]
     assert leaves_equal(stats["batch_stats"], fresh_stats["batch_stats"])
     assert np.isfinite(np.asarray(metrics["loss"])).all()
-    assert metrics["average_reward"].shape == (MAPPO(cfg).num_updates,)
+    assert metrics["average_reward"].shape == (build(cfg).num_updates,)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +193,7 @@ def test_each_policy_is_clipped_on_its_own(cfg, env_params):
             total, metrics = super().loss(params, constants, batch, env_params, hp)
             return total + 1e6 * sum(x.sum() for x in jax.tree.leaves(params["nwrqk"])), metrics
 
-    quiet, loud = Quiet(cfg), Loud(cfg)
+    quiet, loud = Quiet(cfg, market.MARKET), Loud(cfg, market.MARKET)
     state = jax.jit(quiet.init)(jax.random.key(0), env_params)
     state, traj = jax.jit(quiet.rollout)(state, env_params)
     after_quiet, m_quiet = jax.jit(quiet.learn)(state, traj, env_params)
@@ -197,7 +209,7 @@ def test_each_policy_is_clipped_on_its_own(cfg, env_params):
 @pytest.mark.slow
 def test_learning_rate_is_in_the_optimizer_state_and_anneals(cfg, env_params):
     annealed = config_from_dict(tiny(training={"anneal_lr": True, "actor_lr": 1e-3}))
-    algo = MAPPO(annealed)
+    algo = build(annealed)
     state = jax.jit(algo.init)(jax.random.key(0), env_params)
     lr = optax.tree_utils.tree_get(state.opt_state["mlmi"], "learning_rate")
     assert float(lr) == pytest.approx(1e-3)
@@ -216,7 +228,7 @@ def test_unrolling_the_learn_loop_changes_the_program_not_the_result(env_params)
     # One epoch of two minibatches: the unrolled program holds two copies of the step, not
     # four, and compiles in half the time; the loops it removes are the same.
     rolled, unrolled = (
-        MAPPO(config_from_dict(tiny(training={"update_epochs": 1, "unroll_learn": unroll})))
+        build(config_from_dict(tiny(training={"update_epochs": 1, "unroll_learn": unroll})))
         for unroll in (False, True)
     )
     state = jax.jit(rolled.init)(jax.random.key(0), env_params)

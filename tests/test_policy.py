@@ -25,9 +25,10 @@ from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, evaluate, market
 from marl_jax.env.features import WARMUP_BARS, compute_features
-from marl_jax.mappo import MAPPO, TrainState, build_modules, split_variables
+from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.models.components import sinusoidal_table
 from marl_jax.models.registry import abstract_variables
+from marl_jax.models.team import build_modules, split_variables
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.backtest import LINEAR_MIN_FIT
 from marl_jax.run.modeldir import save_models
@@ -114,7 +115,7 @@ def greedy(tiny):
     for name, v in variables.items():
         params_[name], constants[name] = split_variables(v)
     state = TrainState(params_, constants, None, None, None, None, None, None)
-    return greedy_policy(MAPPO(cfg, modules), state)
+    return greedy_policy(MAPPO(cfg, market.MARKET, modules), state)
 
 
 MODES = {

@@ -24,6 +24,7 @@ import yaml
 from tiny_config import tiny
 
 from marl_jax.config import config_from_dict
+from marl_jax.env import market
 from marl_jax.mappo import MAPPO
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.setup import env_params_for, load_market
@@ -148,7 +149,7 @@ def test_sharded_population_writes_every_output_and_each_member_matches_its_solo
     state = final_state(out, 3)
     cfg = config_from_dict({**CONFIG, "training": {**CONFIG["training"], "actor_lr": 1e-3}})
     params = env_params_for(cfg, load_market(cfg), "train", None)
-    algo = MAPPO(cfg)
+    algo = MAPPO(cfg, market.MARKET)
     update = jax.jit(algo.update)
     for member in range(3):
         solo = jax.jit(algo.init)(jax.random.key(member), params)

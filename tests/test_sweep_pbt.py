@@ -15,7 +15,8 @@ from tiny_config import TINY
 from marl_jax.agents import MODEL_NAMES
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.mappo import MAPPO, HyperParams, TrainState
+from marl_jax.hparams import HyperParams
+from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.optimizer import learning_rates, with_learning_rates
 from marl_jax.sweep.pbt import (
     Lineage,
@@ -63,7 +64,7 @@ def population() -> TrainState:
     env_params = market.make_env_params(
         bars, "train", window=cfg.env.window, episode_len=cfg.env.episode_len
     )
-    one = jax.jit(MAPPO(cfg).init)(jax.random.key(0), env_params)
+    one = jax.jit(MAPPO(cfg, market.MARKET).init)(jax.random.key(0), env_params)
 
     def shifted(x, i):
         if jnp.issubdtype(x.dtype, jnp.floating):

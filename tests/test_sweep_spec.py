@@ -13,7 +13,7 @@ import pytest
 
 from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.errors import MarlJaxError
-from marl_jax.mappo import HyperParams
+from marl_jax.hparams import HyperParams
 from marl_jax.sweep.members import describe, expand, member_hparams, random_samples, seeds
 from marl_jax.sweep.spec import (
     CONFIG_KEYS,

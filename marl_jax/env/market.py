@@ -89,6 +89,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from marl_jax.agents import AGENT_NAMES, NUM_ACTIONS
+
 from .data import Bars, canonical_split, split_bounds
 from .features import (
     AGENT_FEATURES,
@@ -97,8 +99,11 @@ from .features import (
     FeatureNorm,
     compute_features,
 )
+from .interface import Environment
 
 __all__ = [
+    "MARKET",
+    "Market",
     "EnvParams",
     "EnvState",
     "make_env_params",
@@ -579,3 +584,44 @@ def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
         "next_critic_obs": next_obs["critic"],
     }
     return obs_out, state_out, reward, done, info
+
+
+class Market(Environment):
+    """The market as an :class:`~marl_jax.env.interface.Environment`: the three agents of
+    :mod:`marl_jax.agents` vote on the position; the rollout buffer keeps the bar index."""
+
+    agents = AGENT_NAMES
+    num_actions = NUM_ACTIONS
+
+    def reset(self, key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvState]:
+        return reset(key, params)
+
+    def step(self, key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams):
+        return step(key, state, actions, params)
+
+    def obs_key(self, state: EnvState) -> jax.Array:
+        """The bar the agents act at."""
+        return state.t
+
+    def observe(self, params: EnvParams, keys: jax.Array) -> dict[str, jax.Array]:
+        return observations(params, keys)
+
+    def aux_targets(self, params: EnvParams, keys: jax.Array) -> jax.Array:
+        """The next bar's log return after each bar of ``keys``."""
+        return params.log_returns[keys + 1]
+
+    def step_stats(self, info: dict) -> dict[str, jax.Array]:
+        return {"position": info["position"], "equity": info["equity"]}
+
+    def rollout_metrics(self, stats: dict[str, jax.Array], done: jax.Array) -> dict[str, jax.Array]:
+        """The mean absolute position, and the mean log return of the episodes that ended."""
+        n_done = done.sum()
+        log_equity = jnp.where(done, jnp.log(stats["equity"]), 0.0).sum()
+        return {
+            "mean_abs_position": jnp.abs(stats["position"]).mean(),
+            "episode_log_return": log_equity / jnp.maximum(n_done, 1),
+        }
+
+
+MARKET = Market()
+"""The market environment (it holds no data: each call takes its :class:`EnvParams`)."""

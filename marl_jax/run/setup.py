@@ -318,14 +318,16 @@ def prepare(spec: RunSpec) -> Run:
             bars = next(iter(markets.values()))
             train_params = env_params_for(cfg, bars, "train", None)
             norm = market.get_normalisation(train_params)
-            return Run(cfg, run_dir, lock, bars, norm, train_params, MAPPO(cfg), init)
+            return Run(
+                cfg, run_dir, lock, bars, norm, train_params, MAPPO(cfg, market.MARKET), init
+            )
         train_params, parts = instruments_env_params(cfg, markets, "train", None)
         instruments = {
             name: Instrument(markets[name], market.get_normalisation(part), part)
             for name, part in parts.items()
         }
         first = next(iter(instruments.values()))
-        algo = MAPPO(cfg)
+        algo = MAPPO(cfg, market.MARKET)
         return Run(
             cfg, run_dir, lock, first.bars, first.norm, train_params, algo, init, instruments
         )

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from marl_jax.env import evaluate, market
-from marl_jax.mappo import HPARAM_NAMES, TrainState
+from marl_jax.hparams import HPARAM_NAMES
+from marl_jax.mappo import TrainState
 from marl_jax.run.metrics import tenth_mean
 from marl_jax.run.report import REPORT_METRICS, greedy_policy
 from marl_jax.run.setup import env_params_for

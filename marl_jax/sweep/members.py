@@ -20,7 +20,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from marl_jax.config import Config, ConfigError, config_from_dict, config_to_dict
 from marl_jax.errors import one_line
-from marl_jax.mappo import HPARAM_NAMES
+from marl_jax.hparams import HPARAM_NAMES
 from marl_jax.sweep.spec import CONFIG_KEYS, SweepError, SweepSpec
 from marl_jax.validation import Where, yaml_scalar
 

@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from marl_jax.mappo import HyperParams, TrainState
+from marl_jax.hparams import HyperParams
+from marl_jax.mappo import TrainState
 from marl_jax.optimizer import learning_rates, with_learning_rates
 
 __all__ = [

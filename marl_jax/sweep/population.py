@@ -27,7 +27,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from marl_jax.config import Config
 from marl_jax.env import market
-from marl_jax.mappo import HPARAM_NAMES, MAPPO, HyperParams, TrainState
+from marl_jax.hparams import HPARAM_NAMES, HyperParams
+from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.sweep.pbt import apply_plan
 
 __all__ = [
@@ -116,7 +117,7 @@ class PopulationProgram:
     ):
         training = config.training.model_copy(update={"rnn_backend": "scan"})
         self.config = config.model_copy(update={"training": training})
-        self.algo = MAPPO(self.config)
+        self.algo = MAPPO(self.config, market.MARKET)
         self.size = size
         self.mesh = mesh
         self.width = width if width is not None else math.ceil(size / mesh.size)

@@ -47,7 +47,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, PydanticUndefined
 
 from marl_jax.config import Config, ConfigError, parse_override
 from marl_jax.errors import MarlJaxError
-from marl_jax.mappo import HPARAM_NAMES
+from marl_jax.hparams import HPARAM_NAMES
 from marl_jax.validation import (
     Float,
     Int,

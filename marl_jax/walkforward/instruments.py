@@ -142,7 +142,7 @@ def run_instruments_fold(
     lock = RunLock(root).acquire()
     try:
         run_dir = RunDir(root, cfg.checkpoint.dir)
-        algo = MAPPO(cfg)
+        algo = MAPPO(cfg, market.MARKET)
         run = Run(cfg, run_dir, lock, first.bars, first.norm, train, algo, None, instruments)
         state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
         policy_of = _greedy(algo)

@@ -118,7 +118,7 @@ def train_fold(
     lock = RunLock(root).acquire()
     try:
         run_dir = RunDir(root, cfg.checkpoint.dir)
-        run = Run(cfg, run_dir, lock, bars, envs.norm, envs.train, MAPPO(cfg), None)
+        run = Run(cfg, run_dir, lock, bars, envs.norm, envs.train, MAPPO(cfg, market.MARKET), None)
         state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
     except BaseException:
         lock.release()

@@ -32,7 +32,7 @@ from marl_jax import metrics
 from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env import evaluate
-from marl_jax.mappo import HPARAM_NAMES
+from marl_jax.hparams import HPARAM_NAMES
 from marl_jax.run.files import atomic_write_text, atomic_write_with
 from marl_jax.run.rundir import RunLock
 from marl_jax.sweep.group import GroupResult, GroupTrainer

@@ -1,0 +1,82 @@
+"""The environment interface the learner trains on, in gymnax's shape.
+
+An :class:`Environment` holds no data: everything an episode needs lives in its ``params``
+(a pytree shared by every vmapped copy) and ``state`` (one per copy), and every method is a
+pure function of them, so the learner can ``jax.jit`` and ``jax.vmap`` it. Agents act
+together: ``actions`` is an int32 array with one column per agent of :attr:`agents`, each in
+``[0, num_actions)``. Observations are dicts with one entry per agent (the actor's input)
+and a ``"critic"`` entry (the centralized critic's input).
+
+Two methods go beyond gymnax. Rollout buffers store :meth:`Environment.obs_key` (a few
+numbers per step) instead of the observation, and the loss rebuilds the observations with
+:meth:`Environment.observe`; and :meth:`Environment.aux_targets`, where an environment has
+one, gives a per-step quantity that actors may learn to predict as an auxiliary task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+Array = jax.Array
+Obs = dict[str, Array]
+
+
+class Environment:
+    """A multi-agent environment: pure functions of ``(key, state, actions, params)``."""
+
+    agents: tuple[str, ...] = ()
+    """Agent names, in the order of the columns of ``actions``."""
+    num_actions: int = 0
+    """Actions of every agent."""
+
+    def reset(self, key: Array, params: Any) -> tuple[Obs, Any]:
+        """``(obs, state)`` of a fresh episode drawn with ``key``."""
+        raise NotImplementedError
+
+    def step(
+        self, key: Array, state: Any, actions: Array, params: Any
+    ) -> tuple[Obs, Any, Array, Array, dict[str, Any]]:
+        """``(obs, state, reward, done, info)`` after the agents take ``actions`` in ``state``.
+
+        ``reward`` is a float32 scalar shared by the agents and ``done = terminated |
+        truncated``. When ``done``, ``obs`` and ``state`` are those of a fresh episode drawn
+        with ``key`` (automatic reset). ``info`` holds at least ``terminated`` (the episode
+        reached a state with no future: its value is 0), ``truncated`` (it was cut short: its
+        value is bootstrapped) and ``next_obs`` (the observation of the true next state,
+        before any automatic reset)."""
+        raise NotImplementedError
+
+    def get_obs(self, state: Any, params: Any) -> Obs:
+        """The observation of ``state``."""
+        return self.observe(params, self.obs_key(state))
+
+    def obs_key(self, state: Any) -> Array:
+        """A small array from which :meth:`observe` rebuilds the observation of ``state``."""
+        raise NotImplementedError
+
+    def observe(self, params: Any, keys: Array) -> Obs:
+        """The observations of a batch of :meth:`obs_key` values (leading axis: the batch)."""
+        raise NotImplementedError
+
+    def observation_specs(self, params: Any) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shape and dtype of each entry of one observation (agent names and ``"critic"``)."""
+        one = jax.eval_shape(lambda k: self.reset(k, params)[0], jax.random.key(0))
+        return dict(one)
+
+    def aux_targets(self, params: Any, keys: Array) -> Array:
+        """Per-step auxiliary targets for a batch of :meth:`obs_key` values; environments
+        without one raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} has no auxiliary targets")
+
+    def step_stats(self, info: dict[str, Any]) -> dict[str, Array]:
+        """What a rollout keeps of each step's ``info`` for :meth:`rollout_metrics`."""
+        del info
+        return {}
+
+    def rollout_metrics(self, stats: dict[str, Array], done: Array) -> dict[str, Array]:
+        """The environment's own metrics of a rollout from its stacked :meth:`step_stats`
+        (leading axes ``(T, N)``) and ``done`` flags."""
+        del stats, done
+        return {}
