@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         from marl_jax.policy import Policy
-        from marl_jax.run.jaxexport import export_policy
+        from marl_jax.run.artifact import export_policy
 
         policy = Policy.load(args.model, norm_from=args.norm_from)
         platforms = tuple(args.platforms.split(",")) if args.platforms else None

@@ -19,7 +19,7 @@ from marl_jax.env.data import synthetic_bars
 from marl_jax.policy import Policy
 from marl_jax.walkforward import Fold
 from marl_jax.walkforward.__main__ import main as walk_forward_main
-from marl_jax.walkforward.runner import fold_envs
+from marl_jax.walkforward.fold_run import fold_envs
 from tests.tiny_config import tiny
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose_learning.py"

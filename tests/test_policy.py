@@ -29,7 +29,7 @@ from marl_jax.mappo import MAPPO, TrainState, build_modules, split_variables
 from marl_jax.models.components import sinusoidal_table
 from marl_jax.models.registry import abstract_variables
 from marl_jax.policy import Policy, PolicyError
-from marl_jax.run.backtest import LINEAR_MIN_FIT
+from marl_jax.run.backtesting import LINEAR_MIN_FIT
 from marl_jax.run.modeldir import save_models
 from marl_jax.run.report import greedy_policy
 from marl_jax.run.setup import env_modes
@@ -221,7 +221,7 @@ def test_the_exported_artifact_runs_without_flax_and_matches_the_live_models(
     policy, tiny, tmp_path
 ):
     from marl_jax.exported import load_exported
-    from marl_jax.run.jaxexport import export_policy
+    from marl_jax.run.artifact import export_policy
 
     artifact, sidecar = export_policy(policy, tmp_path / "policy.jaxexport")
     info = json.loads(sidecar.read_text())

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from marl_jax.config import TrainingConfig
 from marl_jax.env import market
 from marl_jax.run.checkpointer import TrainCheckpointer
-from marl_jax.run.metrics import metrics_lines, tenth_mean, trim_metrics_log
+from marl_jax.run.metrics_log import metrics_lines, tenth_mean, trim_metrics_log
 from marl_jax.run.setup import env_params_for
 from marl_jax.sweep import pbt as pbt_lib
 from marl_jax.sweep.coordination import (
@@ -28,6 +28,7 @@ from marl_jax.sweep.coordination import (
     write,
 )
 from marl_jax.sweep.members import Group, Member, member_hparams, seeds
+from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.population import (
     Population,
     PopulationProgram,
@@ -35,9 +36,6 @@ from marl_jax.sweep.population import (
     member_mesh,
 )
 from marl_jax.sweep.spec import SweepSpec
-
-if TYPE_CHECKING:
-    from marl_jax.sweep.runner import SweepOptions
 
 __all__ = ["GroupResult", "GroupTrainer"]
 

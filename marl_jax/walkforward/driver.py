@@ -15,9 +15,10 @@ from pathlib import Path
 
 from marl_jax.config import config_from_dict, config_to_dict, load_config
 from marl_jax.env import market
-from marl_jax.run.files import atomic_write_text
+from marl_jax.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets
+from marl_jax.walkforward.fold_run import SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, WalkForwardError
 from marl_jax.walkforward.instruments import (
     instrument_folds,
@@ -25,7 +26,6 @@ from marl_jax.walkforward.instruments import (
     write_instruments_outputs,
 )
 from marl_jax.walkforward.pooled import write_outputs
-from marl_jax.walkforward.runner import SELECT_METRIC, run_fold
 from marl_jax.walkforward.sweep import FoldSweep, pooled_trials
 
 __all__ = ["MANIFEST", "WalkForwardSpec", "fold_dir", "walk_forward"]

@@ -7,7 +7,7 @@ fitted on its own train span, saved per instrument with the checkpoints), choose
 checkpoint with the best validation ``SELECT_METRIC`` summed over the instruments (their
 validation bars concatenated), and runs it once over each instrument's test fold with the
 baselines (the linear one fitted on that instrument's train span). Leakage is as in
-:mod:`marl_jax.walkforward.runner`, per instrument.
+:mod:`marl_jax.walkforward.fold_run`, per instrument.
 
 ``fold.json`` holds, per instrument, its fold's bars, dates and test metrics, and as ``test`` the
 fold's instruments pooled; ``test_runs.npz`` holds ``INSTRUMENT/NAME/FIELD`` arrays. The report
@@ -30,14 +30,23 @@ from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env import market
 from marl_jax.env.features import WARMUP_BARS
+from marl_jax.files import atomic_write_text, atomic_write_with
 from marl_jax.mappo import MAPPO
 from marl_jax.run import loop
-from marl_jax.run.files import atomic_write_text, atomic_write_with
-from marl_jax.run.metrics import read_metrics_log
+from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.report import run_arrays
 from marl_jax.run.rundir import RunDir, RunLock
 from marl_jax.run.setup import Instrument, Run
+from marl_jax.walkforward.fold_run import (
+    FOLD_RESULT,
+    SELECT_METRIC,
+    TEST_RUNS,
+    fold_envs,
+    greedy_policy_of,
+    run_test_fold,
+    select_checkpoint,
+)
 from marl_jax.walkforward.folds import Fold, WalkForwardError, make_folds
 from marl_jax.walkforward.pooled import (
     EQUITY_PNG,
@@ -45,15 +54,6 @@ from marl_jax.walkforward.pooled import (
     RETURNS_CSV,
     pooled_metrics,
     returns_frame,
-)
-from marl_jax.walkforward.runner import (
-    FOLD_RESULT,
-    SELECT_METRIC,
-    TEST_RUNS,
-    _greedy,
-    _test_runs,
-    fold_envs,
-    select_checkpoint,
 )
 
 __all__ = [
@@ -145,12 +145,12 @@ def run_instruments_fold(
         algo = MAPPO(cfg)
         run = Run(cfg, run_dir, lock, first.bars, first.norm, train, algo, None, instruments)
         state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
-        policy_of = _greedy(algo)
+        policy_of = greedy_policy_of(algo)
         vals = {n: e.val for n, e in envs.items()}
         step, chosen, scores = select_checkpoint(run, state, vals, policy_of)
         per, arrays = {}, {}
         for name, e in envs.items():
-            runs = _test_runs(policy_of(chosen), e, cfg.seed)  # linear: on its own train span
+            runs = run_test_fold(policy_of(chosen), e, cfg.seed)  # linear: on its own train span
             fold, ts = folds[name], markets[name].timestamp
             spans = (("train", fold.train), ("val", fold.val), ("test", fold.test))
             per[name] = {
