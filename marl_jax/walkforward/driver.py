@@ -13,13 +13,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from marl_jax.config import config_from_dict, config_to_dict, load_config
+from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.env import market
+from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets
 from marl_jax.walkforward.fold_run import SELECT_METRIC, run_fold
-from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, WalkForwardError
+from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
     instrument_folds,
     run_instruments_fold,
@@ -180,7 +181,15 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         return _run_single(out, cfg, bars, folds, sweep, header, progress)
 
 
-def _run_single(out: Path, cfg, bars, folds, sweep: FoldSweep | None, header, progress) -> dict:
+def _run_single(
+    out: Path,
+    cfg: Config,
+    bars: Bars,
+    folds: Sequence[Fold],
+    sweep: FoldSweep | None,
+    header: dict,
+    progress: bool,
+) -> dict:
     """Every fold of one instrument, each a run or a sweep, then the pooled outputs."""
     results = []
     for fold in folds:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -106,7 +106,7 @@ def fold_envs(cfg: Config, bars: bar_data.Bars, fold: Fold) -> FoldEnvs:
     return FoldEnvs(_padded(train, n), _padded(val, n), _padded(test, n), norm)
 
 
-def greedy_policy_of(algo: MAPPO):
+def greedy_policy_of(algo: MAPPO) -> Callable[[TrainState], Callable]:
     """``policy(state)``: the evaluator's greedy policy of a training state (compiled once)."""
     act = jax.jit(lambda s, obs: algo.act(s, obs)[0])
     return lambda state: lambda obs: np.asarray(act(state, obs))
@@ -158,7 +158,7 @@ def select_checkpoint(
     return best, states[best], scores
 
 
-def run_test_fold(policy_fn, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
+def run_test_fold(policy_fn: Callable, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
     """The one read of the test fold: the chosen policy and every baseline (the linear one
     fitted on the fold's train span)."""
     runs = {"policy": evaluate.run_policy(policy_fn, envs.test, batch_size=EVAL_BATCH)}

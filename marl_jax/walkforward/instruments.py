@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +168,7 @@ def _test_instruments(
     markets: Mapping[str, bar_data.Bars],
     folds: Mapping[str, Fold],
     envs: Mapping[str, FoldEnvs],
-    policy_fn,
+    policy_fn: Callable,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """The one read of each instrument's test fold (the linear baseline fitted on its own
     train span): ``fold.json``'s entries and the per-bar arrays, by instrument."""
