@@ -3,7 +3,7 @@
     python benchmarks/diagnose_learning.py DIR [DIR ...] [--out FOLDER]
 
 ``DIR`` is a walk-forward's ``--out`` (``python -m marl_jax.walkforward``). For each finished
-fold, with the fold's own config, bars and normalisation (:func:`marl_jax.walkforward.runner.
+fold, with the fold's own config, bars and normalisation (:func:`marl_jax.walkforward.fold_run.
 fold_envs`) and the walk-forward's evaluator (:func:`marl_jax.env.evaluate.run_policy`):
 
 1. every kept checkpoint's greedy net log return, turnover and share of bars at its most common
@@ -43,23 +43,23 @@ from marl_jax.config import Config, load_config
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars
 from marl_jax.errors import MarlJaxError
+from marl_jax.files import atomic_write_text
 from marl_jax.mappo import MAPPO
 from marl_jax.ppo import ValueNormState, valuenorm_denormalize, valuenorm_mean_var
 from marl_jax.run.checkpointer import TrainCheckpointer
-from marl_jax.run.files import atomic_write_text
-from marl_jax.run.metrics import read_metrics_log
+from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.rundir import CONFIG
 from marl_jax.run.setup import load_markets
 from marl_jax.run.sources import load_models_from
 from marl_jax.walkforward.driver import MANIFEST
-from marl_jax.walkforward.folds import Fold
-from marl_jax.walkforward.runner import (
+from marl_jax.walkforward.fold_run import (
     EVAL_BATCH,
     FOLD_RESULT,
     SELECT_METRIC,
     FoldEnvs,
     fold_envs,
 )
+from marl_jax.walkforward.folds import Fold
 
 LN3 = math.log(3.0)
 DIAGNOSIS = "diagnosis.json"

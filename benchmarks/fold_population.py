@@ -1,7 +1,7 @@
 """Folds x seeds as one population program, against the walk-forward's fold-by-fold training.
 
 Issue 15 suggests training a walk-forward's folds and seeds as one vmapped program: each
-fold's train environment is already padded to the file's length (``walkforward.runner``), so
+fold's train environment is already padded to the file's length (``walkforward.fold_run``), so
 its ``EnvParams`` differ only in array values and can be a vmapped axis. This script lays out
 ``--folds`` folds of the data as the walk-forward does (expanding windows, its default gap and
 validation tail), builds every fold's train environment with the walk-forward's own
@@ -35,8 +35,8 @@ from marl_jax.env.features import WARMUP_BARS
 from marl_jax.errors import cli_main
 from marl_jax.mappo import MAPPO
 from marl_jax.run.setup import data_overrides, load_market
+from marl_jax.walkforward.fold_run import fold_envs
 from marl_jax.walkforward.folds import make_folds
-from marl_jax.walkforward.runner import fold_envs
 
 
 def _stack(trees: list) -> object:

@@ -110,7 +110,7 @@ def convert_bars(src: Path, dst: Path, fmt: str, interval_minutes: int = 30) -> 
     """Writes ``src`` (a file in source format ``fmt``) to ``dst`` as the bar CSV that
     ``load_bars`` reads, atomically, and checks that it loads; returns the number of bars."""
     from marl_jax.env.data import load_bars
-    from marl_jax.run.files import atomic_write_text
+    from marl_jax.files import atomic_write_text
 
     time_col, time_fmt = FORMATS[fmt]
     frame = pd.read_csv(src)
@@ -455,7 +455,7 @@ def _load_walls(path: Path) -> dict[str, float]:
 
 def execute(run: Run, args: argparse.Namespace, walls: dict[str, float], walls_path: Path) -> Run:
     """Runs (or resumes) ``run``'s walk-forward; records its wall time; returns it re-planned."""
-    from marl_jax.run.files import atomic_write_text
+    from marl_jax.files import atomic_write_text
 
     cmd = command(run, args.config, args.folds, progress=not args.no_progress)
     print(f"\n== {run.key}: {'resuming' if run.status == 'resume' else 'starting'}", flush=True)
@@ -544,7 +544,7 @@ def _main(args: argparse.Namespace) -> int:
     shown = files + ([POOLED_FILE] if POOLED in variants else [])
     table = format_tables(shown, runs, chosen, vscores, walls, args.seeds)
     table += f"This invocation took {_wall(time.monotonic() - started)}.\n"
-    from marl_jax.run.files import atomic_write_text
+    from marl_jax.files import atomic_write_text
 
     atomic_write_text(out / TABLE, table)
     print("\n" + table + f"\n(written to {out / TABLE})")

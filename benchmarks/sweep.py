@@ -74,8 +74,9 @@ def scaling(args, cfg) -> None:
 
 
 def pbt_vs_grid(args) -> None:
-    from marl_jax.sweep.runner import SweepOptions, run_sweep
+    from marl_jax.sweep.options import SweepOptions
     from marl_jax.sweep.spec import load_sweep
+    from marl_jax.sweep.sweeper import run_sweep
 
     lo, hi = GRID_LR[0], GRID_LR[-1]
     sweeps = {

@@ -51,8 +51,8 @@ from bridge.pt_file import (
     template_state_dict,
 )
 from bridge.pt_file import raise_problems as _raise_problems
+from marl_jax.files import atomic_write_with
 from marl_jax.models.registry import MODEL_CLASSES, abstract_variables, build_module, module_config
-from marl_jax.run.files import atomic_write_with
 
 __all__ = [
     "MIN_TORCH",
@@ -318,7 +318,7 @@ def checkpoint_to_dict(ckpt: StrategicCheckpoint) -> dict:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` into a temporary file beside ``path``, then rename: never half-written.
 
-    The file is fsynced and gets the umask's mode (``marl_jax.run.files.atomic_write_with``).
+    The file is fsynced and gets the umask's mode (``marl_jax.files.atomic_write_with``).
     A failed write leaves ``path`` as it was and raises a one-line ``BridgeError``.
     """
     path = Path(path)

@@ -3,7 +3,7 @@
 Writes ``report.json`` and ``equity_curve.png`` into ``--out`` and prints the table of the
 policy (greedy) against the baselines, ``linear`` among them when there are bars to fit it on
 before the evaluated ones (else a one-line note says why not); the work is done by
-:mod:`marl_jax.run.backtest`.
+:mod:`marl_jax.run.backtesting`.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        from marl_jax.policy import Policy
-        from marl_jax.run.backtest import BacktestSpec, backtest, write_backtest
+        from marl_jax.run.backtesting import BacktestSpec, backtest, write_backtest
+        from marl_jax.run.deploy import load_policy
         from marl_jax.run.report import format_report
 
         instrument = Path(args.data).name  # a multi-instrument model's normalisation
-        policy = Policy.load(args.model, norm_from=args.norm_from, instrument=instrument)
+        policy = load_policy(args.model, norm_from=args.norm_from, instrument=instrument)
         bars = policy.load_bars(args.data)
         spec = BacktestSpec(args.split, args.start, args.end, args.cost_bps)
         report, curves = backtest(policy, bars, spec, source=args.data)

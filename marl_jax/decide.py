@@ -65,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        from marl_jax.policy import Policy
+        from marl_jax.run.deploy import load_policy
 
         instrument = Path(args.data).name  # a multi-instrument model's normalisation
-        policy = Policy.load(args.model, norm_from=args.norm_from, instrument=instrument)
+        policy = load_policy(args.model, norm_from=args.norm_from, instrument=instrument)
         bars = policy.load_bars(args.data)
         row = policy.decide(bars, args.at, position=args.position, source=args.data).row(0)
         if args.json:

@@ -32,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        from marl_jax.policy import Policy
-        from marl_jax.run.jaxexport import export_policy
+        from marl_jax.run.artifact import export_policy
+        from marl_jax.run.deploy import load_policy
 
-        policy = Policy.load(args.model, norm_from=args.norm_from)
+        policy = load_policy(args.model, norm_from=args.norm_from)
         platforms = tuple(args.platforms.split(",")) if args.platforms else None
         artifact, sidecar = export_policy(policy, args.out, platforms)
         print(f"wrote {artifact} and {sidecar} (window {policy.window}, {policy.description})")

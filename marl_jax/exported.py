@@ -1,4 +1,5 @@
-"""Run an exported policy (``python -m marl_jax.export``) with JAX and NumPy only.
+"""Run an exported policy (``python -m marl_jax.export``) with JAX and NumPy only: the
+user-facing loader of the artifact that :mod:`marl_jax.run.artifact` writes.
 
     from marl_jax.exported import load_exported
     policy = load_exported("policy.jaxexport")     # reads policy.jaxexport.json beside it

@@ -1,10 +1,10 @@
-"""A trained policy on new bars: load any model source, decide at a bar, decide at many.
+"""A trained policy on new bars: decide at a bar, decide at many.
 
-``Policy.load(source, norm_from=None)`` reads any source ``--init-from`` accepts (a run,
-``RUN:STEP``, a checkpoint step, a model directory or a ``.pt``) with the feature normalisation
-saved beside the models (an original ``.pt`` has none: ``norm_from`` names a source whose
-normalisation to use; a model trained on several instruments saved one per instrument, and
-``decide``/``backtest`` take the one whose name is the ``--data`` file's name).
+A :class:`Policy` holds the models, their variables, the feature normalisation and window they
+were trained with, and the run config they act under (if any), all in memory; it reads no model,
+checkpoint or config file. :func:`marl_jax.run.deploy.load_policy` builds one from any model
+source (a run, ``RUN:STEP``, a checkpoint step, a model directory or a ``.pt``).
+``policy.load_bars(path)`` is :func:`marl_jax.env.data.load_bars` at the run's bar interval.
 ``policy.decide(bars, at=None, *, position=None)`` computes the 13
 features causally from only the tail of the bars that the decision bar's window needs
 (``WARMUP_BARS + window`` bars), normalises them, and runs the three actors greedily (eval
@@ -15,8 +15,8 @@ The decision is one pure function of the models' variables and a batch of normal
 windows ``(B, window, 13)`` (:func:`decision_from_windows`), which ``python -m
 marl_jax.export`` serialises; its position is the agents' vote ``mean(actions - 1)``.
 ``Policy`` turns the actions into the environment's position under the modes of the model's
-run config (``policy.config``, else of ``norm_from``'s run; a ``.pt`` or a model directory
-without one acts with the defaults ``target`` and ``fixed``), with the environment's own
+run config (``policy.config``; a policy without one acts with the defaults ``target`` and
+``fixed``), with the environment's own
 functions (:mod:`marl_jax.env.market`):
 
 - ``env.action_mode: target``: the signal is the vote. ``delta``: the signal is the previous
@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES, MODEL_NAMES
-from marl_jax.config import Config, ConfigError, load_config
+from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES
+from marl_jax.config import Config, env_modes
 from marl_jax.env import data as bar_data
 from marl_jax.env.features import (
     AGENT_FEATURES,
@@ -67,11 +67,6 @@ from marl_jax.env.market import (
     vol_scale,
 )
 from marl_jax.errors import MarlJaxError
-from marl_jax.models.registry import module_config
-from marl_jax.run.rundir import CONFIG
-from marl_jax.run.setup import env_modes
-from marl_jax.run.sources import load_models_from
-from marl_jax.run.steps import normalisations_from
 
 __all__ = [
     "ACTION_NAMES",
@@ -197,52 +192,11 @@ def feature_windows(features: np.ndarray, window: int, rows: np.ndarray) -> np.n
     return np.ascontiguousarray(features[np.asarray(rows)[:, None] + offsets])
 
 
-def _norm_of(
-    bundle_metadata: Mapping, source: str, instrument: str | None = None
-) -> FeatureNorm | None:
-    """The saved normalisation; of a multi-instrument model, that of ``instrument``."""
-    saved = normalisations_from(bundle_metadata)
-    if saved is None or isinstance(saved, FeatureNorm):
-        return saved
-    if instrument in saved:
-        return saved[instrument]
-    names = ", ".join(saved)
-    raise PolicyError(
-        f"{source}: trained on several instruments ({names}), each with its own feature "
-        f"normalisation, and the bar file {instrument} is none of them; give the bar file the "
-        "name of the instrument it holds"
-    )
-
-
-def _run_config(kind: str, path: Path) -> Config | None:
-    """The config of the run a source belongs to (``RUN/checkpoints/STEP``), if any."""
-    if kind not in ("run", "checkpoint_step"):
-        return None
-    for parent in path.parents[:2]:
-        if (parent / CONFIG).is_file():
-            try:
-                return load_config(parent / CONFIG)
-            except ConfigError:
-                return None
-    return None
-
-
-def _window(source: str, config: Config | None, modules: Mapping[str, nn.Module]) -> int:
-    """The window a model was trained on: its run's ``env.window``, else its actors' length."""
-    if config is not None:
-        return config.env.window
-    lengths = {name: module_config(modules[name])["sequence_length"] for name in AGENT_NAMES}
-    if len(set(lengths.values())) != 1:
-        listed = ", ".join(f"{k} {v}" for k, v in lengths.items())
-        raise PolicyError(
-            f"{source}: the actors' windows differ ({listed}); a decision needs one window"
-        )
-    return lengths[AGENT_NAMES[0]]
-
-
 @dataclasses.dataclass
 class Policy:
-    """Three actors and a critic with the normalisation and window they were trained with."""
+    """Three actors and a critic with the normalisation and window they were trained with, and
+    the run config they act under (None: the default env modes); built in memory, or from a
+    model source by :func:`marl_jax.run.deploy.load_policy`."""
 
     modules: dict[str, nn.Module]
     variables: dict[str, dict]
@@ -250,47 +204,6 @@ class Policy:
     window: int
     description: str
     config: Config | None = None
-
-    @classmethod
-    def load(
-        cls, source: str, norm_from: str | None = None, instrument: str | None = None
-    ) -> Policy:
-        """The models of any model source; the normalisation saved with them, or that of
-        ``norm_from`` (required for an original ``.pt``, which carries none). A model trained
-        on several instruments saved one per instrument: ``instrument`` (the bar file's name,
-        as the training run named it) picks one."""
-        resolved, bundle = load_models_from(source)
-        missing = [name for name in MODEL_NAMES if name not in bundle.modules]
-        if missing:
-            raise PolicyError(f"{source}: the checkpoint has no {', '.join(missing)} model")
-        config = _run_config(resolved.kind, resolved.path)
-        window = _window(source, config, bundle.modules)
-        norm = None if norm_from is not None else _norm_of(bundle.metadata, source, instrument)
-        if norm_from is not None:
-            other, other_bundle = load_models_from(norm_from)
-            norm = _norm_of(other_bundle.metadata, f"--norm-from {norm_from}", instrument)
-            if norm is None:
-                raise PolicyError(f"--norm-from {norm_from}: has no saved feature normalisation")
-            other_config = _run_config(other.kind, other.path)
-            other_window = _window(norm_from, other_config, other_bundle.modules)
-            if resolved.kind == "pt":  # a .pt does not record its window: take the run's
-                window = other_window
-            elif other_window != window:
-                raise PolicyError(
-                    f"--norm-from {norm_from}: it was trained on {other_window}-bar windows "
-                    f"but the model {source} on {window}; use a source of the same window"
-                )
-            config = config or other_config
-        elif norm is None:
-            raise PolicyError(
-                f"{source}: no feature normalisation is saved with this model (an original "
-                ".pt); pass --norm-from RUN, a run or model trained on bars like these"
-            )
-        variables = {name: bundle.agents[name] for name in AGENT_NAMES}
-        variables["critic"] = bundle.critic
-        variables = jax.tree.map(jnp.asarray, variables)
-        modules = {name: bundle.modules[name] for name in MODEL_NAMES}
-        return cls(modules, variables, norm, int(window), resolved.description, config)
 
     def __post_init__(self) -> None:
         self._programs: tuple[Any, Callable, Callable] | None = None

@@ -16,10 +16,10 @@ import yaml
 
 from marl_jax.config import load_config
 from marl_jax.env.data import synthetic_bars
-from marl_jax.policy import Policy
+from marl_jax.run.deploy import load_policy
 from marl_jax.walkforward import Fold
 from marl_jax.walkforward.__main__ import main as walk_forward_main
-from marl_jax.walkforward.runner import fold_envs
+from marl_jax.walkforward.fold_run import fold_envs
 from tests.tiny_config import tiny
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose_learning.py"
@@ -96,7 +96,7 @@ def test_diagnosis_of_a_walk_forward(walk_forward, tmp_path, capsys):
         fold = Fold(f["fold"], tuple(f["train"]), tuple(f["val"]), tuple(test["test"]))
         val = fold_envs(cfg, bars, fold).val
         ts = np.arange(int(val.start_lo), int(val.last_bar))
-        decided = Policy.load(f"{root}:{f['chosen_step']}").decide_many(bars, ts[0], ts[-1] + 1)
+        decided = load_policy(f"{root}:{f['chosen_step']}").decide_many(bars, ts[0], ts[-1] + 1)
         for kind in ("greedy", "sampled"):
             assert sum(f["signal_shares"][kind].values()) == pytest.approx(1.0)
         assert f["signal_shares"]["greedy"] == diag.signal_shares(decided.signal)

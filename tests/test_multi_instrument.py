@@ -18,9 +18,10 @@ from marl_jax import train
 from marl_jax.config import config_to_dict, load_config
 from marl_jax.env import data, evaluate, market
 from marl_jax.env.features import WARMUP_BARS
-from marl_jax.policy import Policy, PolicyError
+from marl_jax.policy import PolicyError
 from marl_jax.run import loop
 from marl_jax.run.checkpointer import TrainCheckpointer
+from marl_jax.run.deploy import load_policy
 from marl_jax.run.report import format_report
 from marl_jax.run.rundir import RunError
 from marl_jax.run.session import train_run
@@ -202,9 +203,9 @@ def test_resume_checks_every_instruments_normalisation(multi_run, tmp_path):
 def test_policy_picks_the_instrument_by_the_bar_files_name(multi_run):
     root = str(multi_run.run.dir.root)
     for name, inst in multi_run.run.instruments.items():
-        assert Policy.load(root, instrument=name).norm.to_dict() == inst.norm.to_dict()
+        assert load_policy(root, instrument=name).norm.to_dict() == inst.norm.to_dict()
     with pytest.raises(PolicyError, match=r"aaa\.csv, bbb\.csv") as err:
-        Policy.load(root, instrument="other.csv")
+        load_policy(root, instrument="other.csv")
     assert "\n" not in str(err.value)
 
 

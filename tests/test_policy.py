@@ -22,7 +22,7 @@ from tiny_config import TINY
 
 from marl_jax import policy as policy_module
 from marl_jax.agents import AGENT_NAMES
-from marl_jax.config import config_from_dict
+from marl_jax.config import config_from_dict, env_modes
 from marl_jax.env import data, evaluate, market
 from marl_jax.env.features import WARMUP_BARS, compute_features
 from marl_jax.mappo import MAPPO, TrainState
@@ -30,10 +30,10 @@ from marl_jax.models.components import sinusoidal_table
 from marl_jax.models.registry import abstract_variables
 from marl_jax.models.team import build_modules, split_variables
 from marl_jax.policy import Policy, PolicyError
-from marl_jax.run.backtest import LINEAR_MIN_FIT
+from marl_jax.run.backtesting import LINEAR_MIN_FIT
+from marl_jax.run.deploy import load_policy
 from marl_jax.run.modeldir import save_models
 from marl_jax.run.report import greedy_policy
-from marl_jax.run.setup import env_modes
 
 ROOT = Path(__file__).resolve().parents[1]
 N_BARS = 1500
@@ -96,7 +96,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def policy(tiny) -> Policy:
-    return Policy.load(str(tiny[0]))
+    return load_policy(str(tiny[0]))
 
 
 def with_modes(policy: Policy, **env) -> Policy:
@@ -222,7 +222,7 @@ def test_the_exported_artifact_runs_without_flax_and_matches_the_live_models(
     policy, tiny, tmp_path
 ):
     from marl_jax.exported import load_exported
-    from marl_jax.run.jaxexport import export_policy
+    from marl_jax.run.artifact import export_policy
 
     artifact, sidecar = export_policy(policy, tmp_path / "policy.jaxexport")
     info = json.loads(sidecar.read_text())
@@ -290,10 +290,11 @@ def test_decide_under_delta_moves_the_given_position_and_needs_it(
     tiny, policy, monkeypatch, capsys
 ):
     from marl_jax.decide import main
+    from marl_jax.run import deploy
 
     model_dir, bar_file, bars = tiny[:3]
     delta = with_modes(policy, action_mode="delta", delta_step=0.5)
-    monkeypatch.setattr(Policy, "load", classmethod(lambda cls, source, **kw: delta))
+    monkeypatch.setattr(deploy, "load_policy", lambda source, **kw: delta)
     args = ["--model", str(model_dir), "--data", str(bar_file)]
     for extra, message in (
         ([], "env.action_mode delta: a decision moves the current holding, so pass --position P"),
@@ -372,7 +373,7 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(tiny, tmp_path, capsys):
     other = dict(modules, mlmi=modules["mlmi"].clone(sequence_length=16))
     agents = {name: variables[name] for name in AGENT_NAMES}
     odd = save_models(tmp_path / "odd", agents, variables["critic"], other)
-    meta = {"feature_normalisation": json.dumps(Policy.load(str(model_dir)).norm.to_dict())}
+    meta = {"feature_normalisation": json.dumps(load_policy(str(model_dir)).norm.to_dict())}
     longer = {n: m.clone(sequence_length=16) if n in AGENT_NAMES else m for n, m in modules.items()}
     wide = save_models(tmp_path / "wide", agents, variables["critic"], longer, meta)
     cases = {
@@ -430,7 +431,7 @@ def test_an_original_pt_needs_norm_from(tiny, policy, tmp_path, capsys):
     critic = jax.tree.map(np.asarray, variables["critic"])
     save_pt_checkpoint(new_checkpoint(agents, critic, modules), pt)
     with pytest.raises(PolicyError, match="no feature normalisation .* pass --norm-from RUN"):
-        Policy.load(str(pt))
+        load_policy(str(pt))
     args = ["--model", str(pt), "--data", str(bar_file), "--json"]
     assert main(args) == 2
     assert "--norm-from" in capsys.readouterr().err

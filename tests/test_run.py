@@ -14,8 +14,8 @@ from tiny_config import TINY, tiny
 
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, market
-from marl_jax.run.files import atomic_write_bytes, atomic_write_text
-from marl_jax.run.metrics import metrics_lines, tenth_mean, trim_metrics_log
+from marl_jax.files import atomic_write_bytes, atomic_write_text
+from marl_jax.run.metrics_log import metrics_lines, tenth_mean, trim_metrics_log
 from marl_jax.run.plots import smoothed_reward
 from marl_jax.run.rundir import RunError, RunLock
 from marl_jax.run.session import train_run

@@ -109,7 +109,7 @@ def _with_test_bars_changed(bars: Bars, a: int, b: int) -> Bars:
 
 def test_a_folds_train_and_val_envs_never_see_its_test_bars():
     from marl_jax.config import config_from_dict
-    from marl_jax.walkforward.runner import fold_envs
+    from marl_jax.walkforward.fold_run import fold_envs
 
     cfg = config_from_dict(tiny())
     bars = synthetic_bars(1500, seed=1)

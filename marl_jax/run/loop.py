@@ -16,10 +16,10 @@ import jax
 import numpy as np
 
 from marl_jax.config import config_yaml
+from marl_jax.files import atomic_write_text
 from marl_jax.mappo import TrainState
 from marl_jax.run.checkpointer import TrainCheckpointer
-from marl_jax.run.files import atomic_write_text
-from marl_jax.run.metrics import metrics_lines, to_floats, trim_metrics_log
+from marl_jax.run.metrics_log import metrics_lines, to_floats, trim_metrics_log
 from marl_jax.run.rundir import RunError
 from marl_jax.run.setup import Run, data_label
 from marl_jax.run.steps import (

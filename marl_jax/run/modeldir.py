@@ -25,8 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from marl_jax.errors import MarlJaxError
+from marl_jax.files import fsync_dir
 from marl_jax.models.registry import abstract_variables, build_module, module_config
-from marl_jax.run.files import fsync_dir
 
 MODELS_ITEM = "models"
 VARIABLES_ITEM = "variables"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from marl_jax.agents import AGENT_NAMES
-from marl_jax.run.files import atomic_write_bytes
+from marl_jax.files import atomic_write_bytes
 
 __all__ = [
     "plot_equity_curves",

@@ -18,9 +18,9 @@ from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import Config
 from marl_jax.env import evaluate, market
 from marl_jax.env.features import FeatureNorm
+from marl_jax.files import atomic_write_text
 from marl_jax.mappo import MAPPO, TrainState
-from marl_jax.run.files import atomic_write_text
-from marl_jax.run.metrics import read_metrics_log, tenth_mean
+from marl_jax.run.metrics_log import read_metrics_log, tenth_mean
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.setup import Instrument, Run, env_params_for
 from marl_jax.run.steps import Normalisations, model_metadata

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
-from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
+from marl_jax.config import Config, config_from_dict, config_to_dict, env_modes, load_config
 from marl_jax.env import data as bar_data
 from marl_jax.env import market
 from marl_jax.env.features import FeatureNorm
@@ -132,22 +132,6 @@ def load_market(cfg: Config) -> bar_data.Bars:
             "env.data_path (or give --data once)"
         )
     return next(iter(markets.values()))
-
-
-def env_modes(cfg: Config) -> dict[str, Any]:
-    """The config's reward, action and sizing keywords of ``market.make_env_params``: every
-    environment built from a run's config (training, reports, backtests) takes them."""
-    e = cfg.env
-    return {
-        "reward": e.reward,
-        "dsr_eta": e.dsr_eta,
-        "action_mode": e.action_mode,
-        "delta_step": e.delta_step,
-        "position_sizing": e.position_sizing,
-        "vol_span": e.vol_span,
-        "target_vol": e.target_vol,
-        "max_leverage": e.max_leverage,
-    }
 
 
 def _env_kwargs(cfg: Config, **given: Any) -> dict[str, Any]:

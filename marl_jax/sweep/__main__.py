@@ -1,5 +1,5 @@
 """``python -m marl_jax.sweep``: seeds x hyperparameters x PBT as sharded populations
-(argument parsing; the work is in :mod:`marl_jax.sweep.runner`).
+(argument parsing; the work is in :mod:`marl_jax.sweep.sweeper`).
 
     python -m marl_jax.sweep --config configs/quickstart.yaml \\
         --sweep configs/sweeps/quickstart.yaml --out runs/sweep1
@@ -117,8 +117,9 @@ def _sweep(args: argparse.Namespace) -> int:
     from marl_jax.config import load_config
     from marl_jax.run.cache import enable_compilation_cache
     from marl_jax.sweep.coordination import SweepRunError
-    from marl_jax.sweep.runner import SweepOptions, run_sweep
+    from marl_jax.sweep.options import SweepOptions
     from marl_jax.sweep.spec import load_sweep
+    from marl_jax.sweep.sweeper import run_sweep
 
     enable_compilation_cache()
     if args.export_top < 1:

@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from marl_jax.errors import MarlJaxError
-from marl_jax.run.files import atomic_write_text
+from marl_jax.files import atomic_write_text
 
 __all__ = [
     "SweepRunError",

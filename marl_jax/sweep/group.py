@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from marl_jax.config import TrainingConfig
 from marl_jax.env import market
 from marl_jax.run.checkpointer import TrainCheckpointer
-from marl_jax.run.metrics import metrics_lines, tenth_mean, trim_metrics_log
+from marl_jax.run.metrics_log import metrics_lines, tenth_mean, trim_metrics_log
 from marl_jax.run.setup import env_params_for
 from marl_jax.sweep import pbt as pbt_lib
 from marl_jax.sweep.coordination import (
@@ -28,6 +28,7 @@ from marl_jax.sweep.coordination import (
     write,
 )
 from marl_jax.sweep.members import Group, Member, member_hparams, seeds
+from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.population import (
     Population,
     PopulationProgram,
@@ -35,9 +36,6 @@ from marl_jax.sweep.population import (
     member_mesh,
 )
 from marl_jax.sweep.spec import SweepSpec
-
-if TYPE_CHECKING:
-    from marl_jax.sweep.runner import SweepOptions
 
 __all__ = ["GroupResult", "GroupTrainer"]
 
@@ -77,6 +75,20 @@ class GroupResult:
     def member_state(self, position: int) -> Any:
         """The trained state of the member at ``position`` in the group."""
         return jax.tree.map(lambda x: x[position], self.state)
+
+
+def _checkpoint_json(
+    program: PopulationProgram, update: int, failed: Mapping[int, dict], lineage: pbt_lib.Lineage
+) -> dict[str, Any]:
+    """What a checkpoint records beside the population: the update, the vmap width and
+    padding, the failed members and the PBT lineage."""
+    return {
+        "update": update,
+        "width": program.width,
+        "padded": program.padded,
+        "failed": {str(k): v for k, v in failed.items()},
+        "lineage": lineage.to_json(),
+    }
 
 
 class GroupTrainer:
@@ -168,22 +180,14 @@ class GroupTrainer:
         return program, program.from_host(restored), host
 
     def train(self) -> GroupResult:
+        """Trains the group to ``training.num_updates`` (from its latest checkpoint on
+        ``--resume``): metrics lines, PBT rounds, checkpoints, the progress bar."""
         members = self.members
-        restored = self._restore() if self.options.resume else None
-        if restored is None:
-            width = self.options.members_per_device or fitting_width(
-                self.cfg, self.train_params, len(members), self.mesh
-            )
-            program = self._program(width)
-            pop = program.init(seeds(members), member_hparams(members))
-            host: dict[str, Any] = {"update": 0, "failed": {}, "lineage": []}
-        else:
-            program, pop, host = restored
+        program, pop, host = self._start()
         start = int(host["update"])
         failed = {int(k): v for k, v in host["failed"].items()}
         lineage = pbt_lib.Lineage.from_json(host["lineage"])
         rows = self._rows(start)
-        steps_per_update = self.cfg.training.batch_size
         bar = self._bar(start)
         alive = np.asarray(program.gather(pop.alive))
         try:
@@ -193,23 +197,7 @@ class GroupTrainer:
                 host_metrics = program.gather(metrics)
                 now_alive = np.asarray(program.gather(pop.alive))
                 elapsed = time.perf_counter() - started
-                records = []
-                for i, member in enumerate(members):
-                    if not alive[i]:
-                        continue
-                    row = {k: float(v[i]) for k, v in host_metrics.items()}
-                    if not now_alive[i]:
-                        failed[member.index] = {"update": update, "cause": _cause(row)}
-                        continue
-                    record = {
-                        "group": self.index,
-                        "member": member.index,
-                        "update": update,
-                        "env_steps": update * steps_per_update,
-                        **row,
-                    }
-                    rows[member.index].append(record)
-                    records.append(record)
+                records = self._records(update, host_metrics, alive, now_alive, failed, rows)
                 alive = now_alive
                 with process_0_writes():
                     self._append(records)
@@ -217,35 +205,73 @@ class GroupTrainer:
                     if update < self.num_updates:
                         pop = self._exploit(program, pop, rows, alive, update, lineage)
                 if update % self.cfg.checkpoint.save_every == 0 or update == self.num_updates:
-                    self._save(
-                        pop,
-                        update,
-                        {
-                            "update": update,
-                            "width": program.width,
-                            "padded": program.padded,
-                            "failed": {str(k): v for k, v in failed.items()},
-                            "lineage": lineage.to_json(),
-                        },
-                    )
+                    self._save(pop, update, _checkpoint_json(program, update, failed, lineage))
                 if bar is not None:
-                    sps = int(alive.sum()) * steps_per_update / elapsed
+                    sps = int(alive.sum()) * self.cfg.training.batch_size / elapsed
                     self._show(bar, rows, alive, failed, sps)
         finally:
-            if bar is not None:
-                bar.close()
-            try:
-                self.checkpointer.close()
-            except Exception as err:  # a pending background write failed
-                raise disk_error(
-                    self.dir,
-                    f"a checkpoint could not be written ({first_line(err)})",
-                    self._last_good(),
-                ) from None
+            self._close(bar)
         state = program.gather(pop.state)
         return GroupResult(
             self.index, members, program, self.train_params, state, alive, failed, lineage, rows
         )
+
+    def _start(self) -> tuple[PopulationProgram, Population, dict[str, Any]]:
+        """The program, population and checkpoint record to start from: the latest checkpoint
+        on ``--resume`` when there is one, else a new population."""
+        restored = self._restore() if self.options.resume else None
+        if restored is not None:
+            return restored
+        width = self.options.members_per_device or fitting_width(
+            self.cfg, self.train_params, len(self.members), self.mesh
+        )
+        program = self._program(width)
+        pop = program.init(seeds(self.members), member_hparams(self.members))
+        return program, pop, {"update": 0, "failed": {}, "lineage": []}
+
+    def _records(
+        self,
+        update: int,
+        host_metrics: Mapping[str, np.ndarray],
+        alive: np.ndarray,
+        now_alive: np.ndarray,
+        failed: dict[int, dict],
+        rows: dict[int, list[dict]],
+    ) -> list[dict]:
+        """The ``metrics.jsonl`` lines of one update, one per member alive after it (also
+        appended to ``rows``); a member that turned non-finite goes into ``failed``."""
+        records = []
+        for i, member in enumerate(self.members):
+            if not alive[i]:
+                continue
+            row = {k: float(v[i]) for k, v in host_metrics.items()}
+            if not now_alive[i]:
+                failed[member.index] = {"update": update, "cause": _cause(row)}
+                continue
+            record = {
+                "group": self.index,
+                "member": member.index,
+                "update": update,
+                "env_steps": update * self.cfg.training.batch_size,
+                **row,
+            }
+            rows[member.index].append(record)
+            records.append(record)
+        return records
+
+    def _close(self, bar: Any) -> None:
+        """Closes the progress bar and the checkpointer (a pending background write that
+        failed is a disk error)."""
+        if bar is not None:
+            bar.close()
+        try:
+            self.checkpointer.close()
+        except Exception as err:  # a pending background write failed
+            raise disk_error(
+                self.dir,
+                f"a checkpoint could not be written ({first_line(err)})",
+                self._last_good(),
+            ) from None
 
     # ------------------------------------------------------------------ pieces
 

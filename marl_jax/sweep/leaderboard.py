@@ -20,12 +20,13 @@ import numpy as np
 from marl_jax.env import evaluate, market
 from marl_jax.hparams import HPARAM_NAMES
 from marl_jax.mappo import TrainState
-from marl_jax.run.metrics import tenth_mean
+from marl_jax.run.metrics_log import tenth_mean
 from marl_jax.run.report import REPORT_METRICS, greedy_policy
 from marl_jax.run.setup import env_params_for
 from marl_jax.sweep.group import GroupResult
+from marl_jax.sweep.members import plain
 
-__all__ = ["Entry", "leaderboard", "leaderboard_csv", "leaderboard_json", "plain", "summary"]
+__all__ = ["Entry", "leaderboard", "leaderboard_csv", "leaderboard_json", "summary"]
 
 
 @dataclasses.dataclass
@@ -36,11 +37,6 @@ class Entry:
     result: GroupResult
     run: Any  # evaluate's policy run on the test split; None for a failed member
     baselines: dict[str, Any]
-
-
-def plain(v: Any) -> Any:
-    """A config value as YAML/JSON writes it (tuples as lists)."""
-    return list(v) if isinstance(v, tuple) else v
 
 
 def _json_safe(x: Any) -> Any:

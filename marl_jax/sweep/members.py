@@ -3,7 +3,8 @@
 :func:`expand` checks every value of a :class:`~marl_jax.sweep.spec.SweepSpec` against a base
 :class:`~marl_jax.config.Config` and returns the :class:`Group` s, each the members that share
 one compiled program (the same static values), in grid x random sample x seed order.
-:func:`member_hparams` and :func:`seeds` give a group's traced columns.
+:func:`member_hparams` and :func:`seeds` give a group's traced columns; :func:`plain` a swept
+value as the sweep's YAML and JSON outputs write it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from marl_jax.hparams import HPARAM_NAMES
 from marl_jax.sweep.spec import CONFIG_KEYS, SweepError, SweepSpec
 from marl_jax.validation import Where, yaml_scalar
 
-__all__ = ["Group", "Member", "describe", "expand", "member_hparams", "random_samples", "seeds"]
+__all__ = [
+    "Group",
+    "Member",
+    "describe",
+    "expand",
+    "member_hparams",
+    "plain",
+    "random_samples",
+    "seeds",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,3 +197,8 @@ def describe(groups: Sequence[Group]) -> str:
         parts.append(f"{static} ({counted})" if static else counted)
     n = len(groups)
     return f"{n} compiled group{'s' if n != 1 else ''}: {', '.join(parts)}"
+
+
+def plain(v: Any) -> Any:
+    """A swept or static config value as YAML/JSON writes it (tuples as lists)."""
+    return list(v) if isinstance(v, tuple) else v

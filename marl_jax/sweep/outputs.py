@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from marl_jax.env import market
-from marl_jax.run.files import atomic_write_text
+from marl_jax.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves, plot_sweep_curves
 from marl_jax.run.report import export_pt
 from marl_jax.sweep.coordination import write
@@ -21,10 +21,8 @@ from marl_jax.sweep.leaderboard import (
     leaderboard_json,
     summary,
 )
+from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.spec import SweepSpec
-
-if TYPE_CHECKING:
-    from marl_jax.sweep.runner import SweepOptions
 
 __all__ = ["export_member", "write_outputs"]
 

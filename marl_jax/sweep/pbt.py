@@ -143,41 +143,21 @@ def plan(
     if scores.ndim != 1 or alive.shape != scores.shape:
         raise ValueError(f"scores {scores.shape} and alive {alive.shape} must both be (P,)")
     size = scores.shape[0]
-    table = {}
-    for name, values in hparams.items():
-        values = np.array(values, copy=True)
-        if values.shape != (size,):
-            raise ValueError(f"hyperparameter {name!r} has shape {values.shape}, not ({size},)")
-        if not np.issubdtype(values.dtype, np.floating):
-            values = values.astype(np.float64)
-        table[name] = values
+    table = _table(hparams, size)
     samplers = samplers or {}
     source = np.arange(size, dtype=np.int32)
 
     members = np.flatnonzero(alive & ~np.isnan(scores))
     if members.size < 2:
         return PBTPlan(source=source, hparams=table, events=[])
-    n = max(1, math.floor(settings.quantile * members.size + 1e-9))
-    n = min(n, members.size // 2)
-    ranked = _ranked(scores, members, settings.mode)
-    top, bottom = ranked[:n], ranked[-n:]
+    top, bottom = _top_and_bottom(scores, members, settings)
+    n = top.size
 
     events = []
     for i in sorted(int(b) for b in bottom):
         j = int(top[rng.integers(n)])
         source[i] = j
-        new, old, how = {}, {}, {}
-        for name, values in table.items():
-            old[name] = float(values[j])
-            if rng.random() < settings.resample_prob and name in samplers:
-                value = float(samplers[name](rng))
-                how[name] = "resample"
-            else:
-                factor = settings.perturb[int(rng.integers(2))]
-                value = old[name] * factor
-                how[name] = f"perturb x{factor:g}"
-            values[i] = _clip(value, bounds.get(name, (None, None)), values.dtype)
-            new[name] = float(values[i])
+        new, old, how = _explore(rng, table, i, j, settings, bounds, samplers)
         events.append(
             {
                 "step": int(step),
@@ -191,6 +171,56 @@ def plan(
             }
         )
     return PBTPlan(source=source, hparams=table, events=events)
+
+
+def _top_and_bottom(
+    scores: np.ndarray, members: np.ndarray, settings: PBTSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top and bottom ``max(1, floor(quantile * len(members)))`` of the ranked members
+    (at most half of them each), best first."""
+    n = max(1, math.floor(settings.quantile * members.size + 1e-9))
+    n = min(n, members.size // 2)
+    ranked = _ranked(scores, members, settings.mode)
+    return ranked[:n], ranked[-n:]
+
+
+def _table(hparams: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """A copy of the hyperparameter table, each column checked to be ``(size,)`` and float."""
+    table = {}
+    for name, values in hparams.items():
+        values = np.array(values, copy=True)
+        if values.shape != (size,):
+            raise ValueError(f"hyperparameter {name!r} has shape {values.shape}, not ({size},)")
+        if not np.issubdtype(values.dtype, np.floating):
+            values = values.astype(np.float64)
+        table[name] = values
+    return table
+
+
+def _explore(
+    rng: np.random.Generator,
+    table: dict[str, np.ndarray],
+    i: int,
+    j: int,
+    settings: PBTSettings,
+    bounds: Mapping[str, tuple[float, float]],
+    samplers: Mapping[str, Sampler],
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """Member ``i``'s hyperparameters explored from member ``j``'s, written into ``table``:
+    ``(new, old, how)`` by name (see :func:`plan`)."""
+    new, old, how = {}, {}, {}
+    for name, values in table.items():
+        old[name] = float(values[j])
+        if rng.random() < settings.resample_prob and name in samplers:
+            value = float(samplers[name](rng))
+            how[name] = "resample"
+        else:
+            factor = settings.perturb[int(rng.integers(2))]
+            value = old[name] * factor
+            how[name] = f"perturb x{factor:g}"
+        values[i] = _clip(value, bounds.get(name, (None, None)), values.dtype)
+        new[name] = float(values[i])
+    return new, old, how
 
 
 def apply_plan(state: TrainState, source: jax.Array, new_hparams: HyperParams) -> TrainState:

@@ -13,19 +13,20 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from marl_jax.config import config_from_dict, config_to_dict, load_config
+from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.env import market
-from marl_jax.run.files import atomic_write_text
+from marl_jax.env.data import Bars
+from marl_jax.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets
-from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, WalkForwardError
+from marl_jax.walkforward.fold_run import SELECT_METRIC, run_fold
+from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
     instrument_folds,
     run_instruments_fold,
     write_instruments_outputs,
 )
 from marl_jax.walkforward.pooled import write_outputs
-from marl_jax.walkforward.runner import SELECT_METRIC, run_fold
 from marl_jax.walkforward.sweep import FoldSweep, pooled_trials
 
 __all__ = ["MANIFEST", "WalkForwardSpec", "fold_dir", "walk_forward"]
@@ -117,6 +118,42 @@ def _sweep_for(spec: WalkForwardSpec, cfg) -> FoldSweep | None:
     return None if spec.sweep is None else FoldSweep.load(spec.sweep, cfg)
 
 
+def _header(cfg, options: dict, markets: dict, sweep: FoldSweep | None) -> dict:
+    """What ``walkforward.json`` and ``report.json`` record first: the config, the data and
+    its SHA-256, the options and how a fold chooses."""
+    several = len(markets) > 1
+    n_bars = {n: len(b) for n, b in markets.items()}
+    header = {
+        "config": config_to_dict(cfg),
+        "data": list(cfg.env.data_paths) if several else _single_file(cfg),
+        "data_sha256": _digest(cfg),
+        "n_bars": n_bars if several else next(iter(n_bars.values())),
+        "options": options,
+        "selection": f"the checkpoint with the best validation {SELECT_METRIC}"
+        + (", summed over the instruments" if several else ""),
+    }
+    if sweep is not None:
+        header["selection"] = f"the sweep member with the best validation {SELECT_METRIC}"
+        header["sweep"] = sweep.record()
+    return header
+
+
+def _record_layout(out: Path, header: dict, by_instrument: dict, resume: bool) -> None:
+    """Writes ``walkforward.json`` (the header and the folds); on ``resume`` checks that its
+    folds are those laid out now."""
+    fold_layout = {n: [f.to_dict() for f in fs] for n, fs in by_instrument.items()}
+    several = len(by_instrument) > 1
+    layout = {**header, "folds": fold_layout if several else next(iter(fold_layout.values()))}
+    layout = json.loads(json.dumps(layout))
+    if not resume:
+        atomic_write_text(out / MANIFEST, json.dumps(layout, indent=2) + "\n")
+    elif json.loads((out / MANIFEST).read_text())["folds"] != layout["folds"]:
+        raise WalkForwardError(
+            f"{out / MANIFEST}: its folds differ from those this version lays out; finish "
+            "the walk-forward with the version that started it, or start a new one"
+        )
+
+
 def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
     """Runs the walk-forward ``spec`` asks for and writes its outputs; returns the report.
 
@@ -135,47 +172,40 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         raise WalkForwardError(
             "--sweep with several --data files: not supported; give one --data, or drop --sweep"
         )
-    bars, folds = next(iter(markets.values())), next(iter(by_instrument.values()))
     with RunLock(out):
-        header = {
-            "config": config_to_dict(cfg),
-            "data": list(cfg.env.data_paths) if several else _single_file(cfg),
-            "data_sha256": _digest(cfg),
-            "n_bars": {n: len(b) for n, b in markets.items()} if several else len(bars),
-            "options": options,
-            "selection": f"the checkpoint with the best validation {SELECT_METRIC}"
-            + (", summed over the instruments" if several else ""),
-        }
-        if sweep is not None:
-            header["selection"] = f"the sweep member with the best validation {SELECT_METRIC}"
-            header["sweep"] = sweep.record()
-        fold_layout = {n: [f.to_dict() for f in fs] for n, fs in by_instrument.items()}
-        layout = {**header, "folds": fold_layout if several else fold_layout[next(iter(markets))]}
-        layout = json.loads(json.dumps(layout))
-        if not spec.resume:
-            atomic_write_text(out / MANIFEST, json.dumps(layout, indent=2) + "\n")
-        elif json.loads((out / MANIFEST).read_text())["folds"] != layout["folds"]:
-            raise WalkForwardError(
-                f"{out / MANIFEST}: its folds differ from those this version lays out; finish "
-                "the walk-forward with the version that started it, or start a new one"
-            )
+        header = _header(cfg, options, markets, sweep)
+        _record_layout(out, header, by_instrument, spec.resume)
         if several:
             return _run_instruments(out, cfg, markets, by_instrument, header, progress)
-        results = []
-        for fold in folds:
-            if progress:
-                print(
-                    f"fold {fold.index + 1}/{len(folds)}: train {fold.train}, val {fold.val}, "
-                    f"test {fold.test}",
-                    flush=True,
-                )
-            train = run_fold if sweep is None else sweep.run_fold
-            results.append(train(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
-        ppy = market.periods_per_year_of(bars)
-        trials = None if sweep is None else pooled_trials([s for s, _ in results])
-        return write_outputs(
-            out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials
-        )
+        bars, folds = next(iter(markets.values())), next(iter(by_instrument.values()))
+        return _run_single(out, cfg, bars, folds, sweep, header, progress)
+
+
+def _run_single(
+    out: Path,
+    cfg: Config,
+    bars: Bars,
+    folds: Sequence[Fold],
+    sweep: FoldSweep | None,
+    header: dict,
+    progress: bool,
+) -> dict:
+    """Every fold of one instrument, each a run or a sweep, then the pooled outputs."""
+    results = []
+    for fold in folds:
+        if progress:
+            print(
+                f"fold {fold.index + 1}/{len(folds)}: train {fold.train}, val {fold.val}, "
+                f"test {fold.test}",
+                flush=True,
+            )
+        train = run_fold if sweep is None else sweep.run_fold
+        results.append(train(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
+    ppy = market.periods_per_year_of(bars)
+    trials = None if sweep is None else pooled_trials([s for s, _ in results])
+    return write_outputs(
+        out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials
+    )
 
 
 def _run_instruments(out, cfg, markets, by_instrument, header, progress: bool) -> dict:

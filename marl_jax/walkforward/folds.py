@@ -54,6 +54,61 @@ def min_split_bars(window: int, warmup: int) -> int:
     return warmup + window + 1
 
 
+def _check_options(folds: int, gap: int, least_gap: int, val_fraction: float) -> None:
+    """Refuses a fold count, purge or validation fraction no data could satisfy."""
+    if folds < 1:
+        raise WalkForwardError(f"--folds {folds}: need at least 1 fold")
+    if gap < least_gap:
+        raise WalkForwardError(
+            f"--gap {gap}: the purge must be at least window + 1 = {least_gap} bars"
+        )
+    if not 0.0 < val_fraction < 1.0:
+        raise WalkForwardError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+
+
+def _fold(
+    k: int,
+    n_bars: int,
+    folds: int,
+    test_bars: int,
+    *,
+    window: int,
+    warmup: int,
+    gap: int,
+    val_fraction: float,
+    rolling: int | None,
+) -> Fold:
+    """Fold ``k`` of ``folds`` test folds of ``test_bars`` bars each at the end of ``n_bars``
+    bars; raises :class:`WalkForwardError` when its train or validation part is too short."""
+    # Every split needs 2 bars (a decision and its next bar); the first decision of the train
+    # part waits for the warm-up and one window.
+    first_train = min_split_bars(window, warmup)
+    test_start = n_bars - (folds - k) * test_bars
+    span_stop = test_start - gap
+    span_start = 0 if rolling is None else span_stop - int(rolling)
+    span = span_stop - span_start
+    val_bars = int(round(val_fraction * span))
+    train_stop = span_stop - val_bars - gap
+    test = (test_start, test_start + test_bars)
+    fold = Fold(k, (span_start, train_stop), (span_stop - val_bars, span_stop), test)
+    if span_start < 0:
+        raise WalkForwardError(
+            f"--rolling {rolling}: fold {k}'s train span would start before the first bar "
+            f"({n_bars} bars, {folds} folds of {test_bars} test bars); use a shorter "
+            "--rolling, fewer folds or more bars"
+        )
+    if val_bars < 2 or train_stop - max(span_start, first_train - 2) < 2:
+        least_span = max((first_train + gap) / (1 - val_fraction), 2 / val_fraction)
+        need = (folds + 1) * (gap + math.ceil(least_span) + 1)
+        raise WalkForwardError(
+            f"{n_bars} bars are too few for {folds} folds: fold {k}'s train span "
+            f"[{span_start}, {span_stop}) leaves {max(train_stop - span_start, 0)} bars to "
+            f"train on and {val_bars} to validate on (warm-up {warmup} + window {window}, "
+            f"purge {gap}); use fewer folds or at least about {need} bars"
+        )
+    return fold
+
+
 def make_folds(
     n_bars: int,
     folds: int,
@@ -72,47 +127,12 @@ def make_folds(
     """
     least_gap = window + 1
     gap = least_gap if gap is None else int(gap)
-    if folds < 1:
-        raise WalkForwardError(f"--folds {folds}: need at least 1 fold")
-    if gap < least_gap:
-        raise WalkForwardError(
-            f"--gap {gap}: the purge must be at least window + 1 = {least_gap} bars"
-        )
-    if not 0.0 < val_fraction < 1.0:
-        raise WalkForwardError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+    _check_options(folds, gap, least_gap, val_fraction)
     test_bars = n_bars // (folds + 1) if test_bars is None else int(test_bars)
-    # Every split needs 2 bars (a decision and its next bar); the first decision of the train
-    # part waits for the warm-up and one window.
-    first_train = min_split_bars(window, warmup)
     if test_bars < 2:
         raise WalkForwardError(
             f"{n_bars} bars are too few for {folds} folds: each test fold would hold "
             f"{test_bars} bars; use fewer folds or more bars"
         )
-    out = []
-    for k in range(folds):
-        test_start = n_bars - (folds - k) * test_bars
-        span_stop = test_start - gap
-        span_start = 0 if rolling is None else span_stop - int(rolling)
-        span = span_stop - span_start
-        val_bars = int(round(val_fraction * span))
-        train_stop = span_stop - val_bars - gap
-        test = (test_start, test_start + test_bars)
-        fold = Fold(k, (span_start, train_stop), (span_stop - val_bars, span_stop), test)
-        if span_start < 0:
-            raise WalkForwardError(
-                f"--rolling {rolling}: fold {k}'s train span would start before the first bar "
-                f"({n_bars} bars, {folds} folds of {test_bars} test bars); use a shorter "
-                "--rolling, fewer folds or more bars"
-            )
-        if val_bars < 2 or train_stop - max(span_start, first_train - 2) < 2:
-            least_span = max((first_train + gap) / (1 - val_fraction), 2 / val_fraction)
-            need = (folds + 1) * (gap + math.ceil(least_span) + 1)
-            raise WalkForwardError(
-                f"{n_bars} bars are too few for {folds} folds: fold {k}'s train span "
-                f"[{span_start}, {span_stop}) leaves {max(train_stop - span_start, 0)} bars to "
-                f"train on and {val_bars} to validate on (warm-up {warmup} + window {window}, "
-                f"purge {gap}); use fewer folds or at least about {need} bars"
-            )
-        out.append(fold)
-    return out
+    layout = {"window": window, "warmup": warmup, "gap": gap, "val_fraction": val_fraction}
+    return [_fold(k, n_bars, folds, test_bars, **layout, rolling=rolling) for k in range(folds)]

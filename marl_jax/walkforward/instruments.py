@@ -7,7 +7,7 @@ fitted on its own train span, saved per instrument with the checkpoints), choose
 checkpoint with the best validation ``SELECT_METRIC`` summed over the instruments (their
 validation bars concatenated), and runs it once over each instrument's test fold with the
 baselines (the linear one fitted on that instrument's train span). Leakage is as in
-:mod:`marl_jax.walkforward.runner`, per instrument.
+:mod:`marl_jax.walkforward.fold_run`, per instrument.
 
 ``fold.json`` holds, per instrument, its fold's bars, dates and test metrics, and as ``test`` the
 fold's instruments pooled; ``test_runs.npz`` holds ``INSTRUMENT/NAME/FIELD`` arrays. The report
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +30,24 @@ from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env import market
 from marl_jax.env.features import WARMUP_BARS
-from marl_jax.mappo import MAPPO
+from marl_jax.files import atomic_write_text, atomic_write_with
+from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run import loop
-from marl_jax.run.files import atomic_write_text, atomic_write_with
-from marl_jax.run.metrics import read_metrics_log
+from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.report import run_arrays
 from marl_jax.run.rundir import RunDir, RunLock
 from marl_jax.run.setup import Instrument, Run
+from marl_jax.walkforward.fold_run import (
+    FOLD_RESULT,
+    SELECT_METRIC,
+    TEST_RUNS,
+    FoldEnvs,
+    fold_envs,
+    greedy_policy_of,
+    run_test_fold,
+    select_checkpoint,
+)
 from marl_jax.walkforward.folds import Fold, WalkForwardError, make_folds
 from marl_jax.walkforward.pooled import (
     EQUITY_PNG,
@@ -45,15 +55,6 @@ from marl_jax.walkforward.pooled import (
     RETURNS_CSV,
     pooled_metrics,
     returns_frame,
-)
-from marl_jax.walkforward.runner import (
-    FOLD_RESULT,
-    SELECT_METRIC,
-    TEST_RUNS,
-    _greedy,
-    _test_runs,
-    fold_envs,
-    select_checkpoint,
 )
 
 __all__ = [
@@ -113,6 +114,86 @@ def load_instruments_fold(root: Path) -> tuple[dict, dict[str, dict]] | None:
     return summary, arrays
 
 
+def _instrument_envs(
+    cfg: Config, markets: Mapping[str, bar_data.Bars], folds: Mapping[str, Fold]
+) -> dict[str, FoldEnvs]:
+    """Each instrument's fold environments; an error names the instrument."""
+    envs = {}
+    for name, fold in folds.items():
+        try:
+            envs[name] = fold_envs(cfg, markets[name], fold)
+        except WalkForwardError as err:
+            raise WalkForwardError(f"{name}: {err}") from None
+    return envs
+
+
+def _train_instruments(
+    cfg: Config,
+    markets: Mapping[str, bar_data.Bars],
+    folds: Mapping[str, Fold],
+    envs: Mapping[str, FoldEnvs],
+    run_dir: RunDir,
+    lock: RunLock,
+    progress: bool,
+) -> tuple[Run, TrainState]:
+    """Trains (or continues) the fold's run on one environment over every instrument's train
+    span, each with its own normalisation."""
+    instruments = {
+        name: Instrument(markets[name][: folds[name].val[1]], e.norm, e.train)
+        for name, e in envs.items()
+    }
+    train = market.combine_instruments([e.train for e in envs.values()])
+    first = next(iter(instruments.values()))
+    algo = MAPPO(cfg, market.MARKET)
+    run = Run(cfg, run_dir, lock, first.bars, first.norm, train, algo, None, instruments)
+    return run, loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
+
+
+def _instrument_entry(fold: Fold, timestamps: np.ndarray, runs: Mapping) -> dict:
+    """An instrument's part of ``fold.json``: its fold's bars, dates and test metrics."""
+    spans = (("train", fold.train), ("val", fold.val), ("test", fold.test))
+    return {
+        **fold.to_dict(),
+        "dates": {
+            part: [str(pd.Timestamp(timestamps[a])), str(pd.Timestamp(timestamps[b - 1]))]
+            for part, (a, b) in spans
+        },
+        "normalisation_fitted_on": fold.train,
+        "test": {k: r.metrics for k, r in runs.items()},
+    }
+
+
+def _test_instruments(
+    cfg: Config,
+    markets: Mapping[str, bar_data.Bars],
+    folds: Mapping[str, Fold],
+    envs: Mapping[str, FoldEnvs],
+    policy_fn: Callable,
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The one read of each instrument's test fold (the linear baseline fitted on its own
+    train span): ``fold.json``'s entries and the per-bar arrays, by instrument."""
+    per, arrays = {}, {}
+    for name, e in envs.items():
+        runs = run_test_fold(policy_fn, e, cfg.seed)
+        per[name] = _instrument_entry(folds[name], markets[name].timestamp, runs)
+        arrays[name] = {"bar_index": runs["policy"].bar_index}
+        arrays[name].update({k: run_arrays(r) for k, r in runs.items()})
+    return per, arrays
+
+
+def _save_instruments_fold(root: Path, summary: dict, arrays: Mapping[str, dict]) -> None:
+    """Writes ``test_runs.npz`` (keys ``INSTRUMENT/NAME/FIELD``), then ``fold.json``, which
+    marks the fold finished."""
+    flat = {}
+    for inst, a in arrays.items():
+        flat[f"{inst}/bar_index"] = a["bar_index"]
+        for key, fields in a.items():
+            if key != "bar_index":
+                flat.update({f"{inst}/{key}/{f}": v for f, v in fields.items()})
+    atomic_write_with(root / TEST_RUNS, lambda fh: np.savez(fh, **flat))
+    atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
+
+
 def run_instruments_fold(
     cfg: Config,
     markets: Mapping[str, bar_data.Bars],
@@ -127,50 +208,21 @@ def run_instruments_fold(
     done = load_instruments_fold(root)
     if done is not None:
         return done
-    envs = {}
-    for name, fold in folds.items():
-        try:
-            envs[name] = fold_envs(cfg, markets[name], fold)
-        except WalkForwardError as err:
-            raise WalkForwardError(f"{name}: {err}") from None
-    instruments = {
-        name: Instrument(markets[name][: folds[name].val[1]], e.norm, e.train)
-        for name, e in envs.items()
-    }
-    train = market.combine_instruments([e.train for e in envs.values()])
-    first = next(iter(instruments.values()))
+    envs = _instrument_envs(cfg, markets, folds)
     lock = RunLock(root).acquire()
     try:
         run_dir = RunDir(root, cfg.checkpoint.dir)
-        algo = MAPPO(cfg, market.MARKET)
-        run = Run(cfg, run_dir, lock, first.bars, first.norm, train, algo, None, instruments)
-        state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
-        policy_of = _greedy(algo)
+        run, state = _train_instruments(cfg, markets, folds, envs, run_dir, lock, progress)
+        policy_of = greedy_policy_of(run.algo)
         vals = {n: e.val for n, e in envs.items()}
         step, chosen, scores = select_checkpoint(run, state, vals, policy_of)
-        per, arrays = {}, {}
-        for name, e in envs.items():
-            runs = _test_runs(policy_of(chosen), e, cfg.seed)  # linear: on its own train span
-            fold, ts = folds[name], markets[name].timestamp
-            spans = (("train", fold.train), ("val", fold.val), ("test", fold.test))
-            per[name] = {
-                **fold.to_dict(),
-                "dates": {
-                    part: [str(pd.Timestamp(ts[a])), str(pd.Timestamp(ts[b - 1]))]
-                    for part, (a, b) in spans
-                },
-                "normalisation_fitted_on": fold.train,
-                "test": {k: r.metrics for k, r in runs.items()},
-            }
-            arrays[name] = {"bar_index": runs["policy"].bar_index}
-            arrays[name].update({k: run_arrays(r) for k, r in runs.items()})
+        per, arrays = _test_instruments(cfg, markets, folds, envs, policy_of(chosen))
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
         per_year = float(np.mean([market.periods_per_year_of(b) for b in markets.values()]))
-        index = next(iter(folds.values())).index
         summary = {
-            "fold": index,
+            "fold": next(iter(folds.values())).index,
             "instruments": per,
             "selection": {
                 "metric": f"validation {SELECT_METRIC}, summed over the instruments",
@@ -181,14 +233,7 @@ def run_instruments_fold(
                 [(None, a) for a in arrays.values()], per_year, cfg.env.cost_bps
             ),
         }
-        flat = {}
-        for inst, a in arrays.items():
-            flat[f"{inst}/bar_index"] = a["bar_index"]
-            for key, fields in a.items():
-                if key != "bar_index":
-                    flat.update({f"{inst}/{key}/{f}": v for f, v in fields.items()})
-        atomic_write_with(root / TEST_RUNS, lambda fh: np.savez(fh, **flat))
-        atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
+        _save_instruments_fold(root, summary, arrays)
     finally:
         lock.release()
     return load_instruments_fold(root)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from marl_jax.run.files import atomic_write_text
+from marl_jax.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
 from marl_jax.run.report import REPORT_METRICS, stitched_summary
 from marl_jax.run.setup import SYNTHETIC

@@ -5,7 +5,7 @@ normalisation) with the sweep layer's population program
 (:class:`~marl_jax.sweep.group.GroupTrainer`: one compiled program per group of members, its
 checkpoints in ``OUT/fold_K/checkpoints/gG``, so a killed fold continues from them). Every
 member's final state is scored on the fold's validation split with the single-run
-walk-forward's metric (:data:`~marl_jax.walkforward.runner.SELECT_METRIC`); the best member
+walk-forward's metric (:data:`~marl_jax.walkforward.fold_run.SELECT_METRIC`); the best member
 (the lowest index on a tie) is the only one run over the test fold, once. ``fold.json``
 records every member's validation scores, the chosen member's swept values and
 hyperparameters, and the test policy's Deflated Sharpe Ratio against the members' validation
@@ -32,25 +32,24 @@ from marl_jax import metrics
 from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env import evaluate
+from marl_jax.files import atomic_write_text, atomic_write_with
 from marl_jax.hparams import HPARAM_NAMES
-from marl_jax.run.files import atomic_write_text, atomic_write_with
 from marl_jax.run.rundir import RunLock
 from marl_jax.sweep.group import GroupResult, GroupTrainer
-from marl_jax.sweep.leaderboard import plain
-from marl_jax.sweep.members import Group, expand
-from marl_jax.sweep.runner import SweepOptions
+from marl_jax.sweep.members import Group, expand, plain
+from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.spec import SweepError, SweepSpec, load_sweep
-from marl_jax.walkforward.folds import Fold, WalkForwardError
-from marl_jax.walkforward.runner import (
+from marl_jax.walkforward.fold_run import (
     EVAL_BATCH,
     SELECT_METRIC,
     FoldEnvs,
-    _greedy,
-    _test_runs,
     finish_fold,
     fold_envs,
+    greedy_policy_of,
     load_fold,
+    run_test_fold,
 )
+from marl_jax.walkforward.folds import Fold, WalkForwardError
 
 __all__ = ["CHOSEN_WEIGHTS", "FoldSweep", "pooled_trials"]
 
@@ -135,9 +134,9 @@ class FoldSweep:
                     f"training); see {root / 'metrics.jsonl'}"
                 )
             result, pos = best
-            policy_of = _greedy(result.program.algo)
+            policy_of = greedy_policy_of(result.program.algo)
             state = result.member_state(pos)
-            runs = _test_runs(policy_of(state), envs, cfg.seed)
+            runs = run_test_fold(policy_of(state), envs, cfg.seed)
             val_sharpes = [m["validation"]["sharpe"] for m in members if m["status"] == "ok"]
             runs["policy"] = _deflated(runs, val_sharpes, envs)
             chosen = next(m for m in members if m["member"] == result.members[pos].index)
@@ -159,7 +158,7 @@ def _score_members(
     """Every member's validation scores, and the (group, position) of the best live one."""
     rows, best, best_key = [], None, None
     for result in results:
-        policy_of = _greedy(result.program.algo)
+        policy_of = greedy_policy_of(result.program.algo)
         for pos, member in enumerate(result.members):
             hp = result.state.hparams
             row = {

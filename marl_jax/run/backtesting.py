@@ -26,8 +26,8 @@ import numpy as np
 
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars, split_bounds
+from marl_jax.files import atomic_write_text
 from marl_jax.policy import Policy, PolicyError
-from marl_jax.run.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
 from marl_jax.run.report import REPORT_METRICS
 from marl_jax.run.rundir import EQUITY_CURVE, REPORT

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from jax import export
 
 from marl_jax.env.features import NUM_FEATURES
+from marl_jax.files import atomic_write_bytes, atomic_write_text
 from marl_jax.policy import Policy, PolicyError, decision_from_windows
-from marl_jax.run.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["FORMAT", "export_policy", "sidecar_path"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from marl_jax.run.files import atomic_write_text
+from marl_jax.files import atomic_write_text
 
 __all__ = ["metrics_lines", "read_metrics_log", "tenth_mean", "to_floats", "trim_metrics_log"]
 

@@ -22,9 +22,7 @@ shared files; checkpoints are written by every process (Orbax, multi-host safe).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -41,24 +39,12 @@ from marl_jax.sweep.coordination import (
     write,
 )
 from marl_jax.sweep.group import GroupTrainer
-from marl_jax.sweep.leaderboard import plain
-from marl_jax.sweep.members import Group, describe, expand
+from marl_jax.sweep.members import Group, describe, expand, plain
+from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.outputs import write_outputs
 from marl_jax.sweep.spec import SweepSpec
 
-__all__ = ["SweepOptions", "SweepRunError", "run_sweep"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SweepOptions:
-    """How to run a sweep (not what: that is the config and the sweep spec)."""
-
-    out: Path
-    resume: bool = False
-    progress: bool = True
-    export_top: int = 1
-    members_per_device: int | None = None
-    devices: Sequence[jax.Device] | None = None
+__all__ = ["SweepRunError", "run_sweep"]
 
 
 def _sweep_record(cfg: Config, spec: SweepSpec, groups: Sequence[Group]) -> str:

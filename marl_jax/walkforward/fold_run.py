@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
@@ -29,11 +29,11 @@ from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env import evaluate, market
 from marl_jax.env.features import FeatureNorm, compute_features
+from marl_jax.files import atomic_write_text, atomic_write_with
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run import loop
 from marl_jax.run.checkpointer import TrainCheckpointer
-from marl_jax.run.files import atomic_write_text, atomic_write_with
-from marl_jax.run.metrics import read_metrics_log
+from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.plots import plot_learning_curve
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.setup import Run, env_params_for
@@ -48,8 +48,10 @@ __all__ = [
     "FoldEnvs",
     "finish_fold",
     "fold_envs",
+    "greedy_policy_of",
     "load_fold",
     "run_fold",
+    "run_test_fold",
     "select_checkpoint",
     "train_fold",
 ]
@@ -104,7 +106,7 @@ def fold_envs(cfg: Config, bars: bar_data.Bars, fold: Fold) -> FoldEnvs:
     return FoldEnvs(_padded(train, n), _padded(val, n), _padded(test, n), norm)
 
 
-def _greedy(algo: MAPPO):
+def greedy_policy_of(algo: MAPPO) -> Callable[[TrainState], Callable]:
     """``policy(state)``: the evaluator's greedy policy of a training state (compiled once)."""
     act = jax.jit(lambda s, obs: algo.act(s, obs)[0])
     return lambda state: lambda obs: np.asarray(act(state, obs))
@@ -156,7 +158,7 @@ def select_checkpoint(
     return best, states[best], scores
 
 
-def _test_runs(policy_fn, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
+def run_test_fold(policy_fn: Callable, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
     """The one read of the test fold: the chosen policy and every baseline (the linear one
     fitted on the fold's train span)."""
     runs = {"policy": evaluate.run_policy(policy_fn, envs.test, batch_size=EVAL_BATCH)}
@@ -226,9 +228,9 @@ def run_fold(
     envs = fold_envs(cfg, bars, fold)  # a WalkForwardError "fold K: ..." when it cannot
     run, state = train_fold(cfg, root, envs, bars[: fold.val[1]], progress=progress)
     try:
-        policy_of = _greedy(run.algo)
+        policy_of = greedy_policy_of(run.algo)
         step, chosen, scores = select_checkpoint(run, state, envs.val, policy_of)
-        runs = _test_runs(policy_of(chosen), envs, cfg.seed)
+        runs = run_test_fold(policy_of(chosen), envs, cfg.seed)
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
