@@ -68,7 +68,7 @@ def test_the_saved_states_are_learned_quickstart_runs(saved):
     wide (test Sharpe 5.7 to 8.3 against random's -2.7 and flat's 0; active IR 6.9 to 12.1)."""
     assert saved["seeds"] == list(SEEDS)
     assert saved["config"].training.compute_dtype == "float32"
-    num_updates = saved["algo"].num_updates
+    num_updates = saved["config"].training.num_updates
     np.testing.assert_array_equal(saved["trained"].update_step, [num_updates] * len(SEEDS))
     np.testing.assert_array_equal(saved["initial"].update_step, [0] * len(SEEDS))
     scores = bench.score(saved["algo"], saved["trained"], saved["test_params"])
