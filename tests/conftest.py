@@ -41,11 +41,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # queue, so that one worker ran it while the other had run out of files). The rest keep their
 # order. Only the order changes: each file still runs whole on one worker.
 LONGEST_FIRST = (
-    "test_learning.py",
     "test_sweep.py",
     "test_train_cli.py",
     "test_mappo.py",
     "test_walkforward_sweep.py",
+    "test_learning.py",
 )
 
 
