@@ -46,7 +46,7 @@ from jax.flatten_util import ravel_pytree
 from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import Config, config_from_dict, load_config
 from marl_jax.env import evaluate, market
-from marl_jax.mappo import MAPPO, TrainState, Transition, make_train
+from marl_jax.mappo import MAPPO, TrainState, Transition
 from marl_jax.run.setup import env_params_for, load_market
 
 # The training state's parts that training changes and a step comparison needs. The rest is
@@ -58,7 +58,7 @@ SAVED_FIELDS = ("params", "value_norm", "env_state", "rng", "update_step")
 
 def make_algo(cfg: Config) -> MAPPO:
     """The MAPPO object for ``cfg``: every construction in this file goes through here."""
-    return MAPPO(cfg)
+    return MAPPO(cfg, market.MARKET)
 
 
 def initial_states(algo: MAPPO, env_params, seeds: Sequence[int]) -> TrainState:
@@ -73,12 +73,13 @@ def train_seeds(
     """The one place this file trains: ``cfg``'s whole run on ``seeds`` as one vmapped program
     (``compiler_options`` for its ``jax.jit``). Returns the algorithm, the trained states
     (leading axis: seed), the per-update metrics and the seconds it took to compile and run."""
-    train = make_train(cfg, env_params)
+    algo = make_algo(cfg)
     keys = jax.vmap(jax.random.key)(jnp.array(list(seeds)))
     started = time.perf_counter()
-    states, metrics = jax.jit(jax.vmap(train), compiler_options=compiler_options)(keys)
+    train = jax.vmap(lambda key: algo.train(key, env_params))
+    states, metrics = jax.jit(train, compiler_options=compiler_options)(keys)
     metrics = {k: np.asarray(v) for k, v in metrics.items()}
-    return train.algo, states, metrics, time.perf_counter() - started
+    return algo, states, metrics, time.perf_counter() - started
 
 
 def score(algo: MAPPO, states: TrainState, test_params) -> dict[str, Any]:
@@ -155,14 +156,15 @@ def relabelled(algo: MAPPO, state: TrainState, traj: Transition, env_params) -> 
     ``algo`` (in its own compute dtype) computes for them. The next bar is taken as
     ``bar + 1`` (one instrument, no episode end inside a rollout);
     :func:`gradient_agreement` reports how far that is from the rollout's own next values."""
-    bars = traj.bar.reshape(-1)
+    bars = traj.obs_key.reshape(-1)
     obs = market.observations(env_params, bars)
     actions = traj.actions.reshape(-1, len(AGENT_NAMES))
     variables = {name: algo.variables(state, name) for name in AGENT_NAMES}
-    outs = algo.actor_outputs(variables, obs, actions)
+    outs = algo.team.actor_outputs(variables, obs, actions)
     log_probs = jnp.stack([outs[name]["log_prob"] for name in AGENT_NAMES], -1)
-    value = algo.critic_value(state, obs["critic"])
-    next_value = algo.critic_value(state, market.observations(env_params, bars + 1)["critic"])
+    critic = algo.variables(state, "critic")
+    value = algo.team.critic_value(critic, obs["critic"])
+    next_value = algo.team.critic_value(critic, market.observations(env_params, bars + 1)["critic"])
     return traj.replace(
         log_probs=log_probs.reshape(traj.log_probs.shape),
         value=value.reshape(traj.value.shape),
