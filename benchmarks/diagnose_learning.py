@@ -45,7 +45,7 @@ from marl_jax.env.data import Bars
 from marl_jax.errors import MarlJaxError
 from marl_jax.files import atomic_write_text
 from marl_jax.mappo import MAPPO
-from marl_jax.ppo import ValueNormState, valuenorm_denormalize, valuenorm_mean_var
+from marl_jax.ppo import ValueNormState, valuenorm_denormalise, valuenorm_mean_var
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.rundir import CONFIG
@@ -168,7 +168,7 @@ def critic_and_signals(
     vn, gamma, scales = _value_norm(root, step)
     value = out["value"]
     if cfg.training.use_valuenorm:
-        value = np.asarray(valuenorm_denormalize(vn, jnp.asarray(value)), np.float64)
+        value = np.asarray(valuenorm_denormalise(vn, jnp.asarray(value)), np.float64)
     corr = {"critic_value": correlation(value, next_r)}
     if cfg.env.reward != "differential_sharpe":
         reward = run.rewards.astype(np.float64)

@@ -162,11 +162,11 @@ class ValueNorm:
         var = (self.running_mean_sq / denom - mean**2).clamp(min=1e-2)
         return mean, var
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.mean_var()
         return (x - mean) / var.sqrt()
 
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         mean, var = self.mean_var()
         return x * var.sqrt() + mean
 
@@ -305,7 +305,7 @@ class TorchMAPPO:
         vn = self.value_norm
         values, next_values = roll["values"], roll["next_values"]
         if t.use_valuenorm:
-            values, next_values = vn.denormalize(values), vn.denormalize(next_values)
+            values, next_values = vn.denormalise(values), vn.denormalise(next_values)
         adv, returns = compute_gae(
             roll["rewards"],
             values,
@@ -317,10 +317,10 @@ class TorchMAPPO:
         )
         if t.use_valuenorm:
             vn.update(returns)
-            targets = vn.normalize(returns)
+            targets = vn.normalise(returns)
         else:
             targets = returns
-        if t.normalize_advantages:
+        if t.normalise_advantages:
             adv = (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8)
         batch = {k: v for k, v in roll.items() if k.startswith("obs/")}
         batch.update(

@@ -248,7 +248,7 @@ class TrainingConfig(_Section):
     use_clipped_value_loss: Bool = Field(True, description="clip the value loss like PPO")
     use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")
     huber_delta: Float = Field(10.0, gt=0, description="Huber loss delta")
-    normalize_advantages: Bool = Field(True, description="normalise advantages per batch")
+    normalise_advantages: Bool = Field(True, description="normalise advantages per batch")
     aux_return_coef: Float = Field(
         0.0,
         ge=0,

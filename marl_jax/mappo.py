@@ -85,22 +85,26 @@ class MAPPO:
     def __init__(
         self, config: Config, env: Environment, modules: Mapping[str, nn.Module] | None = None
     ):
-        t = config.training
+        cfg = config.training
         self.config, self.env = config, env
-        self.team = Team(dict(modules or build_modules(config)), jnp.dtype(t.compute_dtype))
+        self.team = Team(dict(modules or build_modules(config)), jnp.dtype(cfg.compute_dtype))
         self.modules = self.team.modules
-        self.num_envs, self.rollout_len, self.num_updates = t.num_envs, t.rollout_len, t.num_updates
-        self.update_epochs, self.num_minibatches = t.update_epochs, t.num_minibatches
-        self.unroll = t.unroll_learn
-        self.tx = make_optimizer(t, self.num_updates)
-        self.use_valuenorm, self.normalise_advantages = t.use_valuenorm, t.normalize_advantages
+        self.num_envs, self.rollout_len, self.num_updates = (
+            cfg.num_envs,
+            cfg.rollout_len,
+            cfg.num_updates,
+        )
+        self.update_epochs, self.num_minibatches = cfg.update_epochs, cfg.num_minibatches
+        self.unroll = cfg.unroll_learn
+        self.tx = make_optimizer(cfg, self.num_updates)
+        self.use_valuenorm, self.normalise_advantages = cfg.use_valuenorm, cfg.normalise_advantages
         self.value_loss = functools.partial(
             ppo.value_loss,
-            use_clipped=t.use_clipped_value_loss,
-            use_huber=t.use_huber_loss,
-            huber_delta=t.huber_delta,
+            use_clipped=cfg.use_clipped_value_loss,
+            use_huber=cfg.use_huber_loss,
+            huber_delta=cfg.huber_delta,
         )
-        self.aux_coef = t.aux_return_coef  # 0: no auxiliary term, no heads
+        self.aux_coef = cfg.aux_return_coef  # 0: no auxiliary term, no heads
 
     # ------------------------------------------------------------------ state and acting
 
@@ -190,7 +194,7 @@ class MAPPO:
     ) -> tuple[Array, Array, ppo.ValueNormState]:
         """GAE advantages, value targets (critic space) and the updated ValueNorm state."""
         vn = state.value_norm
-        denorm = functools.partial(ppo.valuenorm_denormalize, vn)
+        denorm = functools.partial(ppo.valuenorm_denormalise, vn)
         value, next_value = traj.value, traj.next_value
         if self.use_valuenorm:
             value, next_value = denorm(value), denorm(next_value)
@@ -201,9 +205,9 @@ class MAPPO:
         targets = returns
         if self.use_valuenorm:
             vn = ppo.valuenorm_update(vn, returns)
-            targets = ppo.valuenorm_normalize(vn, returns)
+            targets = ppo.valuenorm_normalise(vn, returns)
         if self.normalise_advantages:
-            adv = ppo.normalize_advantages(adv)
+            adv = ppo.normalise_advantages(adv)
         return adv, targets, vn
 
     def batch(self, state: TrainState, traj: Transition) -> tuple[Batch, ppo.ValueNormState]:

@@ -62,7 +62,8 @@ from marl_jax.env.features import (
 )
 from marl_jax.env.market import (
     combined_vote,
-    periods_per_year_of,
+    interval_minutes_of,
+    periods_per_year_at,
     positions_from_actions,
     vol_scale,
 )
@@ -309,7 +310,12 @@ class Policy:
             return np.ones(stop - start, np.float32)
         first = max(0, start + 1 - self.vol_history)
         log_returns = np.r_[0.0, np.diff(np.log(bars.close[first:stop]))]
-        spans = (m["vol_span"], m["target_vol"], m["max_leverage"], periods_per_year_of(bars))
+        spans = (
+            m["vol_span"],
+            m["target_vol"],
+            m["max_leverage"],
+            periods_per_year_at(interval_minutes_of(bars)),
+        )
         return vol_scale(log_returns, *spans)[start - first :].astype(np.float32)
 
     def _holding(self, position: float | None, required: bool) -> float:

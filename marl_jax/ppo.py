@@ -22,13 +22,13 @@ __all__ = [
     "scaled_targets",
     "gae",
     "huber",
-    "normalize_advantages",
+    "normalise_advantages",
     "ppo_clip_loss",
     "value_loss",
-    "valuenorm_denormalize",
+    "valuenorm_denormalise",
     "valuenorm_init",
     "valuenorm_mean_var",
-    "valuenorm_normalize",
+    "valuenorm_normalise",
     "valuenorm_update",
 ]
 
@@ -125,7 +125,7 @@ def value_loss(
     """MAPPO critic loss (mean over all elements).
 
     ``returns`` are the targets in the critic's output space: with ValueNorm, pass
-    ``valuenorm_normalize(state, returns)``. The per-element loss is Huber
+    ``valuenorm_normalise(state, returns)``. The per-element loss is Huber
     (``use_huber``) or ``e**2 / 2`` of ``e = returns - values``. With ``use_clipped``,
     ``v_clip = old_values + clip(values - old_values, -clip_eps, clip_eps)`` and the
     element loss is the larger of the unclipped and clipped ones (pessimistic, as in PPO).
@@ -141,7 +141,7 @@ def value_loss(
     return jnp.mean(loss)
 
 
-def normalize_advantages(adv: jax.Array, eps: float = 1e-8) -> jax.Array:
+def normalise_advantages(adv: jax.Array, eps: float = 1e-8) -> jax.Array:
     """``(adv - mean) / (std + eps)`` over all elements."""
     return (adv - jnp.mean(adv)) / (jnp.std(adv) + eps)
 
@@ -188,13 +188,13 @@ def valuenorm_mean_var(state: ValueNormState, epsilon: float = 1e-5) -> tuple[ja
     return mean, var
 
 
-def valuenorm_normalize(state: ValueNormState, x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+def valuenorm_normalise(state: ValueNormState, x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
     """``(x - mean) / sqrt(var)``."""
     mean, var = valuenorm_mean_var(state, epsilon)
     return (x - mean) / jnp.sqrt(var)
 
 
-def valuenorm_denormalize(state: ValueNormState, x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
+def valuenorm_denormalise(state: ValueNormState, x: jax.Array, epsilon: float = 1e-5) -> jax.Array:
     """``x * sqrt(var) + mean``: critic output back to return units."""
     mean, var = valuenorm_mean_var(state, epsilon)
     return x * jnp.sqrt(var) + mean

@@ -52,7 +52,7 @@ def test_v1_is_the_full_size_default():
     assert (t.clip_eps, t.gamma, t.gae_lambda, t.ent_coef) == (0.2, 0.99, 0.95, 0.01)
     assert (t.actor_lr, t.critic_lr, t.adam_eps, t.max_grad_norm) == (5e-4, 5e-4, 1e-5, 10.0)
     assert t.use_valuenorm and t.use_clipped_value_loss and t.use_huber_loss
-    assert t.huber_delta == 10.0 and t.normalize_advantages and not t.anneal_lr
+    assert t.huber_delta == 10.0 and t.normalise_advantages and not t.anneal_lr
     assert cfg.checkpoint.max_to_keep == 5 and cfg.checkpoint.best_metric == "average_reward"
     # every numeric hyperparameter is a plain Python float, ready to be traced
     for name in ("clip_eps", "gamma", "gae_lambda", "ent_coef", "actor_lr", "critic_lr"):
@@ -295,7 +295,7 @@ def test_unknown_override_keys_list_the_valid_ones():
         load_config(QUICK, ["training.nope=1"])
     msg = str(ei.value)
     assert "(override 'training.nope=1'): training.nope: unknown key" in msg
-    assert "num_envs" in msg and "normalize_advantages" in msg
+    assert "num_envs" in msg and "normalise_advantages" in msg
     with pytest.raises(ConfigError, match="agents.foo: unknown key; use one of: mlmi, nwrqk, mmd"):
         load_config(QUICK, ["agents.foo.input_dim=4"])
     with pytest.raises(ConfigError, match="training.gamma is a value, not a section"):

@@ -16,7 +16,7 @@ from marl_jax.env.evaluate import (
     evaluate_baselines,
     evaluate_policy,
     evaluate_split,
-    periods_per_year_for,
+    periods_per_year_at,
     run_baseline,
     simulate,
 )
@@ -61,7 +61,7 @@ def test_metrics_are_the_summary_against_buy_and_hold(params):
     )
     assert run.metrics == pytest.approx(expected)
     assert {"alpha_t", "active_ir", "psr", "sharpe_2x_cost"} <= set(run.metrics)
-    assert periods_per_year_for(30) == 252 * 48
+    assert periods_per_year_at(30) == 252 * 48
     third = simulate(np.full(last - lo, 1 / 3), params).metrics
     assert third["beta"] == pytest.approx(1 / 3, rel=1e-6) and third["active_ir"] == 0.0
 

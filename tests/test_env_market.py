@@ -19,7 +19,7 @@ from marl_jax.env.market import (
     net_returns,
     observation_at,
     observations,
-    periods_per_year_for,
+    periods_per_year_at,
     positions_from_actions,
     reset,
     step,
@@ -334,7 +334,7 @@ def test_vol_target_scales_down_in_high_vol_and_respects_the_cap():
     p = make_env_params(bars, **kw)
     scale = np.asarray(p.vol_scale)
     r = np.asarray(p.log_returns, np.float64)
-    sigma = np.sqrt(_ewma_reference(r, 30) * periods_per_year_for(30))
+    sigma = np.sqrt(_ewma_reference(r, 30) * periods_per_year_at(30))
     expected = np.minimum(0.1 / sigma[1:], 3.0)
     np.testing.assert_allclose(scale[1:], expected, rtol=1e-5)
     assert scale.max() <= 3.0 + 1e-6 and scale[400:800].min() == pytest.approx(3.0)  # capped

@@ -175,9 +175,9 @@ def test_huber_is_symmetric():
     np.testing.assert_allclose(np.asarray(ppo.huber(e, 10.0)), [150.0, 0.5, 0.5, 150.0])
 
 
-def test_normalize_advantages():
+def test_normalise_advantages():
     adv = jnp.array([1.0, 2.0, 3.0, 4.0])
-    out = np.asarray(ppo.normalize_advantages(adv))
+    out = np.asarray(ppo.normalise_advantages(adv))
     # mean 2.5, population std sqrt(1.25)
     np.testing.assert_allclose(out, (np.array([1, 2, 3, 4]) - 2.5) / math.sqrt(1.25), rtol=1e-6)
 
@@ -188,7 +188,7 @@ def test_normalize_advantages():
 def test_valuenorm_hand_worked():
     s = ppo.valuenorm_init()
     # Before any update: mean 0, var floored at 1e-2 -> x / 0.1.
-    assert float(ppo.valuenorm_normalize(s, jnp.float32(1.0))) == pytest.approx(10.0)
+    assert float(ppo.valuenorm_normalise(s, jnp.float32(1.0))) == pytest.approx(10.0)
     # beta = 0.5, batch [1, 3]: mean 2, mean_sq 5.
     # running_mean = 1.0, running_mean_sq = 2.5, debias = 0.5
     # debiased mean 2, mean_sq 5, var 5 - 4 = 1.
@@ -196,16 +196,16 @@ def test_valuenorm_hand_worked():
     assert float(s.running_mean) == pytest.approx(1.0)
     assert float(s.running_mean_sq) == pytest.approx(2.5)
     assert float(s.debiasing_term) == pytest.approx(0.5)
-    assert float(ppo.valuenorm_normalize(s, jnp.float32(4.0))) == pytest.approx(2.0)
+    assert float(ppo.valuenorm_normalise(s, jnp.float32(4.0))) == pytest.approx(2.0)
     # second batch [5, 7] (mean 6, mean_sq 37):
     # running_mean = 0.5 + 3 = 3.5, running_mean_sq = 1.25 + 18.5 = 19.75, debias 0.75
     # mean = 14/3, mean_sq = 79/3, var = 79/3 - 196/9 = 41/9
     s = ppo.valuenorm_update(s, jnp.array([5.0, 7.0]), beta=0.5)
     mean, var = 14 / 3, 41 / 9
-    assert float(ppo.valuenorm_normalize(s, jnp.float32(6.0))) == pytest.approx(
+    assert float(ppo.valuenorm_normalise(s, jnp.float32(6.0))) == pytest.approx(
         (6.0 - mean) / math.sqrt(var), rel=1e-6
     )
-    assert float(ppo.valuenorm_denormalize(s, jnp.float32(1.0))) == pytest.approx(
+    assert float(ppo.valuenorm_denormalise(s, jnp.float32(1.0))) == pytest.approx(
         math.sqrt(var) + mean, rel=1e-6
     )
 
@@ -225,9 +225,9 @@ def test_valuenorm_matches_numpy_and_roundtrips():
     mean = m / max(deb, eps)
     var = max(msq / max(deb, eps) - mean**2, 1e-2)
     y = np.linspace(-50, 50, 11).astype(np.float32)
-    got = np.asarray(ppo.valuenorm_normalize(s, y))
+    got = np.asarray(ppo.valuenorm_normalise(s, y))
     np.testing.assert_allclose(got, (y - mean) / np.sqrt(var), rtol=2e-3, atol=2e-3)
-    back = np.asarray(ppo.valuenorm_denormalize(s, ppo.valuenorm_normalize(s, y)))
+    back = np.asarray(ppo.valuenorm_denormalise(s, ppo.valuenorm_normalise(s, y)))
     np.testing.assert_allclose(back, y, rtol=1e-4, atol=1e-3)
 
 

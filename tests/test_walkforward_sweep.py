@@ -95,7 +95,7 @@ def test_each_fold_chooses_its_member_on_validation_and_records_them_all(walk):
 def test_the_chosen_members_dsr_deflates_for_the_members_validation_sharpes(walk):
     report = _report(walk["out"])
     frame = pd.read_csv(walk["out"] / "returns.csv")
-    ppy = evaluate.periods_per_year_for(30.0)
+    ppy = evaluate.periods_per_year_at(30.0)
     trials_by_fold = []
     for fold in report["folds"]:
         rows = frame[frame["fold"] == fold["fold"]]

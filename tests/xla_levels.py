@@ -10,9 +10,8 @@ conftest.py sets two XLA:CPU flags for every test and for the command lines the 
 
 The few tests whose outcome depends on run speed, or on two different programs rounding
 alike, compile as XLA's defaults do instead: pass ``compiler_options=FULL_OPTIMISATION`` to
-their ``jax.jit`` (per-program options override ``XLA_FLAGS``). The learning test's quickstart
-run needs both: with the older emitters its three seeds ran 25% slower, and the end-to-end
-bfloat16 run it then had learned less (its reward rose by 2e-6, not by half of float32's 8e-5).
+their ``jax.jit`` (per-program options override ``XLA_FLAGS``), as the market tests that
+compare two programs' positions and returns bit for bit do.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from .market import (
     make_env_params,
     net_returns,
     observations,
-    periods_per_year_for,
+    periods_per_year_at,
     positions_from_actions,
 )
 
@@ -65,7 +65,7 @@ __all__ = [
     "MOMENTUM_LOOKBACK",
     "EvalRun",
     "LinearBaseline",
-    "periods_per_year_for",
+    "periods_per_year_at",
     "positions_for",
     "simulate",
     "run_policy",
@@ -150,7 +150,7 @@ def simulate(
     pnl, cost = (np.asarray(x) for x in net_returns(positions, params, ts))
     rewards = pnl - cost  # float32, as the environment's reward under env.reward=pnl
     hold = np.ones_like(positions)
-    ppy = periods_per_year or periods_per_year_for(params.interval_minutes)
+    ppy = periods_per_year or periods_per_year_at(params.interval_minutes)
     scores = metrics.summary(
         rewards,
         positions,

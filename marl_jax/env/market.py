@@ -122,9 +122,8 @@ __all__ = [
     "get_return_stats",
     "make_multi_env_params",
     "combine_instruments",
-    "periods_per_year_for",
+    "periods_per_year_at",
     "interval_minutes_of",
-    "periods_per_year_of",
     "REWARDS",
     "ACTION_MODES",
     "POSITION_SIZINGS",
@@ -225,7 +224,7 @@ def get_return_stats(params: EnvParams) -> tuple[float, float]:
     return float(params.return_mean), float(params.return_sq)
 
 
-def periods_per_year_for(interval_minutes: float) -> float:
+def periods_per_year_at(interval_minutes: float) -> float:
     """Bars per year: 252 trading days of 24 hours (12096 for 30-minute bars)."""
     return TRADING_DAYS * 24 * 60 / float(interval_minutes)
 
@@ -261,11 +260,6 @@ def interval_minutes_of(bars) -> float:
     say (a single bar)."""
     interval = bars.interval_minutes
     return float(interval) if np.isfinite(interval) else 30.0
-
-
-def periods_per_year_of(bars) -> float:
-    """Bars per year at the bars' interval (:func:`interval_minutes_of`)."""
-    return periods_per_year_for(interval_minutes_of(bars))
 
 
 def vol_scale(
@@ -314,15 +308,7 @@ def make_env_params(
     training split (on ``bounds`` when given) and clips to ``[-norm_clip, norm_clip]``; a given
     ``norm`` keeps its own clip.
     """
-    if episode_len < 1 or window < 1:
-        raise ValueError("episode_len and window must be >= 1")
-    for name, value, allowed in (
-        ("reward", reward, REWARDS),
-        ("action_mode", action_mode, ACTION_MODES),
-        ("position_sizing", position_sizing, POSITION_SIZINGS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{name} {value!r} is unknown; use one of {', '.join(allowed)}")
+    _check_modes(episode_len, window, reward, action_mode, position_sizing)
     n = len(bars)
     raw = compute_features(bars) if features is None else np.asarray(features)
     if raw.shape != (n, NUM_FEATURES):
@@ -333,22 +319,15 @@ def make_env_params(
         )
     lo, hi, last = _episode_range(n, split, split_fractions, window, bounds)
     normed = norm.apply(raw)
-    cums = np.cumsum(np.r_[np.zeros((1, NUM_FEATURES)), normed.astype(np.float64)], axis=0)
-    means = np.zeros_like(normed)
-    means[window - 1 :] = (cums[window:] - cums[: n - window + 1]) / window
-    logc = np.log(bars.close)
-    log_returns = np.r_[0.0, np.diff(logc)]
+    means = _window_means(normed, window)
+    log_returns = np.r_[0.0, np.diff(np.log(bars.close))]
     if return_stats is None:
-        # The returns the training split's episodes pay: r[t + 1] for t in [lo, last).
-        t_lo, _, t_last = _episode_range(n, "train", split_fractions, window, bounds)
-        paid = log_returns[t_lo + 1 : t_last + 1]
-        return_stats = (float(paid.mean()), float(np.mean(paid**2)))
+        return_stats = _train_return_stats(log_returns, split_fractions, window, bounds)
     interval = interval_minutes_of(bars)
+    scale = np.ones(n)
     if position_sizing == "vol_target":
-        per_year = periods_per_year_for(interval)
+        per_year = periods_per_year_at(interval)
         scale = vol_scale(log_returns, vol_span, target_vol, max_leverage, per_year)
-    else:
-        scale = np.ones(n)
     return EnvParams(
         features=jnp.asarray(normed),
         log_returns=jnp.asarray(log_returns, dtype=jnp.float32),
@@ -371,6 +350,43 @@ def make_env_params(
         delta_step=float(delta_step),
         dsr_eta=float(dsr_eta),
     )
+
+
+def _check_modes(
+    episode_len: int, window: int, reward: str, action_mode: str, position_sizing: str
+) -> None:
+    """ValueError in one line for a size below 1 or an unknown reward, action mode or sizing."""
+    if episode_len < 1 or window < 1:
+        raise ValueError("episode_len and window must be >= 1")
+    for name, value, allowed in (
+        ("reward", reward, REWARDS),
+        ("action_mode", action_mode, ACTION_MODES),
+        ("position_sizing", position_sizing, POSITION_SIZINGS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} {value!r} is unknown; use one of {', '.join(allowed)}")
+
+
+def _window_means(normed: np.ndarray, window: int) -> np.ndarray:
+    """Each bar's mean of the last ``window`` rows of ``normed`` (0 before a full window)."""
+    n = normed.shape[0]
+    cums = np.cumsum(np.r_[np.zeros((1, NUM_FEATURES)), normed.astype(np.float64)], axis=0)
+    means = np.zeros_like(normed)
+    means[window - 1 :] = (cums[window:] - cums[: n - window + 1]) / window
+    return means
+
+
+def _train_return_stats(
+    log_returns: np.ndarray,
+    split_fractions: Sequence[float],
+    window: int,
+    bounds: tuple[int, int] | None,
+) -> tuple[float, float]:
+    """The mean and mean square of the returns the training split's episodes pay:
+    ``r[t + 1]`` for ``t`` in ``[start_lo, last_bar)``."""
+    t_lo, _, t_last = _episode_range(len(log_returns), "train", split_fractions, window, bounds)
+    paid = log_returns[t_lo + 1 : t_last + 1]
+    return float(paid.mean()), float(np.mean(paid**2))
 
 
 def make_multi_env_params(
@@ -531,11 +547,27 @@ def _reset_state(key: jax.Array, params: EnvParams) -> EnvState:
 
 
 def reset(key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvState]:
+    """``(obs, state)`` of a fresh episode: an instrument drawn uniformly (several
+    instruments), a start bar drawn uniformly in ``[start_lo, start_hi]``, a flat position,
+    equity 1, and the differential Sharpe ratio's EMAs at ``A = 0``, ``B = return_sq``."""
     state = _reset_state(key, params)
     return observation_at(params, state.t), state
 
 
 def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
+    """``(obs, state, reward, done, info)`` after the agents vote ``actions`` (int32 ``(3,)``:
+    0 bearish, 1 neutral, 2 bullish) at bar ``t = state.t``.
+
+    The position is :func:`next_signal` (``target``: the mean vote; ``delta``: the previous
+    signal moved by ``delta_step`` x the vote) times ``vol_scale[t]``; it earns
+    ``position * r[t+1]`` and pays ``cost_bps * 1e-4 * |position - previous|``. ``reward`` is
+    that net return (``pnl``), less ``position * mu`` (``excess``), or its differential Sharpe
+    ratio (``differential_sharpe``). ``terminated``: bar ``t + 1`` is the split's last;
+    ``truncated``: ``episode_len`` steps without terminating. When ``done``, ``obs`` and
+    ``state`` are a fresh episode's, drawn with ``key``; ``info`` holds ``position``,
+    ``equity``, ``bar_index``, ``pnl``, ``cost``, ``terminated``, ``truncated``, and
+    ``next_obs`` and ``next_critic_obs``, the true next state's observation (before the reset),
+    to bootstrap truncated episodes with."""
     signal = next_signal(state.signal, actions, params)
     position = signal * params.vol_scale[state.t]
     next_t = state.t + 1

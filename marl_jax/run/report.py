@@ -152,7 +152,7 @@ def instruments_report(
             "baselines": {k: r.metrics for k, r in runs.items() if k != "policy"},
         }
         arrays.append({k: run_arrays(r) for k, r in runs.items()})
-        per_year.append(evaluate.periods_per_year_for(test.interval_minutes))
+        per_year.append(evaluate.periods_per_year_at(test.interval_minutes))
     pooled = stitched_summary(arrays, float(np.mean(per_year)), cfg.env.cost_bps)
     report = {
         "split": "test",

@@ -201,7 +201,7 @@ def _run_single(
             )
         train = run_fold if sweep is None else sweep.run_fold
         results.append(train(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
-    ppy = market.periods_per_year_of(bars)
+    ppy = market.periods_per_year_at(market.interval_minutes_of(bars))
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(
         out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials

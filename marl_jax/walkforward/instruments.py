@@ -220,7 +220,14 @@ def run_instruments_fold(
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
-        per_year = float(np.mean([market.periods_per_year_of(b) for b in markets.values()]))
+        per_year = float(
+            np.mean(
+                [
+                    market.periods_per_year_at(market.interval_minutes_of(b))
+                    for b in markets.values()
+                ]
+            )
+        )
         summary = {
             "fold": next(iter(folds.values())).index,
             "instruments": per,
@@ -248,7 +255,11 @@ def write_instruments_outputs(
 ) -> dict:
     """Writes ``returns.csv`` (with each row's ``instrument``), ``equity_curve.png`` and
     ``report.json`` under ``out`` (atomically); returns the report."""
-    per_year = float(np.mean([market.periods_per_year_of(b) for b in markets.values()]))
+    per_year = float(
+        np.mean(
+            [market.periods_per_year_at(market.interval_minutes_of(b)) for b in markets.values()]
+        )
+    )
     parts = [(summary, arrays[name]) for summary, arrays in results for name in markets]
     frame = pd.concat(
         [
@@ -275,7 +286,7 @@ def write_instruments_outputs(
         "instruments": {
             name: pooled_metrics(
                 [(s, a[name]) for s, a in results],
-                market.periods_per_year_of(markets[name]),
+                market.periods_per_year_at(market.interval_minutes_of(markets[name])),
                 cost_bps,
             )
             for name in markets
