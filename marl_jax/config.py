@@ -71,7 +71,6 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "config_yaml",
-    "env_modes",
     "load_config",
     "main",
     "parse_override",
@@ -522,23 +521,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 def config_yaml(cfg: Config) -> str:
     """``cfg`` as the YAML text of a config file (``load_config`` reads it back equal)."""
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
-
-
-def env_modes(cfg: Config) -> dict[str, Any]:
-    """The config's reward, action and sizing keywords of ``market.make_env_params``: every
-    environment built from a run's config (training, reports, backtests) and every deployed
-    policy's positions take them."""
-    e = cfg.env
-    return {
-        "reward": e.reward,
-        "dsr_eta": e.dsr_eta,
-        "action_mode": e.action_mode,
-        "delta_step": e.delta_step,
-        "position_sizing": e.position_sizing,
-        "vol_span": e.vol_span,
-        "target_vol": e.target_vol,
-        "max_leverage": e.max_leverage,
-    }
 
 
 def _deep_copy(x: Any) -> Any:

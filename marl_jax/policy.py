@@ -51,7 +51,7 @@ import numpy as np
 from flax import struct
 
 from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES
-from marl_jax.config import Config, env_modes
+from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env.features import (
     AGENT_FEATURES,
@@ -62,6 +62,7 @@ from marl_jax.env.features import (
 )
 from marl_jax.env.market import (
     combined_vote,
+    env_modes,
     interval_minutes_of,
     periods_per_year_at,
     positions_from_actions,

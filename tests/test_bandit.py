@@ -9,7 +9,7 @@ import pytest
 from tiny_config import tiny
 
 from marl_jax.config import config_from_dict
-from marl_jax.env.bandit import BANDIT, NUM_CONTEXTS, BanditParams, best_actions
+from marl_jax.env.bandit import BANDIT, NUM_CONTEXTS, Bandit, BanditParams, best_actions
 from marl_jax.env.interface import Environment
 from marl_jax.mappo import MAPPO
 
@@ -54,10 +54,18 @@ def test_the_bandit_pays_the_fraction_of_agents_that_are_right(params):
     np.testing.assert_array_equal(best_actions(jnp.arange(3)), [[0, 1, 2], [1, 2, 0], [2, 0, 1]])
 
 
-def test_mappo_refuses_an_environment_its_models_do_not_fit():
-    algo = MAPPO(config_from_dict(CONFIG), BANDIT)
-    with pytest.raises(ValueError, match=r"Bandit observes \(4, 5\) for mlmi, whose model takes"):
-        algo.init(jax.random.key(0), BanditParams(window=5))
+def test_mappo_refuses_an_environment_its_models_do_not_fit(params):
+    """The actors take the agent table's channels over any window; the critic all features."""
+
+    class Narrow(Bandit):
+        def observe(self, params, keys):
+            obs = super().observe(params, keys)
+            return {**obs, "nwrqk": obs["nwrqk"][..., :5, :]}
+
+    algo = MAPPO(config_from_dict(CONFIG), Narrow())
+    with pytest.raises(ValueError, match=r"Narrow observes \(5, 8\) for nwrqk, whose model takes"):
+        algo.init(jax.random.key(0), params)
+    algo.team.check_inputs(BANDIT.observation_specs(BanditParams(window=5)), "Bandit")
     assert isinstance(BANDIT, Environment)
 
 

@@ -22,7 +22,7 @@ from tiny_config import TINY
 
 from marl_jax import policy as policy_module
 from marl_jax.agents import AGENT_NAMES
-from marl_jax.config import config_from_dict, env_modes
+from marl_jax.config import config_from_dict
 from marl_jax.env import data, evaluate, market
 from marl_jax.env.features import WARMUP_BARS, compute_features
 from marl_jax.mappo import MAPPO, TrainState
@@ -134,7 +134,7 @@ def test_deciding_at_every_test_bar_gives_exactly_the_evaluators_positions(
 ):
     _, _, bars, modules, variables, _ = tiny
     policy = with_modes(policy, **modes) if modes else policy
-    kw = env_modes(policy.config) if modes else {}
+    kw = market.env_modes(policy.config) if modes else {}
     params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm, **kw)
     # The evaluator: the environment's own positions for the greedy actions, from the file's
     # first bar's EWMA under vol_target, from a flat start under delta.
@@ -172,7 +172,7 @@ def test_the_volatility_scale_reads_only_its_tail(policy, tiny, monkeypatch):
     bars = tiny[2]
     vol = with_modes(policy, position_sizing="vol_target", vol_span=10)
     params = market.make_env_params(
-        bars, "test", window=vol.window, norm=vol.norm, **env_modes(vol.config)
+        bars, "test", window=vol.window, norm=vol.norm, **market.env_modes(vol.config)
     )
     t = len(bars) - 2
     read = max(vol.history, vol.vol_history)

@@ -83,6 +83,7 @@ and test splits may reach back into the previous split's bars (the past is known
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -101,12 +102,16 @@ from .features import (
 )
 from .interface import Environment
 
+if TYPE_CHECKING:
+    from marl_jax.config import Config
+
 __all__ = [
     "MARKET",
     "Market",
     "EnvParams",
     "EnvState",
     "make_env_params",
+    "env_modes",
     "fit_normalisation",
     "get_normalisation",
     "reset",
@@ -389,6 +394,23 @@ def _train_return_stats(
     return float(paid.mean()), float(np.mean(paid**2))
 
 
+def env_modes(cfg: Config) -> dict[str, Any]:
+    """The config's reward, action and sizing keywords of ``market.make_env_params``: every
+    environment built from a run's config (training, reports, backtests) and every deployed
+    policy's positions take them."""
+    e = cfg.env
+    return {
+        "reward": e.reward,
+        "dsr_eta": e.dsr_eta,
+        "action_mode": e.action_mode,
+        "delta_step": e.delta_step,
+        "position_sizing": e.position_sizing,
+        "vol_span": e.vol_span,
+        "target_vol": e.target_vol,
+        "max_leverage": e.max_leverage,
+    }
+
+
 def make_multi_env_params(
     bars_list: Sequence[Bars],
     split: str = "train",
@@ -554,6 +576,23 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvS
     return observation_at(params, state.t), state
 
 
+def _reward(
+    net: jax.Array, position: jax.Array, state: EnvState, params: EnvParams
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(reward, dsr_a, dsr_b)``: the reward of a step with net return ``net`` (float32) and
+    the differential Sharpe ratio's EMAs after it (unchanged unless that is the reward)."""
+    dsr_a, dsr_b = state.dsr_a, state.dsr_b
+    if params.reward == "excess":
+        reward = net - position * _of_instrument(params.return_mean, state.instrument)
+    elif params.reward == "differential_sharpe":
+        m2 = _of_instrument(params.return_sq, state.instrument)
+        floor = jnp.float32(DSR_VAR_FLOOR) * m2 + jnp.float32(1e-30)
+        reward, dsr_a, dsr_b = differential_sharpe(net, dsr_a, dsr_b, params.dsr_eta, floor)
+    else:
+        reward = net
+    return reward.astype(jnp.float32), dsr_a, dsr_b
+
+
 def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
     """``(obs, state, reward, done, info)`` after the agents vote ``actions`` (int32 ``(3,)``:
     0 bearish, 1 neutral, 2 bullish) at bar ``t = state.t``.
@@ -573,16 +612,7 @@ def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
     next_t = state.t + 1
     pnl, cost = trade_returns(position, state.position, params, state.t)
     net = pnl - cost
-    dsr_a, dsr_b = state.dsr_a, state.dsr_b
-    if params.reward == "excess":
-        reward = net - position * _of_instrument(params.return_mean, state.instrument)
-    elif params.reward == "differential_sharpe":
-        m2 = _of_instrument(params.return_sq, state.instrument)
-        floor = jnp.float32(DSR_VAR_FLOOR) * m2 + jnp.float32(1e-30)
-        reward, dsr_a, dsr_b = differential_sharpe(net, dsr_a, dsr_b, params.dsr_eta, floor)
-    else:
-        reward = net
-    reward = reward.astype(jnp.float32)
+    reward, dsr_a, dsr_b = _reward(net, position, state, params)
     step_count = state.step_count + 1
     next_state = EnvState(
         t=next_t,

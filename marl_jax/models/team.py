@@ -87,14 +87,16 @@ class Team:
 
     def check_inputs(self, specs: Mapping[str, jax.ShapeDtypeStruct], source: str) -> None:
         """Raises ValueError in one line if the observations ``specs`` (by model name) do not
-        fit the models' inputs."""
+        fit the models: an actor's channels (any window length runs) or the critic's state."""
         for name, module in self.modules.items():
             want = example_input(module).shape[1:]
-            got = tuple(specs[name].shape) if name in specs else "nothing"
-            if got != want:
+            got = tuple(specs[name].shape) if name in specs else None
+            if got is None or got[:1] != want[:1] or len(got) != len(want):
+                shape = "(channels, window)" if len(want) == 2 else "(state,)"
                 raise ValueError(
-                    f"{source} observes {got} for {name}, whose model takes {want}; "
-                    "set env.window and the agents to fit the environment"
+                    f"{source} observes {got or 'nothing'} for {name}, whose model takes "
+                    f"{shape} = {want[:1]} + ...; give the environment the agent table's "
+                    "features"
                 )
 
     def apply(self, name: str, variables: Mapping, inputs: Array, **kwargs: Any) -> dict:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
-from marl_jax.config import Config, config_from_dict, config_to_dict, env_modes, load_config
+from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.env import data as bar_data
 from marl_jax.env import market
 from marl_jax.env.features import FeatureNorm
@@ -144,7 +144,7 @@ def _env_kwargs(cfg: Config, **given: Any) -> dict[str, Any]:
         "window": env.window,
         "split_fractions": env.split_fractions,
         "norm_clip": env.norm_clip,
-        **env_modes(cfg),
+        **market.env_modes(cfg),
     }
     return {**kwargs, **{k: v for k, v in given.items() if v is not None}}
 

@@ -8,8 +8,8 @@ padding is never alive, never ranked and dropped from every output.
 
 A member whose update gives a non-finite metric is frozen (its state stays that of its last
 good update) and marked dead; the others go on. Recurrent layers run on the ``lax.scan``
-backend here: cuDNN's LSTM has no vmap rule, and on an H200 the vmapped scan beat a
-``lax.map`` over members of cuDNN's LSTM (``benchmarks/RESULTS.md``).
+backend here: cuDNN's LSTM has no vmap rule, and on an H200 the vmapped scan was faster than
+a ``lax.map`` over members of cuDNN's LSTM.
 """
 
 from __future__ import annotations
@@ -127,7 +127,12 @@ class PopulationProgram:
         self.sharded = NamedSharding(mesh, PartitionSpec(AXIS))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.env_params = jax.device_put(env_params, self.replicated)
-        algo, width = self.algo, self.width
+        self._compile(init)
+
+    def _compile(self, init: Mapping[str, Mapping] | None) -> None:
+        """The sharded programs: build (``init`` the models' starting variables), update and
+        exploit."""
+        algo, width, mesh = self.algo, self.width, self.mesh
         spec, rep = PartitionSpec(AXIS), PartitionSpec()
 
         def one_init(seed, hp, env_params):
