@@ -277,6 +277,23 @@ def test_read_oracle_refuses_a_stale_or_misaligned_sidecar(tmp_path, bars):
         read_oracle(out, load_bars(out))
 
 
+def test_a_run_reads_each_instruments_sidecar(tmp_path, bars):
+    from marl_jax.config import config_from_dict
+    from marl_jax.run.setup import load_markets, load_oracles
+    from tests.tiny_config import tiny
+
+    raw = _write(tmp_path / "raw.csv", bars)
+    planted = tmp_path / "planted.csv"
+    assert main([str(raw), str(planted), "--signal", "gated", "--strength", "0.2"]) == 0
+    s = np.asarray(json.loads(sidecar_path(planted).read_text())["s"])
+    cfg = config_from_dict(tiny(env={"data_paths": [str(planted), str(raw)]}))
+    oracles = load_oracles(cfg, load_markets(cfg))
+    assert list(oracles) == ["planted.csv", "raw.csv"] and oracles["raw.csv"] is None
+    np.testing.assert_array_equal(oracles["planted.csv"], s)
+    synthetic = config_from_dict(tiny())
+    assert load_oracles(synthetic, load_markets(synthetic)) == {"synthetic": None}
+
+
 @pytest.mark.slow
 def test_walk_forward_reports_the_oracle_and_capture(tmp_path, capsys):
     import yaml
