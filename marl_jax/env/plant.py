@@ -10,7 +10,8 @@ to bar ``t``::
   :data:`SIGMA_SPAN` (100) bars (``alpha = 2 / (SIGMA_SPAN + 1)``, started at ``r'[1]^2``);
 - ``z[t] = (log c'[t] - log c'[t - span]) / (sigma[t] * sqrt(span))``: the ``span``-bar move of
   the planted closes against the volatility;
-- ``trend``: ``s = tanh(z)`` (a slow edge, nearly linear in the momentum; default span 20);
+- ``trend``: ``s = tanh(z)`` (a slow edge, nearly linear in the momentum; default span 20, where
+  the oracle's ``sign(s)`` is the evaluator's ``momentum`` baseline);
 - ``revert``: ``s = -tanh(z)`` (a fast edge that flips often; default span 1, the last bar's
   return reversed, so costs decide what it is worth);
 - ``gated``: ``s = sign(z)`` where ``|z| > 1``, else 0 (nonlinear: trend only after a large
