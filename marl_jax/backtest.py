@@ -2,8 +2,9 @@
 
 Writes ``report.json`` and ``equity_curve.png`` into ``--out`` and prints the table of the
 policy (greedy) against the baselines, ``linear`` among them when there are bars to fit it on
-before the evaluated ones (else a one-line note says why not); the work is done by
-:mod:`marl_jax.run.backtesting`.
+before the evaluated ones (else a one-line note says why not), and ``oracle`` with the policy's
+capture where the bar file has a plant's sidecar (``python -m marl_jax.plant``); the work is
+done by :mod:`marl_jax.run.backtesting`.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> None:
         from marl_jax.run.backtesting import BacktestSpec, backtest, write_backtest
         from marl_jax.run.deploy import load_policy
+        from marl_jax.run.planted import read_oracle
         from marl_jax.run.report import format_report
 
         instrument = Path(args.data).name  # a multi-instrument model's normalisation
         policy = load_policy(args.model, norm_from=args.norm_from, instrument=instrument)
         bars = policy.load_bars(args.data)
         spec = BacktestSpec(args.split, args.start, args.end, args.cost_bps)
-        report, curves = backtest(policy, bars, spec, source=args.data)
+        oracle = read_oracle(args.data, bars)
+        report, curves = backtest(policy, bars, spec, source=args.data, oracle=oracle)
         out = write_backtest(report, curves, args.out)
         print(format_report(report))
         if report["linear"] is None:

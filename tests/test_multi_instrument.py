@@ -279,3 +279,38 @@ def test_walk_forward_over_instruments_resumes(multi_walk_forward):
     assert (out / "fold_0" / "fold.json").stat().st_mtime_ns == done0
     assert pd.read_csv(out / "returns.csv").equals(frame)
     assert json.loads((out / "report.json").read_text()) == report
+
+
+@pytest.mark.slow
+def test_walk_forward_over_a_planted_and_a_plain_instrument(files, tmp_path, capsys):
+    """Each instrument its own sidecar: the planted one gets the oracle row and capture, the
+    plain one neither, and the pooled rows hold the oracle only where every one was planted."""
+    from marl_jax.plant import main as plant_main
+
+    planted = tmp_path / "ppp.csv"
+    argv = [str(files["aaa.csv"]), str(planted), "--signal", "trend", "--strength", "0.3"]
+    assert plant_main(argv) == 0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny(checkpoint={"save_every": 1})))
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--folds", "2", "--out", str(out), "--no-progress"]
+    argv += ["--data", str(planted), "--data", str(files["bbb.csv"])]
+    capsys.readouterr()
+    assert walkforward_main(argv) == 0
+    table = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    frame = pd.read_csv(out / "returns.csv")
+    rows = frame[frame["instrument"] == "ppp.csv"]
+    assert rows["oracle"].notna().all()
+    assert frame.loc[frame["instrument"] == "bbb.csv", "oracle"].isna().all()
+    by_name = report["instruments"]["ppp.csv"]
+    assert rows["oracle"].sum() == pytest.approx(by_name["oracle"]["total_log_return"], rel=1e-5)
+    assert "oracle" not in report["instruments"]["bbb.csv"] and "oracle" not in report["pooled"]
+    assert "capture" not in report and list(report["capture_by_instrument"]) == ["ppp.csv"]
+    capture = by_name["policy"]["active_ir"] / by_name["oracle"]["active_ir"]
+    assert report["capture_by_instrument"]["ppp.csv"] == pytest.approx(capture)
+    for summary in report["folds"]:
+        part, plain = summary["instruments"]["ppp.csv"], summary["instruments"]["bbb.csv"]
+        assert "oracle" in part["test"] and "capture" in part
+        assert "oracle" not in plain["test"] and "capture" not in plain
+    assert table.count("capture (policy active IR / oracle active IR)") == 1

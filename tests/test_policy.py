@@ -438,3 +438,46 @@ def test_an_original_pt_needs_norm_from(tiny, policy, tmp_path, capsys):
     assert main([*args, "--norm-from", str(model_dir)]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["agents"] == policy.decide(bars).row(0)["agents"]
+
+
+def test_a_planted_files_reports_hold_the_oracle_row_and_capture(tiny, policy, tmp_path, capsys):
+    """backtest and the train report on a planted file: the oracle is the evaluator's baseline
+    of sign(s) over the same bars, and capture is the policy's active IR over the oracle's."""
+    from marl_jax.backtest import main
+    from marl_jax.plant import main as plant_main
+    from marl_jax.run.planted import read_oracle
+    from marl_jax.run.report import REPORT_METRICS, format_report, test_split_report
+
+    model_dir, bar_file, _, modules, variables, cfg = tiny
+    planted = tmp_path / "planted.csv"
+    assert plant_main([str(bar_file), str(planted), "--signal", "trend", "--strength", "0.3"]) == 0
+    bars = data.load_bars(planted, resample=False)
+    s = read_oracle(planted, bars)
+    out = tmp_path / "bt"
+    capsys.readouterr()
+    assert main(["--model", str(model_dir), "--data", str(planted), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
+    oracle = evaluate.run_baseline(evaluate.ORACLE, params, oracle=s).metrics
+    assert report["baselines"]["oracle"] == pytest.approx({k: oracle[k] for k in REPORT_METRICS})
+    assert oracle["active_ir"] > 1
+    assert report["capture"] == pytest.approx(report["policy"]["active_ir"] / oracle["active_ir"])
+    assert f"capture (policy active IR / oracle active IR): {report['capture']:.4f}" in printed
+    assert "oracle" in printed
+
+    # The train report: the same row through test_split_report.
+    params_, constants = {}, {}
+    for name, v in variables.items():
+        params_[name], constants[name] = split_variables(v)
+    state = TrainState(params_, constants, None, None, None, None, None, None)
+    algo = MAPPO(cfg, market.MARKET, modules)
+    test = market.make_env_params(bars, "test", window=cfg.env.window, norm=policy.norm)
+    train_report, curves = test_split_report(cfg, algo, state, test, oracle=s)
+    row = evaluate.run_baseline(evaluate.ORACLE, test, oracle=s).metrics
+    assert train_report["baselines"]["oracle"] == row and "oracle" in curves
+    capture = train_report["policy"]["active_ir"] / row["active_ir"]
+    assert train_report["capture"] == pytest.approx(capture)
+    assert "capture" in format_report(train_report)
+    plain, _ = test_split_report(cfg, algo, state, test)
+    assert "oracle" not in plain["baselines"] and "capture" not in plain

@@ -10,6 +10,9 @@ Public API
 interval_minutes=30, resample=True) -> Bars``
     Reads a CSV or Parquet file of OHLCV bars, validates it and resamples it to the system's
     interval (30 minutes by default).
+``read_bar_table(path, *, time_column=None, date_format=None, dayfirst=None) -> BarTable``
+    The file as read (every column), the names of its OHLCV columns and its validated bars, one
+    per row, not resampled: what a tool that rewrites a bar file needs.
 ``validate_bars(bars, source="<bars>", row_offset=1) -> None``
     Applies the validation rules; raises :class:`DataError`.
 ``resample_bars(bars, interval_minutes=30) -> Bars``
@@ -49,10 +52,12 @@ from marl_jax.errors import MarlJaxError
 
 __all__ = [
     "Bars",
+    "BarTable",
     "DataError",
     "DEFAULT_INTERVAL_MINUTES",
     "SPLITS",
     "load_bars",
+    "read_bar_table",
     "validate_bars",
     "resample_bars",
     "synthetic_bars",
@@ -137,8 +142,9 @@ def _norm_name(name) -> str:
     return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
-    """The file as a DataFrame (a datetime index becomes a column); raises DataError."""
+def _read_frame(path: Path) -> tuple[pd.DataFrame, str | None]:
+    """The file as a DataFrame (a datetime index becomes a column) and that column's name (None
+    without one); raises DataError."""
     suffixes = [s.lower() for s in path.suffixes]
     try:
         if suffixes and suffixes[-1] in (".parquet", ".pq"):
@@ -159,8 +165,8 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise DataError(path, None, f"cannot be read: {msg}") from None
     if isinstance(frame.index, pd.DatetimeIndex):
         name = frame.index.name if frame.index.name is not None else "timestamp"
-        frame = frame.reset_index(names=name)
-    return frame
+        return frame.reset_index(names=name), name
+    return frame, None
 
 
 def _find_column(columns: dict[str, str], names: Sequence[str]) -> str | None:
@@ -310,6 +316,42 @@ def _check_parsed(ns: np.ndarray, times: pd.Series, source) -> None:
         raise DataError(source, row, f"timestamp cannot be parsed: {times.iloc[row - 1]!r}")
 
 
+@dataclass(frozen=True)
+class BarTable:
+    """A bar file as read: ``frame`` (every column; a datetime index as the column ``index``
+    names, else ``index`` is None), ``columns`` (each OHLCV field's column in ``frame``; volume
+    may be None) and ``bars`` (validated, one per row in file order, not resampled)."""
+
+    frame: pd.DataFrame
+    columns: dict[str, str | None]
+    bars: Bars
+    index: str | None = None
+
+
+def read_bar_table(
+    path: str | Path,
+    *,
+    time_column: str | None = None,
+    date_format: str | None = None,
+    dayfirst: bool | None = None,
+) -> BarTable:
+    """Reads and validates a CSV or Parquet file of OHLCV bars as :func:`load_bars` does,
+    keeping the file's table and column names (see :class:`BarTable`)."""
+    path = Path(path)
+    frame, index = _read_frame(path)
+    if len(frame) == 0:
+        raise DataError(path, None, "file holds no rows")
+    columns = _normalised_columns(frame)
+    found = _ohlcv_columns(columns, path)
+    times = _time_values(frame, columns, time_column, path)
+    ns = _parse_times(times, path, date_format, dayfirst)
+    values = _numeric_values(frame, found, path)
+    _check_parsed(ns, times, path)
+    bars = Bars(timestamp=ns.astype("datetime64[ns]"), **values)
+    validate_bars(bars, source=str(path))
+    return BarTable(frame, found, bars, index)
+
+
 def load_bars(
     path: str | Path,
     *,
@@ -329,17 +371,10 @@ def load_bars(
     ambiguous. A missing volume column loads as zeros with a warning.
     """
     path = Path(path)
-    frame = _read_frame(path)
-    if len(frame) == 0:
-        raise DataError(path, None, "file holds no rows")
-    columns = _normalised_columns(frame)
-    found = _ohlcv_columns(columns, path)
-    times = _time_values(frame, columns, time_column, path)
-    ns = _parse_times(times, path, date_format, dayfirst)
-    values = _numeric_values(frame, found, path)
-    _check_parsed(ns, times, path)
-    bars = Bars(timestamp=ns.astype("datetime64[ns]"), **values)
-    validate_bars(bars, source=str(path))
+    table = read_bar_table(
+        path, time_column=time_column, date_format=date_format, dayfirst=dayfirst
+    )
+    bars = table.bars
     if resample:
         bars = resample_bars(bars, interval_minutes, source=str(path))
     return bars

@@ -22,6 +22,10 @@ rewards, pnl, equity, metrics) for finer control.
     ``MOMENTUM_LOOKBACK`` (20) bars' log return; the sign of a :class:`LinearBaseline`'s
     prediction. ``linear`` needs the fitted model (``linear=LinearBaseline.fit(train_params)``,
     fitted on the train split); without it the other four are evaluated.
+``ORACLE = "oracle"``
+    One more baseline where the bars carry a planted edge (:mod:`marl_jax.env.plant`): given
+    ``oracle=s``, the per-bar signal ``s[t]`` aligned with the params' bars, its position is
+    ``sign(s[t])``. ``capture(by_name)`` is the policy's net active IR over the oracle's.
 
 A split of ``EnvParams`` is evaluated at every bar ``t`` in ``[start_lo, last_bar)``: at each
 bar the position is set and the reward is exactly the environment's,
@@ -38,7 +42,7 @@ trade nearly round the clock): 12096 for 30-minute bars.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -61,6 +65,8 @@ from .market import (
 
 __all__ = [
     "BASELINES",
+    "ORACLE",
+    "capture",
     "LINEAR_RIDGE",
     "MOMENTUM_LOOKBACK",
     "EvalRun",
@@ -76,6 +82,7 @@ __all__ = [
 ]
 
 BASELINES = ("buy_and_hold", "flat", "random", "momentum", "linear")
+ORACLE = "oracle"
 MOMENTUM_LOOKBACK = 20
 # Ridge penalty of the linear baseline, per bar (the loss is the mean squared error plus
 # LINEAR_RIDGE * |w|^2). The features are normalised to about unit scale, so a direction of
@@ -210,8 +217,10 @@ def run_baseline(
     seed: int = 0,
     periods_per_year: float | None = None,
     linear: LinearBaseline | None = None,
+    oracle: np.ndarray | None = None,
 ) -> EvalRun:
-    """The baseline ``name`` (one of :data:`BASELINES`) at every evaluation bar, scored."""
+    """The baseline ``name`` (one of :data:`BASELINES`, or :data:`ORACLE` with ``oracle``, the
+    planted signal of every bar of ``params``) at every evaluation bar, scored."""
     ts = _eval_bars(params)
     if name == "buy_and_hold":
         positions = np.ones(len(ts))
@@ -228,6 +237,15 @@ def run_baseline(
         if linear is None:
             raise ValueError("the linear baseline needs linear=LinearBaseline.fit(train_params)")
         positions = linear.positions(params)
+    elif name == ORACLE:
+        if oracle is None:
+            raise ValueError("the oracle baseline needs oracle=s, the planted signal per bar")
+        signal = np.asarray(oracle, dtype=np.float64).reshape(-1)
+        if signal.shape != (len(params.log_returns),):
+            raise ValueError(
+                f"oracle has {signal.shape[0]} bars, the environment {len(params.log_returns)}"
+            )
+        positions = np.sign(signal[ts])
     else:
         raise ValueError(f"unknown baseline {name!r}; expected one of {BASELINES}")
     return simulate(positions, params, periods_per_year)
@@ -260,16 +278,33 @@ def evaluate_baselines(
     periods_per_year: float | None = None,
     seed: int = 0,
     linear: LinearBaseline | None = None,
+    oracle: np.ndarray | None = None,
 ) -> dict[str, EvalRun]:
-    """Every baseline of :data:`BASELINES` (``linear`` only when the fitted model is given)."""
+    """Every baseline of :data:`BASELINES` (``linear`` only when the fitted model is given),
+    then :data:`ORACLE` when ``oracle`` is given."""
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
     names = BASELINES if linear is not None else tuple(b for b in BASELINES if b != "linear")
+    names += (ORACLE,) if oracle is not None else ()
     return {
         name: run_baseline(
-            name, params, seed=seed, periods_per_year=periods_per_year, linear=linear
+            name,
+            params,
+            seed=seed,
+            periods_per_year=periods_per_year,
+            linear=linear,
+            oracle=oracle,
         )
         for name in names
     }
+
+
+def capture(by_name: Mapping[str, Mapping]) -> float | None:
+    """The policy's net active IR over the oracle's, from metrics by name (``policy`` and
+    :data:`ORACLE`); None without an oracle or where its active IR is 0."""
+    if ORACLE not in by_name or "policy" not in by_name:
+        return None
+    oracle = float(by_name[ORACLE]["active_ir"])
+    return float(by_name["policy"]["active_ir"]) / oracle if oracle != 0.0 else None
 
 
 def evaluate_split(
@@ -284,12 +319,14 @@ def evaluate_split(
     batch_size: int = 8192,
     seed: int = 0,
     linear: LinearBaseline | None = None,
+    oracle: np.ndarray | None = None,
 ) -> tuple[dict, dict[str, dict], dict[str, np.ndarray]]:
-    """``(policy metrics, baseline metrics by name, equity curves by name)`` over ``split``."""
+    """``(policy metrics, baseline metrics by name, equity curves by name)`` over ``split``
+    (the :data:`ORACLE` baseline among them when ``oracle`` is given)."""
     params = _as_params(bars_or_params, split, norm, cost_bps, split_fractions)
     run = run_policy(policy_fn, params, periods_per_year=periods_per_year, batch_size=batch_size)
     baselines = evaluate_baselines(
-        params, periods_per_year=periods_per_year, seed=seed, linear=linear
+        params, periods_per_year=periods_per_year, seed=seed, linear=linear, oracle=oracle
     )
     curves = {"policy": run.equity, **{k: v.equity for k, v in baselines.items()}}
     return run.metrics, {k: v.metrics for k, v in baselines.items()}, curves

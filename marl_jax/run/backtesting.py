@@ -12,6 +12,10 @@ test``; under ``--split all`` on the bars before the evaluated range, when there
 ``history + LINEAR_MIN_FIT`` of them (the warm-up and window, then ``LINEAR_MIN_FIT`` bars to
 fit on). Otherwise it is left out: ``report["linear"]`` is None and
 ``report["linear_left_out"]`` says why.
+
+Given the planted signal of the bars (``oracle``, from the bar file's sidecar:
+:func:`marl_jax.run.planted.read_oracle`), the ``oracle`` baseline is among them and the report
+holds the policy's ``capture``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from marl_jax.env.data import Bars, split_bounds
 from marl_jax.files import atomic_write_text
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.plots import plot_equity_curves
-from marl_jax.run.report import REPORT_METRICS
+from marl_jax.run.report import REPORT_METRICS, with_capture
 from marl_jax.run.rundir import EQUITY_CURVE, REPORT
 from marl_jax.run.setup import env_params_for
 
@@ -132,13 +136,24 @@ def _linear(
 
 
 def backtest(
-    policy: Policy, bars: Bars, spec: BacktestSpec = BacktestSpec(), *, source: str = "bars"
+    policy: Policy,
+    bars: Bars,
+    spec: BacktestSpec = BacktestSpec(),
+    *,
+    source: str = "bars",
+    oracle: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(report, equity curves)`` of the policy (greedy) and the baselines over ``spec``."""
+    """``(report, equity curves)`` of the policy (greedy) and the baselines over ``spec``
+    (``oracle``: the bars' planted signal, see the module docstring)."""
     params = _env_params(policy, bars, spec, source)
     linear, linear_entries = _linear(policy, bars, spec, params, source)
     policy_metrics, baselines, curves = evaluate.evaluate_split(
-        policy.policy_fn(), params, seed=policy.run_config.seed, batch_size=2048, linear=linear
+        policy.policy_fn(),
+        params,
+        seed=policy.run_config.seed,
+        batch_size=2048,
+        linear=linear,
+        oracle=oracle,
     )
     lo, last = int(params.start_lo), int(params.last_bar)
     report = {
@@ -155,6 +170,7 @@ def backtest(
         "policy": {k: policy_metrics[k] for k in REPORT_METRICS},
         "baselines": {name: {k: m[k] for k in REPORT_METRICS} for name, m in baselines.items()},
         **linear_entries,
+        **with_capture(policy_metrics, baselines),
         "normalisation": policy.norm.to_dict(),
     }
     return report, curves

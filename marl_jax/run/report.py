@@ -27,6 +27,7 @@ from marl_jax.run.steps import Normalisations, model_metadata
 
 __all__ = [
     "REPORT_METRICS",
+    "capture_line",
     "export_pt",
     "format_report",
     "greedy_policy",
@@ -34,6 +35,7 @@ __all__ = [
     "run_arrays",
     "stitched_summary",
     "test_split_report",
+    "with_capture",
     "write_report",
 ]
 
@@ -69,10 +71,12 @@ def test_split_report(
     state: TrainState,
     test_params: market.EnvParams,
     linear: evaluate.LinearBaseline | None = None,
+    oracle: np.ndarray | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The greedy policy of ``state`` and the baselines (``linear`` among them when given) on
-    the test split: the report's ``split``, ``policy`` and ``baselines`` entries (every metric
-    of :func:`marl_jax.metrics.summary`), and the equity curves by name."""
+    """The greedy policy of ``state`` and the baselines (``linear`` among them when given, and
+    ``oracle`` with the planted signal) on the test split: the report's ``split``, ``policy``
+    and ``baselines`` entries (every metric of :func:`marl_jax.metrics.summary`), ``capture``
+    where there is an oracle, and the equity curves by name."""
     policy_metrics, baselines, curves = evaluate.evaluate_split(
         greedy_policy(algo, state),
         test_params,
@@ -80,13 +84,30 @@ def test_split_report(
         seed=cfg.seed,
         batch_size=2048,
         linear=linear,
+        oracle=oracle,
     )
     report = {
         "split": "test",
         "policy": policy_metrics,
         "baselines": baselines,
+        **with_capture(policy_metrics, baselines),
     }
     return report, curves
+
+
+def with_capture(policy: Mapping, baselines: Mapping[str, Mapping]) -> dict:
+    """``{"capture": ...}`` (:func:`marl_jax.env.evaluate.capture`) where the baselines hold
+    the oracle, else nothing."""
+    if evaluate.ORACLE not in baselines:
+        return {}
+    return {"capture": evaluate.capture({"policy": policy, **baselines})}
+
+
+def capture_line(capture: float | None, label: str = "") -> str:
+    """The capture as printed: the policy's net active IR over the oracle's (``n/a`` where the
+    oracle's is 0)."""
+    value = "n/a" if capture is None else f"{capture:.4f}"
+    return f"{label}capture (policy active IR / oracle active IR): {value}"
 
 
 def stitched_summary(
@@ -97,9 +118,9 @@ def stitched_summary(
 ) -> dict[str, dict]:
     """Every metric of :func:`marl_jax.metrics.summary` (against buy-and-hold) of the per-bar
     arrays ``{name: {rewards, positions, pnl}}`` of ``parts`` (test folds, instruments)
-    concatenated, for each name of the first part (``buy_and_hold`` among them; ``policy``
-    first). The policy's DSR deflates for ``trial_sharpes`` (the trials it was chosen
-    among), when given."""
+    concatenated, for each name that every part holds (``buy_and_hold`` among them; ``policy``
+    first; ``oracle`` only where every part was planted). The policy's DSR deflates for
+    ``trial_sharpes`` (the trials it was chosen among), when given."""
 
     def stitched(name: str, field: str) -> np.ndarray:
         return np.concatenate([np.asarray(part[name][field]) for part in parts])
@@ -117,7 +138,10 @@ def stitched_summary(
             cost_bps=cost_bps,
             trial_sharpes=trial_sharpes if name == "policy" else None,
         )
-        for name in sorted((k for k in parts[0] if k != "bar_index"), key=lambda k: k != "policy")
+        for name in sorted(
+            (k for k in parts[0] if k != "bar_index" and all(k in part for part in parts)),
+            key=lambda k: k != "policy",
+        )
     }
 
 
@@ -146,18 +170,24 @@ def instruments_report(
         test = env_params_for(cfg, inst.bars, "test", inst.norm, where=name)
         runs = {"policy": evaluate.run_policy(greedy, test, batch_size=2048)}
         linear = evaluate.LinearBaseline.fit(inst.train_params)
-        runs.update(evaluate.evaluate_baselines(test, seed=cfg.seed, linear=linear))
+        runs.update(
+            evaluate.evaluate_baselines(test, seed=cfg.seed, linear=linear, oracle=inst.oracle)
+        )
+        baselines = {k: r.metrics for k, r in runs.items() if k != "policy"}
         per[name] = {
             "policy": runs["policy"].metrics,
-            "baselines": {k: r.metrics for k, r in runs.items() if k != "policy"},
+            "baselines": baselines,
+            **with_capture(runs["policy"].metrics, baselines),
         }
         arrays.append({k: run_arrays(r) for k, r in runs.items()})
         per_year.append(evaluate.periods_per_year_at(test.interval_minutes))
     pooled = stitched_summary(arrays, float(np.mean(per_year)), cfg.env.cost_bps)
+    policy = pooled.pop("policy")
     report = {
         "split": "test",
-        "policy": pooled.pop("policy"),
+        "policy": policy,
         "baselines": pooled,
+        **with_capture(policy, pooled),
         "pooled": POOLED,
         "instruments": per,
     }
@@ -176,7 +206,9 @@ def write_report(run: Run, state: TrainState) -> dict:
     if run.instruments is None:
         test_params = env_params_for(cfg, run.bars, "test", run.norm)
         linear = evaluate.LinearBaseline.fit(run.train_params)
-        report, curves = test_split_report(cfg, run.algo, state, test_params, linear)
+        report, curves = test_split_report(
+            cfg, run.algo, state, test_params, linear, oracle=run.oracle
+        )
         title = "test split: trained policy (greedy) vs baselines"
     else:
         report, curves = instruments_report(cfg, run.algo, state, run.instruments)
@@ -216,6 +248,8 @@ def format_report(report: Mapping) -> str:
         for name, scores in [("policy (greedy)", part["policy"]), *part["baselines"].items()]:
             cells = "".join(f"{scores[k]:>{width[k]}.4f}" for k in REPORT_METRICS)
             lines.append(f"{name:16s}" + cells)
+        if "capture" in part:
+            lines.append(capture_line(part["capture"]))
     return "\n".join(lines)
 
 

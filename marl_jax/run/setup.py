@@ -19,6 +19,7 @@ from marl_jax.env import market
 from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO
 from marl_jax.models.registry import configurable_kwargs, module_config
+from marl_jax.run.planted import read_oracle
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.sources import load_models_from
 
@@ -33,6 +34,7 @@ __all__ = [
     "load_init",
     "load_market",
     "load_markets",
+    "load_oracles",
     "prepare",
 ]
 
@@ -57,11 +59,13 @@ class RunSpec:
 @dataclasses.dataclass(frozen=True)
 class Instrument:
     """One instrument of a multi-instrument run: its bars, the normalisation fitted on its own
-    train split, and its train split's environment."""
+    train split, its train split's environment, and its planted signal (the sidecar's ``s``,
+    see :mod:`marl_jax.run.planted`) where it has one."""
 
     bars: bar_data.Bars
     norm: FeatureNorm
     train_params: market.EnvParams
+    oracle: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -70,7 +74,8 @@ class Run:
 
     With several instruments (``env.data_paths``), ``instruments`` holds each by name,
     ``train_params`` is the one environment over all of them, and ``bars`` and ``norm`` are
-    the first instrument's."""
+    the first instrument's. ``oracle``: the planted signal of ``bars`` where its file has a
+    plant's sidecar (:func:`load_oracles`)."""
 
     cfg: Config
     dir: RunDir
@@ -81,6 +86,7 @@ class Run:
     algo: MAPPO
     init: dict | None
     instruments: dict[str, Instrument] | None = None
+    oracle: np.ndarray | None = None
 
     @property
     def out(self) -> Path:
@@ -121,6 +127,17 @@ def load_markets(cfg: Config) -> dict[str, bar_data.Bars]:
             )
         markets[path.name] = bar_data.load_bars(path, interval_minutes=cfg.env.interval_minutes)
     return markets
+
+
+def load_oracles(cfg: Config, markets: Mapping[str, bar_data.Bars]) -> dict[str, np.ndarray | None]:
+    """Each instrument's planted signal by name, from its bar file's sidecar
+    (:func:`marl_jax.run.planted.read_oracle`; None without one or for the synthetic market)."""
+    paths = list(cfg.env.data_paths) or ([cfg.env.data_path] if cfg.env.data_path else [])
+    by_name = {Path(p).name: p for p in paths}
+    return {
+        name: read_oracle(by_name[name], bars) if name in by_name else None
+        for name, bars in markets.items()
+    }
 
 
 def load_market(cfg: Config) -> bar_data.Bars:
@@ -298,16 +315,17 @@ def prepare(spec: RunSpec) -> Run:
             cfg = config_with_models(cfg, model_configs, spec.init_from)
             print(f"init from {described}")
         markets = load_markets(cfg)
+        oracles = load_oracles(cfg, markets)
         if len(markets) == 1:
             bars = next(iter(markets.values()))
             train_params = env_params_for(cfg, bars, "train", None)
             norm = market.get_normalisation(train_params)
-            return Run(
-                cfg, run_dir, lock, bars, norm, train_params, MAPPO(cfg, market.MARKET), init
-            )
+            algo = MAPPO(cfg, market.MARKET)
+            oracle = next(iter(oracles.values()))
+            return Run(cfg, run_dir, lock, bars, norm, train_params, algo, init, oracle=oracle)
         train_params, parts = instruments_env_params(cfg, markets, "train", None)
         instruments = {
-            name: Instrument(markets[name], market.get_normalisation(part), part)
+            name: Instrument(markets[name], market.get_normalisation(part), part, oracles[name])
             for name, part in parts.items()
         }
         first = next(iter(instruments.values()))

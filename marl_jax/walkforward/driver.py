@@ -3,6 +3,8 @@
 ``OUT/walkforward.json`` (written first) records the resolved config, the data file and its
 SHA-256, the options and the folds; ``--resume`` reads everything from it, refuses a changed
 data file, skips finished folds and continues an unfinished one from its latest checkpoint.
+A data file with a plant's sidecar (:mod:`marl_jax.run.planted`) adds the ``oracle`` baseline
+and the policy's ``capture`` to every fold and to the pooled outputs.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
 from marl_jax.env import market
 from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
-from marl_jax.run.setup import data_label, data_overrides, load_markets
+from marl_jax.run.setup import data_label, data_overrides, load_markets, load_oracles
 from marl_jax.walkforward.fold_run import SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
@@ -166,6 +170,7 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
     cfg, options = _resolve(spec)
     sweep = _sweep_for(spec, cfg)
     markets = load_markets(cfg)
+    oracles = load_oracles(cfg, markets)
     by_instrument = instrument_folds(cfg, markets, options)
     several = len(markets) > 1
     if several and sweep is not None:
@@ -176,21 +181,24 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         header = _header(cfg, options, markets, sweep)
         _record_layout(out, header, by_instrument, spec.resume)
         if several:
-            return _run_instruments(out, cfg, markets, by_instrument, header, progress)
+            return _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress)
         bars, folds = next(iter(markets.values())), next(iter(by_instrument.values()))
-        return _run_single(out, cfg, bars, folds, sweep, header, progress)
+        oracle = next(iter(oracles.values()))
+        return _run_single(out, cfg, bars, oracle, folds, sweep, header, progress)
 
 
 def _run_single(
     out: Path,
     cfg: Config,
     bars: Bars,
+    oracle: np.ndarray | None,
     folds: Sequence[Fold],
     sweep: FoldSweep | None,
     header: dict,
     progress: bool,
 ) -> dict:
-    """Every fold of one instrument, each a run or a sweep, then the pooled outputs."""
+    """Every fold of one instrument, each a run or a sweep (with the oracle baseline where
+    ``oracle``, the planted signal, is given), then the pooled outputs."""
     results = []
     for fold in folds:
         if progress:
@@ -200,7 +208,8 @@ def _run_single(
                 flush=True,
             )
         train = run_fold if sweep is None else sweep.run_fold
-        results.append(train(cfg, bars, fold, fold_dir(out, fold.index), progress=progress))
+        root = fold_dir(out, fold.index)
+        results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle))
     ppy = market.periods_per_year_at(market.interval_minutes_of(bars))
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(
@@ -208,8 +217,9 @@ def _run_single(
     )
 
 
-def _run_instruments(out, cfg, markets, by_instrument, header, progress: bool) -> dict:
-    """Every fold over all instruments (:mod:`marl_jax.walkforward.instruments`)."""
+def _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress: bool) -> dict:
+    """Every fold over all instruments (:mod:`marl_jax.walkforward.instruments`), each
+    instrument with its oracle where it was planted."""
     count = len(next(iter(by_instrument.values())))
     results = []
     for k in range(count):
@@ -217,5 +227,7 @@ def _run_instruments(out, cfg, markets, by_instrument, header, progress: bool) -
         if progress:
             print(f"fold {k + 1}/{count}: {len(folds)} instruments", flush=True)
         root = fold_dir(out, k)
-        results.append(run_instruments_fold(cfg, markets, folds, root, progress=progress))
+        results.append(
+            run_instruments_fold(cfg, markets, folds, root, progress=progress, oracles=oracles)
+        )
     return write_instruments_outputs(out, results, markets, header, cfg.env.cost_bps)

@@ -9,7 +9,9 @@ one is run over the test fold, once. ``fold.json`` (written last) marks the fold
 Leakage: the train and validation environments are built from the bars up to the validation
 split's last bar, the test environment from the bars up to the test fold's last bar, and the
 normalisation is fitted on the part trained on. No later bar can reach a fold's training,
-normalisation or selection. Every environment's arrays are padded to the length of the whole
+normalisation or selection. Where the bar file was planted (:mod:`marl_jax.run.planted`), the
+test fold adds the ``oracle`` baseline (``sign(s)`` of the sidecar's signal) and ``fold.json``
+the policy's ``capture``. Every environment's arrays are padded to the length of the whole
 file (padding is never read), so all folds share one compiled update.
 """
 
@@ -35,6 +37,7 @@ from marl_jax.run import loop
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.plots import plot_learning_curve
+from marl_jax.run.report import with_capture
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.setup import Run, env_params_for
 from marl_jax.run.steps import restore_state
@@ -67,12 +70,14 @@ EVAL_BATCH = 256
 
 @dataclasses.dataclass(frozen=True)
 class FoldEnvs:
-    """A fold's environments; ``train`` carries the normalisation fitted on its own bars."""
+    """A fold's environments; ``train`` carries the normalisation fitted on its own bars;
+    ``oracle`` is the file's planted signal (every bar of the file), where there is one."""
 
     train: market.EnvParams
     val: market.EnvParams
     test: market.EnvParams
     norm: FeatureNorm
+    oracle: np.ndarray | None = None
 
 
 def _padded(params: market.EnvParams, n: int) -> market.EnvParams:
@@ -87,8 +92,11 @@ def _padded(params: market.EnvParams, n: int) -> market.EnvParams:
     return jax.tree.map(pad, params)
 
 
-def fold_envs(cfg: Config, bars: bar_data.Bars, fold: Fold) -> FoldEnvs:
-    """The train, validation and test environments of ``fold`` (see the module docstring)."""
+def fold_envs(
+    cfg: Config, bars: bar_data.Bars, fold: Fold, oracle: np.ndarray | None = None
+) -> FoldEnvs:
+    """The train, validation and test environments of ``fold`` (see the module docstring),
+    with the planted signal ``oracle`` of ``bars`` where there is one."""
     n = len(bars)
     seen = bars[: fold.val[1]]
     raw = compute_features(seen)
@@ -103,7 +111,7 @@ def fold_envs(cfg: Config, bars: bar_data.Bars, fold: Fold) -> FoldEnvs:
     test = env_params_for(
         cfg, bars[: fold.test[1]], "test", norm, bounds=fold.test, return_stats=stats, **where
     )
-    return FoldEnvs(_padded(train, n), _padded(val, n), _padded(test, n), norm)
+    return FoldEnvs(_padded(train, n), _padded(val, n), _padded(test, n), norm, oracle)
 
 
 def greedy_policy_of(algo: MAPPO) -> Callable[[TrainState], Callable]:
@@ -160,10 +168,12 @@ def select_checkpoint(
 
 def run_test_fold(policy_fn: Callable, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
     """The one read of the test fold: the chosen policy and every baseline (the linear one
-    fitted on the fold's train span)."""
+    fitted on the fold's train span; the oracle where the file was planted)."""
     runs = {"policy": evaluate.run_policy(policy_fn, envs.test, batch_size=EVAL_BATCH)}
     linear = evaluate.LinearBaseline.fit(envs.train)
-    runs.update(evaluate.evaluate_baselines(envs.test, seed=seed, linear=linear))
+    runs.update(
+        evaluate.evaluate_baselines(envs.test, seed=seed, linear=linear, oracle=envs.oracle)
+    )
     return runs
 
 
@@ -212,20 +222,28 @@ def finish_fold(
         "selection": selection,
         "test": {name: r.metrics for name, r in runs.items()},
     }
+    summary.update(with_capture(summary["test"]["policy"], summary["test"]))
     _save_runs(root / TEST_RUNS, runs)
     atomic_write_text(root / FOLD_RESULT, json.dumps(summary, indent=2) + "\n")
     return load_fold(root)
 
 
 def run_fold(
-    cfg: Config, bars: bar_data.Bars, fold: Fold, root: Path, *, progress: bool = False
+    cfg: Config,
+    bars: bar_data.Bars,
+    fold: Fold,
+    root: Path,
+    *,
+    progress: bool = False,
+    oracle: np.ndarray | None = None,
 ) -> tuple[dict, dict]:
-    """Trains, selects on validation and tests one fold (skipped when already finished);
-    returns :func:`load_fold`'s pair."""
+    """Trains, selects on validation and tests one fold (skipped when already finished), with
+    the oracle baseline where ``oracle`` (the planted signal of ``bars``) is given; returns
+    :func:`load_fold`'s pair."""
     done = load_fold(root)
     if done is not None:
         return done
-    envs = fold_envs(cfg, bars, fold)  # a WalkForwardError "fold K: ..." when it cannot
+    envs = fold_envs(cfg, bars, fold, oracle)  # a WalkForwardError "fold K: ..." when it cannot
     run, state = train_fold(cfg, root, envs, bars[: fold.val[1]], progress=progress)
     try:
         policy_of = greedy_policy_of(run.algo)

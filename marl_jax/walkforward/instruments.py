@@ -14,6 +14,9 @@ fold's instruments pooled; ``test_runs.npz`` holds ``INSTRUMENT/NAME/FIELD`` arr
 gives each fold (pooled over instruments), each instrument (its folds stitched) and ``pooled``:
 every instrument's test bars of every fold concatenated as one series (fold by fold, instrument
 by instrument; each part starts flat), annualised at the instruments' mean bars per year.
+An instrument whose bar file was planted adds the ``oracle`` baseline and the policy's
+``capture`` to its entries (``capture_by_instrument`` in the report); the pooled rows hold the
+oracle only where every instrument was planted.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ import pandas as pd
 
 from marl_jax.config import Config
 from marl_jax.env import data as bar_data
-from marl_jax.env import market
+from marl_jax.env import evaluate, market
 from marl_jax.env.features import WARMUP_BARS
 from marl_jax.files import atomic_write_text, atomic_write_with
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run import loop
 from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
-from marl_jax.run.report import run_arrays
+from marl_jax.run.report import run_arrays, with_capture
 from marl_jax.run.rundir import RunDir, RunLock
 from marl_jax.run.setup import Instrument, Run
 from marl_jax.walkforward.fold_run import (
@@ -115,13 +118,17 @@ def load_instruments_fold(root: Path) -> tuple[dict, dict[str, dict]] | None:
 
 
 def _instrument_envs(
-    cfg: Config, markets: Mapping[str, bar_data.Bars], folds: Mapping[str, Fold]
+    cfg: Config,
+    markets: Mapping[str, bar_data.Bars],
+    folds: Mapping[str, Fold],
+    oracles: Mapping[str, np.ndarray | None],
 ) -> dict[str, FoldEnvs]:
-    """Each instrument's fold environments; an error names the instrument."""
+    """Each instrument's fold environments (with its planted signal, where it has one); an
+    error names the instrument."""
     envs = {}
     for name, fold in folds.items():
         try:
-            envs[name] = fold_envs(cfg, markets[name], fold)
+            envs[name] = fold_envs(cfg, markets[name], fold, oracles.get(name))
         except WalkForwardError as err:
             raise WalkForwardError(f"{name}: {err}") from None
     return envs
@@ -152,6 +159,7 @@ def _train_instruments(
 def _instrument_entry(fold: Fold, timestamps: np.ndarray, runs: Mapping) -> dict:
     """An instrument's part of ``fold.json``: its fold's bars, dates and test metrics."""
     spans = (("train", fold.train), ("val", fold.val), ("test", fold.test))
+    test = {k: r.metrics for k, r in runs.items()}
     return {
         **fold.to_dict(),
         "dates": {
@@ -159,7 +167,8 @@ def _instrument_entry(fold: Fold, timestamps: np.ndarray, runs: Mapping) -> dict
             for part, (a, b) in spans
         },
         "normalisation_fitted_on": fold.train,
-        "test": {k: r.metrics for k, r in runs.items()},
+        "test": test,
+        **with_capture(test["policy"], test),
     }
 
 
@@ -201,14 +210,15 @@ def run_instruments_fold(
     root: Path,
     *,
     progress: bool = False,
+    oracles: Mapping[str, np.ndarray | None] | None = None,
 ) -> tuple[dict, dict[str, dict]]:
     """Trains, selects on validation and tests fold ``K`` of every instrument (``folds``: each
-    instrument's fold K); skipped when already finished. Returns
-    :func:`load_instruments_fold`'s pair."""
+    instrument's fold K; ``oracles``: each one's planted signal, where it has one); skipped
+    when already finished. Returns :func:`load_instruments_fold`'s pair."""
     done = load_instruments_fold(root)
     if done is not None:
         return done
-    envs = _instrument_envs(cfg, markets, folds)
+    envs = _instrument_envs(cfg, markets, folds, oracles or {})
     lock = RunLock(root).acquire()
     try:
         run_dir = RunDir(root, cfg.checkpoint.dir)
@@ -240,6 +250,7 @@ def run_instruments_fold(
                 [(None, a) for a in arrays.values()], per_year, cfg.env.cost_bps
             ),
         }
+        summary.update(with_capture(summary["test"]["policy"], summary["test"]))
         _save_instruments_fold(root, summary, arrays)
     finally:
         lock.release()
@@ -272,7 +283,11 @@ def write_instruments_outputs(
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.10g")
     atomic_write_text(out / RETURNS_CSV, buffer.getvalue())
-    names = [c for c in frame.columns if c not in ("fold", "instrument", "timestamp", "position")]
+    names = [
+        c
+        for c in frame.columns
+        if c not in ("fold", "instrument", "timestamp", "position") and frame[c].notna().all()
+    ]
     curves = {n: np.exp(np.r_[0.0, np.cumsum(frame[n].to_numpy(np.float64))]) for n in names}
     plot_equity_curves(
         curves,
@@ -280,18 +295,27 @@ def write_instruments_outputs(
         title=f"walk-forward: {len(results)} folds of {len(markets)} instruments stitched, "
         "greedy policy vs baselines",
     )
+    instruments = {
+        name: pooled_metrics(
+            [(s, a[name]) for s, a in results],
+            market.periods_per_year_at(market.interval_minutes_of(markets[name])),
+            cost_bps,
+        )
+        for name in markets
+    }
+    pooled = pooled_metrics(parts, per_year, cost_bps)
+    captures = {
+        name: with_capture(by_name["policy"], by_name)["capture"]
+        for name, by_name in instruments.items()
+        if evaluate.ORACLE in by_name
+    }
     report = {
         **header,
         "folds": [summary for summary, _ in results],
-        "instruments": {
-            name: pooled_metrics(
-                [(s, a[name]) for s, a in results],
-                market.periods_per_year_at(market.interval_minutes_of(markets[name])),
-                cost_bps,
-            )
-            for name in markets
-        },
-        "pooled": pooled_metrics(parts, per_year, cost_bps),
+        "instruments": instruments,
+        "pooled": pooled,
+        **with_capture(pooled["policy"], pooled),
+        **({"capture_by_instrument": captures} if captures else {}),
         "pooled_over": POOLED,
         "returns_csv": RETURNS_CSV,
     }

@@ -4,8 +4,11 @@ the printed table, all from the finished folds' per-bar test arrays.
 ``returns.csv`` has one row per test bar: ``fold``, ``instrument`` (the bar file's name, or
 ``synthetic``), ``timestamp`` (the bar the position is set at; its return is earned over the
 next bar), ``position`` (the policy's), then the net return
-(log, after costs) of ``policy`` and of each baseline at that bar. The pooled metrics are
-those of the stitched rows; each fold starts flat, as the environment does.
+(log, after costs) of ``policy`` and of each baseline at that bar (``oracle`` among them where
+the bar file was planted: ``python -m marl_jax.plant``; empty for the rows of an instrument
+that was not). The pooled metrics are those of the stitched rows; each fold starts flat, as the
+environment does. With an oracle, ``report.json`` holds the policy's ``capture`` (its net active
+IR over the oracle's), pooled and per fold, and the printed table a capture line under each.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pandas as pd
 
 from marl_jax.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
-from marl_jax.run.report import REPORT_METRICS, stitched_summary
+from marl_jax.run.report import REPORT_METRICS, capture_line, stitched_summary, with_capture
 from marl_jax.run.setup import SYNTHETIC
 
 __all__ = [
@@ -93,6 +96,9 @@ def format_table(report: Mapping) -> str:
         for i, (name, scores) in enumerate(by_name.items()):
             row = "".join(f"{scores[k]:>18.4f}" for k in REPORT_METRICS)
             lines.append(f"{label if i == 0 else '':{width}s}{name:16s}" + row)
+        capture = with_capture(by_name["policy"], by_name)
+        if capture:
+            lines.append(f"{'':{width}s}" + capture_line(capture["capture"]))
     return "\n".join(lines)
 
 
@@ -120,10 +126,12 @@ def write_outputs(
         out / EQUITY_PNG,
         title=f"walk-forward: {len(folds)} test folds stitched, greedy policy vs baselines",
     )
+    pooled = pooled_metrics(folds, periods_per_year, cost_bps, trial_sharpes)
     report = {
         **header,
         "folds": [summary for summary, _ in folds],
-        "pooled": pooled_metrics(folds, periods_per_year, cost_bps, trial_sharpes),
+        "pooled": pooled,
+        **with_capture(pooled["policy"], pooled),
         "returns_csv": RETURNS_CSV,
     }
     atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")

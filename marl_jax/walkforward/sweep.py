@@ -116,14 +116,22 @@ class FoldSweep:
         ]
 
     def run_fold(
-        self, cfg: Config, bars: bar_data.Bars, fold: Fold, root: Path, *, progress: bool = False
+        self,
+        cfg: Config,
+        bars: bar_data.Bars,
+        fold: Fold,
+        root: Path,
+        *,
+        progress: bool = False,
+        oracle: np.ndarray | None = None,
     ) -> tuple[dict, dict]:
-        """Trains the members on ``fold``, chooses one on validation and tests it once
-        (skipped when the fold is finished); returns :func:`load_fold`'s pair."""
+        """Trains the members on ``fold``, chooses one on validation and tests it once (with
+        the oracle baseline where ``oracle`` is given); skipped when the fold is finished;
+        returns :func:`load_fold`'s pair."""
         done = load_fold(root)
         if done is not None:
             return done
-        envs = fold_envs(cfg, bars, fold)  # a WalkForwardError "fold K: ..." when it cannot
+        envs = fold_envs(cfg, bars, fold, oracle)  # a WalkForwardError "fold K: ..." when it cannot
         root.mkdir(parents=True, exist_ok=True)
         with RunLock(root):
             results = self.train(envs, root, progress=progress)
