@@ -85,26 +85,23 @@ class MAPPO:
     def __init__(
         self, config: Config, env: Environment, modules: Mapping[str, nn.Module] | None = None
     ):
-        cfg = config.training
+        training = config.training  # the switches, read here once
         self.config, self.env = config, env
-        self.team = Team(dict(modules or build_modules(config)), jnp.dtype(cfg.compute_dtype))
+        self.team = Team(dict(modules or build_modules(config)), jnp.dtype(training.compute_dtype))
         self.modules = self.team.modules
-        self.num_envs, self.rollout_len, self.num_updates = (
-            cfg.num_envs,
-            cfg.rollout_len,
-            cfg.num_updates,
-        )
-        self.update_epochs, self.num_minibatches = cfg.update_epochs, cfg.num_minibatches
-        self.unroll = cfg.unroll_learn
-        self.tx = make_optimizer(cfg, self.num_updates)
-        self.use_valuenorm, self.normalise_advantages = cfg.use_valuenorm, cfg.normalise_advantages
+        self.num_envs, self.rollout_len = training.num_envs, training.rollout_len
+        self.num_updates, self.update_epochs = training.num_updates, training.update_epochs
+        self.num_minibatches, self.unroll = training.num_minibatches, training.unroll_learn
+        self.tx = make_optimizer(training, self.num_updates)
+        self.use_valuenorm = training.use_valuenorm
+        self.normalise_advantages = training.normalise_advantages
         self.value_loss = functools.partial(
             ppo.value_loss,
-            use_clipped=cfg.use_clipped_value_loss,
-            use_huber=cfg.use_huber_loss,
-            huber_delta=cfg.huber_delta,
+            use_clipped=training.use_clipped_value_loss,
+            use_huber=training.use_huber_loss,
+            huber_delta=training.huber_delta,
         )
-        self.aux_coef = cfg.aux_return_coef  # 0: no auxiliary term, no heads
+        self.aux_coef = training.aux_return_coef  # 0: no auxiliary term, no heads
 
     # ------------------------------------------------------------------ state and acting
 
