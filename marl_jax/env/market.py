@@ -18,41 +18,19 @@ position_sizing="fixed", ..., return_stats=None, bounds=None) -> EnvParams``
     ``(mu, m2)``: the mean and mean square of the bar returns the training split (or the
     ``bounds`` range) pays (``None``: computed from ``bars``, so every split of one market
     shares them; ``get_return_stats(params)``).
-``reset(key, params) -> (obs, state)``
-    A fresh episode at a uniformly drawn start bar ``t0`` in ``[params.start_lo,
-    params.start_hi]``: flat position, equity 1.
-``step(key, state, actions, params) -> (obs, state, reward, done, info)``
-    ``actions``: int32 ``(3,)`` in agent order (mlmi, nwrqk, mmd), 0 bearish / 1 neutral /
-    2 bullish. The agents act at bar ``t = state.t``:
-
-    - the agents' combined vote is ``mean(actions - 1)`` in ``[-1, 1]``; the signal is the
-      vote itself (``action_mode="target"``) or the previous signal moved by
-      ``delta_step * vote`` and clipped to ``[-1, 1]`` (``"delta"``, the seed's meaning:
-      bearish reduces, neutral holds, bullish increases);
-    - ``position = signal * vol_scale[t]``: ``vol_scale`` is 1 (``position_sizing="fixed"``)
-      or ``min(target_vol / sigma_t, max_leverage)`` (``"vol_target"``, Zhang, Zohren and
-      Roberts 2020), ``sigma_t`` an annualised EWMA (span ``vol_span`` bars) of the squared
-      returns up to bar ``t``: past returns only;
-    - ``pnl = position * r[t+1]`` with ``r[t+1] = log(close[t+1] / close[t])``, ``cost =
-      cost_bps * 1e-4 * |position - previous_position|`` (the first step of an episode starts
-      from a flat position), net return ``pnl - cost``;
-    - ``reward`` (float32 scalar, shared by the agents): the net return (``reward="pnl"``);
-      ``position * (r[t+1] - mu) - cost`` with ``mu`` the training split's mean bar return
-      (``"excess"``: a constant position earns nothing in expectation); or Moody and
-      Saffell's differential Sharpe ratio of the net return (``"differential_sharpe"``, EMA
-      rate ``dsr_eta``, see :func:`differential_sharpe`; each episode starts its EMAs at
-      ``A = 0`` and ``B = m2``, a unit position's mean square return on the training split);
-    - ``equity <- equity * exp(pnl - cost)``, whatever the reward; the state moves to bar
-      ``t + 1``;
-    - ``terminated``: bar ``t + 1`` is the last bar of the split (no next return left);
-      ``truncated``: ``episode_len`` steps were taken and the episode did not terminate;
-      ``done = terminated | truncated``.
-
-    When ``done``, the returned ``obs`` and ``state`` are those of a fresh episode drawn with
-    ``key`` (automatic reset). ``info`` holds ``position``, ``equity``, ``bar_index`` (the bar
-    ``t`` the agents acted at), ``pnl`` (``position * next return``), ``cost``,
-    ``terminated``, ``truncated``, ``next_obs`` and ``next_critic_obs`` (the observation of the
-    true next state, before any automatic reset: bootstrap truncated episodes with it).
+``reset(key, params) -> (obs, state)`` and ``step(key, state, actions, params) -> (obs, state,
+reward, done, info)``
+    The environment's contract: see their docstrings. :data:`MARKET` is the same pair as an
+    :class:`~marl_jax.env.interface.Environment`, the interface MAPPO trains on. Rewards
+    (``reward``): the net return ``position * r[t+1] - cost`` (``pnl``); less ``position * mu``,
+    ``mu`` the training split's mean bar return (``excess``: a constant position earns nothing
+    in expectation); or Moody and Saffell's differential Sharpe ratio of the net return
+    (``differential_sharpe``, EMA rate ``dsr_eta``; each episode starts its EMAs at ``A = 0``
+    and ``B = m2``, a unit position's mean square return on the training split). Positions:
+    the signal (``action_mode``: the mean vote, or the previous signal moved by ``delta_step``
+    x the vote) times ``vol_scale[t]`` (1, or ``min(target_vol / sigma_t, max_leverage)`` with
+    ``sigma_t`` an annualised EWMA of past squared returns, span ``vol_span``: Zhang, Zohren
+    and Roberts 2020).
 ``make_multi_env_params(bars_list, split="train", *, norms=None, return_stats=None, **kw)
 -> (EnvParams, [EnvParams])``
     Several instruments in one environment: each instrument's split is built with
