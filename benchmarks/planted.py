@@ -43,13 +43,16 @@ Time on the 2-core development machine: a 5-fold walk-forward of ``configs/real_
 takes about 10 minutes alone (``benchmarks/RESULTS.md``, issue 15: 10 min 17 s idle for the
 same model sizes and 102,400 steps a fold; 10-15 min when shared). The default grid is 2 files x
 (3 signals x 2 targets + strength 0) x 3 seeds = 42 walk-forwards: about 7 to 10 hours of wall
-time on both cores. A smoke run (one file, signal, target and seed, 2 folds, 2,048 steps; two
-walk-forwards with strength 0) takes about 2 minutes. Calibration takes a few seconds a file.
+time on both cores (about 42 x 900 s = 10.5 hours of user CPU). The smoke run below (one
+file, signal, target and seed, 2 folds, 2,048 steps: two walk-forwards with strength 0) took
+80 s of wall time and 70 s of user CPU on that machine: 56 s for the first walk-forward (cold),
+20 s for the second. ``--dry-run`` fetches the files (if not cached) and calibrates: a few
+seconds a file; it writes nothing under ``--out``.
 
     python benchmarks/planted.py --dry-run                    # plan and strengths, no training
     nohup python benchmarks/planted.py > planted.log 2>&1 &   # the grid: 7-10 h on 2 cores
     python benchmarks/planted.py --files gym_eurusd_1h --signals trend --targets 1 --seeds 1 \\
-        --folds 2 --set training.total_timesteps=2048 --out runs/planted_smoke   # ~2 min
+        --folds 2 --set training.total_timesteps=2048 --out runs/planted_smoke   # ~1.5 min
 """
 
 from __future__ import annotations
@@ -545,7 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="on the IR (0.05)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (3)")
     p.add_argument("--folds", type=int, default=5, help="walk-forward folds (5)")
-    p.add_argument("--dry-run", action="store_true", help="plan and strengths, train nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="fetch, calibrate and plan; train nothing"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
