@@ -503,7 +503,7 @@ def format_table(summaries: Sequence[Mapping], seeds: int, folds: int) -> str:
     if notes:
         lines += ["Calibration notes:", *notes, ""]
     lines += [*verdicts, ""] if verdicts else []
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _verdict(summary: Mapping) -> str:
