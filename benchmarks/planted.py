@@ -31,10 +31,12 @@ started one resumed (``--resume``), so the benchmark can be killed and rerun at 
 Table: a row per file, signal and target: the strength, the oracle's whole-file IR, then the
 pooled out-of-sample net active IR and turnover of the oracle, linear, momentum, flat,
 buy-and-hold and the policy, the policy's capture (its net active IR over the oracle's, per
-seed) and, beside it, each seed's one-sign test folds (folds in which the position never changes
-sign: a policy that holds one sign per fold times nothing, whatever its capture). Each figure is
-the mean over the finished seeds, ``± `` their standard deviation (two seeds or more); a seed
-not finished is named as missing, never filled in. On the unplanted rows (no edge) the policy
+seed), its timing (the correlation of its test positions with the planted ``s``: a policy can
+hold one sign and still time its size) and, beside them, each seed's one-sign test folds
+(folds in which the position never changes sign: a policy that holds one sign per fold times
+nothing there, whatever its capture). Each figure is the mean over the finished seeds, ``± ``
+their standard deviation (two seeds or more); a seed not finished is named as missing, never
+filled in. On the unplanted rows (no edge) the policy
 must not lose: the verdict lines say whether its mean net Sharpe (money) and its mean net active
 IR (against buy-and-hold) are at least 0. Printed, and written to ``OUT/planted.md``, with the
 raw numbers in ``OUT/planted.json``.
@@ -70,6 +72,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def _learning():
@@ -347,10 +350,31 @@ def write_planted_file(row: Row, source: Path) -> Path:
 # ------------------------------------------------------------------------------ table
 
 
-def run_numbers(out: Path) -> dict | None:
+def timing(out: Path, data: str | None) -> float | None:
+    """The correlation of the policy's test positions (``returns.csv``) with the planted signal
+    ``s`` at the same bars (the sidecar of the bar file ``data``), pooled over the test folds:
+    how much of the oracle's timing the policy has. None without a sidecar or ``returns.csv``,
+    or where either does not vary."""
+    from marl_jax.run.planted import sidecar_path
+
+    path = out / "returns.csv"
+    if data is None or not path.is_file() or not sidecar_path(data).is_file():
+        return None
+    record = json.loads(sidecar_path(data).read_text())
+    s = pd.Series(record["s"], index=pd.to_datetime(record["timestamp"]))
+    frame = pd.read_csv(path, usecols=["timestamp", "position"])
+    signal = s.reindex(pd.to_datetime(frame["timestamp"])).to_numpy(dtype=np.float64)
+    position = frame["position"].to_numpy(dtype=np.float64)
+    if np.isnan(signal).any() or position.std() == 0 or signal.std() == 0:
+        return None
+    return float(np.corrcoef(position, signal)[0, 1])
+
+
+def run_numbers(out: Path, data: str | None = None) -> dict | None:
     """One finished walk-forward's figures (None while ``report.json`` is missing): each
     agent's pooled net active IR and turnover (None where the report has no such row), the
-    policy's net Sharpe, its capture and its one-sign test folds."""
+    policy's net Sharpe, its capture, its :func:`timing` against the planted file ``data``
+    and its one-sign test folds."""
     path = out / "report.json"
     if not path.is_file():
         return None
@@ -368,6 +392,7 @@ def run_numbers(out: Path) -> dict | None:
         "agents": agents,
         "policy_sharpe": pooled["policy"]["sharpe"],
         "capture": report.get("capture"),
+        "timing": timing(out, data),
         "one_sign": learning.one_sign_folds(out),
     }
 
@@ -387,7 +412,8 @@ def summarise(row: Row) -> dict:
     status says why), and their mean and spread over the finished seeds."""
     seeds = {}
     for r in row.runs:
-        seeds[r.seed] = run_numbers(r.out) if r.status == "done" else None
+        planted = r.data if row.calibration is not None else None
+        seeds[r.seed] = run_numbers(r.out, planted) if r.status == "done" else None
     done = [s for s in seeds.values() if s is not None]
     agg = {}
     for _, name in AGENTS:
@@ -395,6 +421,7 @@ def summarise(row: Row) -> dict:
             agg[f"{name}_{key}"] = spread([(s["agents"][name] or {}).get(key) for s in done])
     agg["policy_sharpe"] = spread([s["policy_sharpe"] for s in done])
     agg["capture"] = spread([s["capture"] for s in done])
+    agg["timing"] = spread([s["timing"] for s in done])
     return {
         "file": row.file,
         "signal": row.signal,
@@ -465,6 +492,7 @@ HEAD = (
     *(f"{h}: IR / turnover" for h, _ in AGENTS),
     "policy Sharpe",
     "capture",
+    "timing",
     "one-sign test folds",
 )
 
@@ -476,8 +504,9 @@ def format_table(summaries: Sequence[Mapping], seeds: int, folds: int) -> str:
         f"Net of {COST_BPS:g} bp, pooled out of sample over {folds} test folds; each figure the "
         f"mean over the finished seeds (of {seeds}) ± their standard deviation. IR: net active "
         "IR against buy-and-hold. Capture: the policy's net active IR over the oracle's, per "
-        "seed. One-sign test folds: per seed, the folds in which the policy's position never "
-        "changes sign (it times nothing there, whatever its capture).",
+        "seed. Timing: the correlation of the policy's test positions with the planted signal "
+        "s (the oracle trades sign(s)). One-sign test folds: per seed, the folds in which the "
+        "policy's position never changes sign (it times nothing there, whatever its capture).",
         "",
         "| " + " | ".join(HEAD) + " |",
         "|" + "---|" * len(HEAD),
@@ -488,10 +517,12 @@ def format_table(summaries: Sequence[Mapping], seeds: int, folds: int) -> str:
         cells = [s["file"], s["signal"], *_strength_cells(s), _seeds_cell(s)]
         cells += [_agent_cell(s, name, present) for _, name in AGENTS]
         if present:
-            capture = "n/a (unplanted)" if s["calibration"] is None else _cell(s["mean"]["capture"])
-            cells += [_cell(s["mean"]["policy_sharpe"]), capture]
+            planted = s["calibration"] is not None
+            capture = _cell(s["mean"]["capture"]) if planted else "n/a (unplanted)"
+            timed = _cell(s["mean"]["timing"]) if planted else "n/a (unplanted)"
+            cells += [_cell(s["mean"]["policy_sharpe"]), capture, timed]
         else:
-            cells += ["missing", "missing"]
+            cells += ["missing", "missing", "missing"]
         cells.append(_one_sign_cell(s))
         lines.append("| " + " | ".join(cells) + " |")
         cal = s["calibration"]

@@ -9,10 +9,12 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from marl_jax.env.data import synthetic_bars
+from marl_jax.run.planted import sidecar_path
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "planted.py"
 _spec = importlib.util.spec_from_file_location("bench_planted", _PATH)
@@ -187,6 +189,13 @@ def test_table_means_spreads_capture_one_sign_and_missing(tmp_path):
     report["pooled"]["policy"]["sharpe"] = -0.2
     (out / file / "unplanted" / "seed_0" / "report.json").write_text(json.dumps(report))
 
+    # The planted file's sidecar: s at the three bars each fake fold holds.
+    s = [0.2, 0.9, -0.1]
+    sidecar = {"timestamp": [f"2020-01-0{i + 1}" for i in range(3)], "s": s}
+    data = planted.planted_path(out, file, "trend", 1.0)
+    data.parent.mkdir(parents=True)
+    sidecar_path(data).write_text(json.dumps(sidecar))
+
     rows = planted.plan(out, [file], cals, [1.0, 2.0], 3, 2, _data(tmp_path, [file]))
     summaries = [planted.summarise(r) for r in rows]
     unplanted, ir1, ir2 = summaries
@@ -198,6 +207,14 @@ def test_table_means_spreads_capture_one_sign_and_missing(tmp_path):
     assert m["oracle_active_ir"] == {"mean": 0.8, "sd": 0.0, "n": 2}
     assert ir1["seeds"]["1"] is None and ir1["runs"]["1"]["status"] == "new"
     assert ir1["seeds"]["0"]["one_sign"] == (2, 2) and ir1["seeds"]["2"]["one_sign"] == (0, 2)
+    timing = {
+        seed: np.corrcoef(xs * 2, s * 2)[0, 1]
+        for seed, xs in {0: [0.5, 1.0, 0.25], 2: [0.5, -0.5, 0.0]}.items()
+    }
+    assert ir1["seeds"]["0"]["timing"] == pytest.approx(timing[0])
+    assert ir1["seeds"]["2"]["timing"] == pytest.approx(timing[2])
+    assert m["timing"]["mean"] == pytest.approx((timing[0] + timing[2]) / 2)
+    assert unplanted["seeds"]["0"]["timing"] is None  # no sidecar: no planted signal
     assert unplanted["mean"]["oracle_active_ir"] is None
     assert unplanted["mean"]["capture"] is None
     assert all(v is None for v in ir2["seeds"].values())
@@ -209,10 +226,17 @@ def test_table_means_spreads_capture_one_sign_and_missing(tmp_path):
     assert cells[2:6] == ["1", "0.1", "1.00", "2 of 3 (missing: seed 1)"]
     assert cells[6] == "0.80 ± 0.00 / 0.1500 ± 0.0000"  # oracle
     assert cells[11] == "0.60 ± 0.28 / 0.0200 ± 0.0141"  # policy
-    assert cells[13:] == ["0.75 ± 0.35", "2/2, missing, 0/2"]
+    assert cells[13] == "0.75 ± 0.35" and cells[15] == "2/2, missing, 0/2"
+    assert cells[14] == planted._cell(m["timing"])
     cells = [c.strip() for c in lines[(file, "unplanted", "-")].split("|")[1:-1]]
     assert cells[2:7] == ["-", "0 (unplanted)", "-", "1 of 3 (missing: seed 1, 2)", "n/a"]
-    assert cells[11:] == ["-0.30 / 0.0200", "-0.20", "n/a (unplanted)", "0/2, missing, missing"]
+    assert cells[11:] == [
+        "-0.30 / 0.0200",
+        "-0.20",
+        "n/a (unplanted)",
+        "n/a (unplanted)",
+        "0/2, missing, missing",
+    ]
     ir2_line = next(line for line in table.splitlines() if "| unreachable |" in line)
     assert "none: unreachable" in ir2_line and "missing" in ir2_line
     assert "target 2: no." in table  # the calibration's note

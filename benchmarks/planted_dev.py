@@ -1,0 +1,148 @@
+"""Choosing a learner on planted files, on validation bars only (issue 31, item 3).
+
+One planted development file (``--file``, fetched as ``benchmarks/learning.py`` does; default
+backtesting.py's daily GOOG, which the planted benchmark's default grid does not use) is laid
+out as one walk-forward fold without its test: train on the first 60% of the bars, validate on
+the next 20% after a purge of ``window + 1`` bars; the last 20% is never read. The edge is
+planted at the strength whose oracle net active IR over the whole file is ``--target``
+(``benchmarks/planted.py``'s calibration), or at ``--strength``.
+
+The seeds train as one vmapped program (``MAPPO.run`` in ``--chunks`` pieces). After each
+piece, each seed's greedy policy runs over the validation bars, and the line shows its net
+active IR against buy-and-hold, its capture (over the oracle's on the same bars), turnover,
+the correlation of its position with the planted signal ``s`` (timing: a policy holding one
+sign per span has none), its actors' mean entropy (uniform: 1.0986) and its mean position
+sign. The baselines' figures on the same bars come first.
+
+    python benchmarks/planted_dev.py --set env.action_mode=delta --set training.gamma=0.3
+    python benchmarks/planted_dev.py --file bt_eurusd_1h --signal revert --seeds 0,1,2
+
+Time on the 2-core development machine: about 110 s for two seeds of
+``configs/real_markets.yaml`` (100 updates), compilation included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import planted as bench  # noqa: E402  (the planted benchmark beside this file)
+
+DEFAULT_FILE = "bt_goog_1d"
+TRAIN_SHARE, VAL_END_SHARE = 0.6, 0.8
+BASELINES = ("oracle", "linear", "momentum", "buy_and_hold")
+
+
+def dev_fold(n_bars: int, window: int):
+    """The development layout: train on ``[0, 0.6 n)``, validate on ``[0.6 n + gap, 0.8 n)``
+    (``gap = window + 1``); the test range after it is never evaluated."""
+    from marl_jax.walkforward.folds import Fold
+
+    gap = window + 1
+    train_stop = int(TRAIN_SHARE * n_bars)
+    val = (train_stop + gap, int(VAL_END_SHARE * n_bars))
+    return Fold(0, (0, train_stop), val, (val[1] + gap, n_bars))
+
+
+def scores(run, signal: np.ndarray, oracle_ir: float) -> dict[str, float]:
+    """A validation run's net active IR, capture, turnover, correlation with ``s`` and mean
+    position sign."""
+    positions = np.asarray(run.positions, dtype=np.float64)
+    s = signal[np.asarray(run.bar_index)]
+    corr = float(np.corrcoef(positions, s)[0, 1]) if positions.std() > 0 else 0.0
+    ir = float(run.metrics["active_ir"])
+    return {
+        "active_ir": ir,
+        "capture": ir / oracle_ir if oracle_ir > 0 else float("nan"),
+        "turnover": float(run.metrics["turnover"]),
+        "corr": corr,
+        "sign": float(np.mean(np.sign(positions))),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--file", default=DEFAULT_FILE, choices=sorted(bench.SOURCES))
+    ap.add_argument("--signal", default="trend", choices=bench._signals())
+    ap.add_argument("--target", type=float, default=2.0, help="oracle IR to calibrate to")
+    ap.add_argument("--strength", type=float, default=None, help="instead of --target")
+    ap.add_argument("--config", default=bench.DEFAULT_CONFIG)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--chunks", type=int, default=4, help="validation reads during training")
+    ap.add_argument("--cache", default=bench.learning.DEFAULT_CACHE)
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+
+    from marl_jax.config import load_config
+    from marl_jax.env import evaluate, market
+    from marl_jax.env.data import load_bars
+    from marl_jax.env.plant import plant
+    from marl_jax.mappo import MAPPO
+    from marl_jax.walkforward.fold_run import fold_envs, greedy_policy_of
+
+    cfg = load_config(args.config, args.set)
+    path = bench.learning.fetch(args.file, Path(os.path.expanduser(args.cache)))
+    bars = load_bars(str(path), interval_minutes=bench.SOURCES[args.file].interval_minutes)
+    strength = args.strength
+    if strength is None:
+        strength = bench.calibrate(bars, args.signal, [args.target])[args.target].strength
+    planted = plant(bars, args.signal, strength)
+    fold = dev_fold(len(bars), cfg.env.window)
+    envs = fold_envs(cfg, planted.bars, fold, oracle=planted.signal)
+    algo = MAPPO(cfg, market.MARKET)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    keys = jnp.stack([jax.random.key_data(jax.random.PRNGKey(s)) for s in seeds])
+    per = cfg.training.num_updates // args.chunks
+    init = jax.jit(jax.vmap(lambda k: algo.init(k, envs.train)))
+    run = jax.jit(jax.vmap(lambda st: algo.run(st, envs.train, per)))
+    policy_of = greedy_policy_of(algo)
+
+    linear = evaluate.LinearBaseline.fit(envs.train)
+    base = evaluate.evaluate_baselines(envs.val, seed=0, linear=linear, oracle=planted.signal)
+    oracle_ir = float(base["oracle"].metrics["active_ir"])
+    print(
+        f"{args.file} {args.signal} strength {strength:.4g}: train {fold.train}, "
+        f"validation {fold.val}, {cfg.training.num_updates} updates, seeds {seeds}"
+    )
+    for name in BASELINES:
+        b = scores(base[name], planted.signal, oracle_ir)
+        print(
+            f"  {name:12s} active IR {b['active_ir']:+.2f}  turnover {b['turnover']:.3f}  "
+            f"corr {b['corr']:+.2f}"
+        )
+    started = time.monotonic()
+    state = init(keys)
+    for chunk in range(args.chunks):
+        state, met = run(state)
+        cells = []
+        for i in range(len(seeds)):
+            one = jax.tree.map(lambda x, i=i: x[i], state)
+            sc = scores(
+                evaluate.run_policy(policy_of(one), envs.val, batch_size=256),
+                planted.signal,
+                oracle_ir,
+            )
+            ent = float(np.mean([met[f"{a}/entropy"][i, -1] for a in ("mlmi", "nwrqk", "mmd")]))
+            cells.append(
+                f"IR {sc['active_ir']:+.2f} cap {sc['capture']:+.2f} to {sc['turnover']:.3f} "
+                f"corr {sc['corr']:+.2f} H {ent:.2f} sign {sc['sign']:+.2f}"
+            )
+        elapsed = time.monotonic() - started
+        print(
+            f"  update {per * (chunk + 1):4d} ({elapsed:4.0f} s): " + " | ".join(cells), flush=True
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
