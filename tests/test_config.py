@@ -81,15 +81,16 @@ def test_every_shipped_config_loads(path):
 
 def test_real_markets_is_the_benchmarks_setting():
     """configs/real_markets.yaml trades at the learning benchmark's cost, 1 bp, with the
-    variant that validation chose (delta actions at the step the benchmark used)."""
+    framing that validation chose on planted files: target actions, the excess reward, and
+    gamma 0 (a vote moves only the next bar's reward)."""
     cfg = load_config(ROOT / "configs" / "real_markets.yaml")
     assert cfg.env.cost_bps == 1.0
     assert (cfg.env.reward, cfg.env.action_mode, cfg.env.position_sizing) == (
-        "pnl",
-        "delta",
+        "excess",
+        "target",
         "fixed",
     )
-    assert cfg.env.delta_step == load_config(ROOT / "configs" / "quickstart.yaml").env.delta_step
+    assert cfg.training.gamma == 0.0
 
 
 def test_agent_kwargs_are_model_arguments():
