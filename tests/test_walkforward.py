@@ -16,6 +16,7 @@ from marl_jax.env.data import Bars, synthetic_bars
 from marl_jax.env.features import WARMUP_BARS, FeatureNorm, compute_features
 from marl_jax.walkforward import WalkForwardError, make_folds
 from marl_jax.walkforward.__main__ import main
+from marl_jax.walkforward.fold_run import rank_checkpoints
 from tests.tiny_config import tiny
 
 W = 8  # the tiny config's window
@@ -168,6 +169,12 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
         np.testing.assert_array_equal(x, y)
     r1, r2 = (json.loads((o / "report.json").read_text()) for o in (out1, out2))
     assert r1["folds"][0]["selection"] == r2["folds"][0]["selection"]
+    # Chosen by the default metric, the validation active IR: the best recorded score.
+    selection = r1["folds"][0]["selection"]
+    assert selection["metric"] == "validation active_ir"
+    assert r1["options"]["select_by"] == "active_ir"
+    scores = {int(s): v for s, v in selection["scores"].items()}
+    assert len(scores) > 1 and selection["step"] == max(scores, key=lambda s: (scores[s], s))
     assert r1["folds"][0]["test"] != r2["folds"][0]["test"]
     v1, v2 = (jax_leaves(_weights(o / "fold_1")) for o in (out1, out2))
     assert any(not np.array_equal(x, y) for x, y in zip(v1, v2, strict=True))
@@ -203,9 +210,39 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
     assert "already holds a walk-forward" in capsys.readouterr().err
     assert main(["--resume", "--out", str(out1), "--folds", "3"]) == 2
     assert "drop --folds" in capsys.readouterr().err
+    assert main(["--resume", "--out", str(out1), "--select-by", "total_log_return"]) == 2
+    assert "drop --select-by" in capsys.readouterr().err
     (tmp_path / "a.csv").write_text((tmp_path / "b.csv").read_text())
     assert main(["--resume", "--out", str(out1)]) == 2
     assert "the data file changed" in capsys.readouterr().err
+
+
+def test_checkpoints_rank_by_the_chosen_validation_metric():
+    """The two metrics disagree here: the net return prefers step 1 (a drift carried into
+    validation), the active IR step 2; instruments' scores add; a tie goes to the later step."""
+    validation = {
+        1: [{"active_ir": 0.0, "total_log_return": 0.30}],
+        2: [{"active_ir": 0.8, "total_log_return": 0.10}],
+        3: [{"active_ir": 0.1, "total_log_return": 0.05}],
+    }
+    assert rank_checkpoints(validation, "total_log_return")[0] == 1
+    best, scores = rank_checkpoints(validation, "active_ir")
+    assert best == 2 and scores == {1: 0.0, 2: 0.8, 3: 0.1}
+    two = {1: [{"active_ir": 0.5}, {"active_ir": 0.5}], 2: [{"active_ir": 1.0}, {"active_ir": 0.0}]}
+    assert rank_checkpoints(two, "active_ir") == (2, {1: 1.0, 2: 1.0})
+
+
+def test_select_by_is_recorded_and_old_manifests_keep_the_net_return(tmp_path):
+    from marl_jax.walkforward.__main__ import build_parser, spec_from_args
+    from marl_jax.walkforward.driver import select_by
+
+    parse = build_parser().parse_args
+    spec = spec_from_args(parse(["--out", str(tmp_path), "--select-by", "total_log_return"]))
+    assert spec.options()["select_by"] == "total_log_return"
+    assert spec_from_args(parse(["--out", str(tmp_path)])).options()["select_by"] == "active_ir"
+    assert select_by({"folds": 5}) == "total_log_return"  # recorded before the choice existed
+    with pytest.raises(SystemExit):
+        parse(["--out", str(tmp_path), "--select-by", "sharpe"])
 
 
 def jax_leaves(tree):

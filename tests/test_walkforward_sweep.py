@@ -171,7 +171,7 @@ def test_a_pbt_sweep_exploits_during_training_then_chooses_on_validation(tmp_pat
     assert len(copier) == 1 and copier[0]["lineage"][0]["step"] == 1
     lr = copier[0]["hparams"]["actor_lr"]
     assert lr != pytest.approx(copier[0]["values"]["training.actor_lr"], rel=1e-6)
-    scores = [m["validation"]["total_log_return"] for m in sel["members"]]
+    scores = [m["validation"]["active_ir"] for m in sel["members"]]  # the default metric
     assert sel["member"] == int(np.argmax(scores)) and sel["n_trials"] == 2
 
 

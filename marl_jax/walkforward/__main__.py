@@ -2,11 +2,12 @@
 (argument parsing; the work is done by :mod:`marl_jax.walkforward.driver`).
 
 Each fold trains a run in ``OUT/fold_K`` on its train part, chooses the checkpoint with the best
-validation net return, and runs it once over its test fold; with ``--sweep FILE`` each fold
-trains the sweep's members as one population and keeps the member with the best validation net
-return. ``OUT`` then holds ``report.json``, ``returns.csv`` (one row per test bar) and
-``equity_curve.png`` (the stitched test folds against the baselines). A killed walk-forward
-continues with ``--resume --out OUT``.
+validation ``--select-by`` (net active IR against buy-and-hold, or net log return), and runs it
+once over its test fold; with ``--sweep FILE`` each fold trains the sweep's members as one
+population and keeps the member that is best on validation by the same metric. ``OUT`` then
+holds ``report.json``, ``returns.csv`` (one row per test bar) and ``equity_curve.png`` (the
+stitched test folds against the baselines). A killed walk-forward continues with ``--resume
+--out OUT``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ import sys
 from collections.abc import Sequence
 
 from marl_jax.cli import add_data_argument
+from marl_jax.walkforward.folds import DEFAULT_SELECT, SELECT_METRICS
 
 DEFAULT_CONFIG = "configs/quickstart.yaml"
 # Flags that fix what a walk-forward is; --resume takes them from OUT/walkforward.json.
-_LAYOUT_FLAGS = ("config", "set", "data", "folds", "gap", "val_fraction", "rolling", "sweep")
+_LAYOUT_FLAGS = (
+    "config",
+    "set",
+    "data",
+    "folds",
+    "gap",
+    "val_fraction",
+    "rolling",
+    "sweep",
+    "select_by",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="each fold trains this sweep's members and keeps the best on validation",
     )
+    p.add_argument(
+        "--select-by",
+        choices=SELECT_METRICS,
+        help="validation metric each fold chooses its checkpoint (or sweep member) by: "
+        "active_ir, the net active IR against buy-and-hold (default; a constant position "
+        "scores 0), or total_log_return, the net log return",
+    )
     p.add_argument("--out", default="runs/walkforward", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the walk-forward in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -79,6 +98,7 @@ def spec_from_args(args: argparse.Namespace):
         val_fraction=DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction,
         rolling=args.rolling,
         sweep=args.sweep,
+        select_by=args.select_by or DEFAULT_SELECT,
     )
 
 

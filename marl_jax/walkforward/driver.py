@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets, load_oracles
-from marl_jax.walkforward.fold_run import SELECT_METRIC, run_fold
+from marl_jax.walkforward.fold_run import DEFAULT_SELECT, SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
     instrument_folds,
@@ -52,6 +52,7 @@ class WalkForwardSpec:
     rolling: int | None = None
     sweep: str | None = None
     resume: bool = False
+    select_by: str = DEFAULT_SELECT
 
     def options(self) -> dict:
         return {
@@ -59,7 +60,14 @@ class WalkForwardSpec:
             "gap": self.gap,
             "val_fraction": self.val_fraction,
             "rolling": self.rolling,
+            "select_by": self.select_by,
         }
+
+
+def select_by(options: Mapping) -> str:
+    """The validation metric a walk-forward ranks by (one recorded before the choice existed
+    ranked by :data:`~marl_jax.walkforward.fold_run.SELECT_METRIC`)."""
+    return options.get("select_by", SELECT_METRIC)
 
 
 def fold_dir(out: str | Path, index: int) -> Path:
@@ -133,11 +141,11 @@ def _header(cfg, options: dict, markets: dict, sweep: FoldSweep | None) -> dict:
         "data_sha256": _digest(cfg),
         "n_bars": n_bars if several else next(iter(n_bars.values())),
         "options": options,
-        "selection": f"the checkpoint with the best validation {SELECT_METRIC}"
+        "selection": f"the checkpoint with the best validation {select_by(options)}"
         + (", summed over the instruments" if several else ""),
     }
     if sweep is not None:
-        header["selection"] = f"the sweep member with the best validation {SELECT_METRIC}"
+        header["selection"] = f"the sweep member with the best validation {select_by(options)}"
         header["sweep"] = sweep.record()
     return header
 
@@ -209,7 +217,10 @@ def _run_single(
             )
         train = run_fold if sweep is None else sweep.run_fold
         root = fold_dir(out, fold.index)
-        results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle))
+        metric = select_by(header["options"])
+        results.append(
+            train(cfg, bars, fold, root, progress=progress, oracle=oracle, select_by=metric)
+        )
     ppy = market.periods_per_year_at(market.interval_minutes_of(bars))
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(
@@ -228,6 +239,14 @@ def _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress
             print(f"fold {k + 1}/{count}: {len(folds)} instruments", flush=True)
         root = fold_dir(out, k)
         results.append(
-            run_instruments_fold(cfg, markets, folds, root, progress=progress, oracles=oracles)
+            run_instruments_fold(
+                cfg,
+                markets,
+                folds,
+                root,
+                progress=progress,
+                oracles=oracles,
+                select_by=select_by(header["options"]),
+            )
         )
     return write_instruments_outputs(out, results, markets, header, cfg.env.cost_bps)

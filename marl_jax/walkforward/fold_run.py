@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
@@ -41,18 +41,21 @@ from marl_jax.run.report import with_capture
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.setup import Run, env_params_for
 from marl_jax.run.steps import restore_state
-from marl_jax.walkforward.folds import Fold, WalkForwardError
+from marl_jax.walkforward.folds import DEFAULT_SELECT, SELECT_METRICS, Fold, WalkForwardError
 
 __all__ = [
     "EVAL_BATCH",
     "FOLD_RESULT",
+    "DEFAULT_SELECT",
     "SELECT_METRIC",
+    "SELECT_METRICS",
     "TEST_RUNS",
     "FoldEnvs",
     "finish_fold",
     "fold_envs",
     "greedy_policy_of",
     "load_fold",
+    "rank_checkpoints",
     "run_fold",
     "run_test_fold",
     "select_checkpoint",
@@ -61,8 +64,8 @@ __all__ = [
 
 FOLD_RESULT = "fold.json"
 TEST_RUNS = "test_runs.npz"
-# Checkpoints are ranked on the validation split's net log return: what the position earns
-# after costs (a Sharpe ratio would rank a constant position like buy-and-hold).
+# What walk-forwards recorded before the choice of SELECT_METRICS existed ranked by (their
+# --resume keeps it).
 SELECT_METRIC = "total_log_return"
 # The evaluator pads every chunk to this many bars, so splits of any length share one program.
 EVAL_BATCH = 256
@@ -141,29 +144,41 @@ def select_checkpoint(
     state: TrainState,
     val: market.EnvParams | Mapping[str, market.EnvParams],
     policy_of,
+    metric: str = DEFAULT_SELECT,
 ) -> tuple[int, TrainState, dict[int, float]]:
-    """The kept checkpoint with the best validation ``SELECT_METRIC`` (the later one on a tie;
-    summed over the instruments when ``val`` maps each to its validation split):
-    ``(step, state, {step: score})``."""
+    """The kept checkpoint with the best validation ``metric`` (one of :data:`SELECT_METRICS`;
+    the later one on a tie; summed over the instruments when ``val`` maps each to its
+    validation split): ``(step, state, {step: score})``."""
     vals = list(val.values()) if isinstance(val, Mapping) else [val]
     k = run.cfg.checkpoint
     ckpt = TrainCheckpointer(
         run.dir.checkpoints, max_to_keep=k.max_to_keep, best_metric=k.best_metric, read_only=True
     )
     try:
-        scores, states = {}, {}
+        validation, states = {}, {}
         for step in ckpt.all_steps():
             restored, _ = restore_state(ckpt, run.algo, state, step)
             policy = policy_of(restored)
-            runs = [evaluate.run_policy(policy, v, batch_size=EVAL_BATCH) for v in vals]
-            scores[step] = sum(float(r.metrics[SELECT_METRIC]) for r in runs)
+            validation[step] = [
+                evaluate.run_policy(policy, v, batch_size=EVAL_BATCH).metrics for v in vals
+            ]
             states[step] = restored
     finally:
         ckpt.close()
-    if not scores:
+    if not validation:
         raise RunError(f"{run.dir.checkpoints}: no checkpoint to choose from")
-    best = max(scores, key=lambda s: (scores[s], s))
+    best, scores = rank_checkpoints(validation, metric)
     return best, states[best], scores
+
+
+def rank_checkpoints(
+    validation: Mapping[int, Sequence[Mapping[str, float]]], metric: str
+) -> tuple[int, dict[int, float]]:
+    """``(best step, {step: score})``: each step's score is ``metric`` summed over its
+    validation metrics (one dict per instrument); the best is the highest, the later step on a
+    tie."""
+    scores = {step: sum(float(m[metric]) for m in parts) for step, parts in validation.items()}
+    return max(scores, key=lambda s: (scores[s], s)), scores
 
 
 def run_test_fold(policy_fn: Callable, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
@@ -236,10 +251,11 @@ def run_fold(
     *,
     progress: bool = False,
     oracle: np.ndarray | None = None,
+    select_by: str = DEFAULT_SELECT,
 ) -> tuple[dict, dict]:
-    """Trains, selects on validation and tests one fold (skipped when already finished), with
-    the oracle baseline where ``oracle`` (the planted signal of ``bars``) is given; returns
-    :func:`load_fold`'s pair."""
+    """Trains, selects on validation by ``select_by`` and tests one fold (skipped when already
+    finished), with the oracle baseline where ``oracle`` (the planted signal of ``bars``) is
+    given; returns :func:`load_fold`'s pair."""
     done = load_fold(root)
     if done is not None:
         return done
@@ -247,13 +263,13 @@ def run_fold(
     run, state = train_fold(cfg, root, envs, bars[: fold.val[1]], progress=progress)
     try:
         policy_of = greedy_policy_of(run.algo)
-        step, chosen, scores = select_checkpoint(run, state, envs.val, policy_of)
+        step, chosen, scores = select_checkpoint(run, state, envs.val, policy_of, select_by)
         runs = run_test_fold(policy_of(chosen), envs, cfg.seed)
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
         selection = {
-            "metric": f"validation {SELECT_METRIC}",
+            "metric": f"validation {select_by}",
             "step": step,
             "scores": {str(s): v for s, v in scores.items()},
         }

@@ -21,9 +21,22 @@ import math
 
 from marl_jax.errors import MarlJaxError
 
-__all__ = ["Fold", "WalkForwardError", "make_folds", "min_split_bars"]
+__all__ = [
+    "DEFAULT_SELECT",
+    "SELECT_METRICS",
+    "Fold",
+    "WalkForwardError",
+    "make_folds",
+    "min_split_bars",
+]
 
 DEFAULT_VAL_FRACTION = 0.2
+# What a fold's checkpoints (or a sweep's members) can be ranked by on the validation split:
+# the net active IR against buy-and-hold (a constant position scores 0, so a train span's drift
+# carried into validation does not win; the default), or the net log return, what the position
+# earns after costs (a Sharpe ratio would rank a constant position like buy-and-hold).
+SELECT_METRICS = ("active_ir", "total_log_return")
+DEFAULT_SELECT = "active_ir"
 
 
 class WalkForwardError(MarlJaxError, ValueError):

@@ -4,7 +4,7 @@ Each instrument is cut into the same number of folds on its own bars (:func:`ins
 Fold ``K`` trains one run in ``OUT/fold_K`` on one environment over every instrument's fold-K
 train span (each environment draws its instrument at reset; each instrument's normalisation is
 fitted on its own train span, saved per instrument with the checkpoints), chooses the
-checkpoint with the best validation ``SELECT_METRIC`` summed over the instruments (their
+checkpoint with the best validation metric (``select_by``) summed over the instruments (their
 validation bars concatenated), and runs it once over each instrument's test fold with the
 baselines (the linear one fitted on that instrument's train span). Leakage is as in
 :mod:`marl_jax.walkforward.fold_run`, per instrument.
@@ -42,8 +42,8 @@ from marl_jax.run.report import run_arrays, with_capture
 from marl_jax.run.rundir import RunDir, RunLock
 from marl_jax.run.setup import Instrument, Run
 from marl_jax.walkforward.fold_run import (
+    DEFAULT_SELECT,
     FOLD_RESULT,
-    SELECT_METRIC,
     TEST_RUNS,
     FoldEnvs,
     fold_envs,
@@ -211,6 +211,7 @@ def run_instruments_fold(
     *,
     progress: bool = False,
     oracles: Mapping[str, np.ndarray | None] | None = None,
+    select_by: str = DEFAULT_SELECT,
 ) -> tuple[dict, dict[str, dict]]:
     """Trains, selects on validation and tests fold ``K`` of every instrument (``folds``: each
     instrument's fold K; ``oracles``: each one's planted signal, where it has one); skipped
@@ -225,7 +226,7 @@ def run_instruments_fold(
         run, state = _train_instruments(cfg, markets, folds, envs, run_dir, lock, progress)
         policy_of = greedy_policy_of(run.algo)
         vals = {n: e.val for n, e in envs.items()}
-        step, chosen, scores = select_checkpoint(run, state, vals, policy_of)
+        step, chosen, scores = select_checkpoint(run, state, vals, policy_of, select_by)
         per, arrays = _test_instruments(cfg, markets, folds, envs, policy_of(chosen))
         rows = read_metrics_log(run.dir.metrics)
         if rows:
@@ -242,7 +243,7 @@ def run_instruments_fold(
             "fold": next(iter(folds.values())).index,
             "instruments": per,
             "selection": {
-                "metric": f"validation {SELECT_METRIC}, summed over the instruments",
+                "metric": f"validation {select_by}, summed over the instruments",
                 "step": step,
                 "scores": {str(s): v for s, v in scores.items()},
             },

@@ -4,8 +4,8 @@ Each fold trains the sweep's members on its train environment (its own span and
 normalisation) with the sweep layer's population program
 (:class:`~marl_jax.sweep.group.GroupTrainer`: one compiled program per group of members, its
 checkpoints in ``OUT/fold_K/checkpoints/gG``, so a killed fold continues from them). Every
-member's final state is scored on the fold's validation split with the single-run
-walk-forward's metric (:data:`~marl_jax.walkforward.fold_run.SELECT_METRIC`); the best member
+member's final state is scored on the fold's validation split by the walk-forward's metric
+(``select_by``, one of :data:`~marl_jax.walkforward.folds.SELECT_METRICS`); the best member
 (the lowest index on a tie) is the only one run over the test fold, once. ``fold.json``
 records every member's validation scores, the chosen member's swept values and
 hyperparameters, and the test policy's Deflated Sharpe Ratio against the members' validation
@@ -40,8 +40,8 @@ from marl_jax.sweep.members import Group, expand, plain
 from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.spec import SweepError, SweepSpec, load_sweep
 from marl_jax.walkforward.fold_run import (
+    DEFAULT_SELECT,
     EVAL_BATCH,
-    SELECT_METRIC,
     FoldEnvs,
     finish_fold,
     fold_envs,
@@ -124,6 +124,7 @@ class FoldSweep:
         *,
         progress: bool = False,
         oracle: np.ndarray | None = None,
+        select_by: str = DEFAULT_SELECT,
     ) -> tuple[dict, dict]:
         """Trains the members on ``fold``, chooses one on validation and tests it once (with
         the oracle baseline where ``oracle`` is given); skipped when the fold is finished;
@@ -135,7 +136,7 @@ class FoldSweep:
         root.mkdir(parents=True, exist_ok=True)
         with RunLock(root):
             results = self.train(envs, root, progress=progress)
-            members, best = _score_members(results, envs)
+            members, best = _score_members(results, envs, select_by)
             if best is None:
                 raise WalkForwardError(
                     f"fold {fold.index}: every member of the sweep failed (non-finite "
@@ -150,7 +151,7 @@ class FoldSweep:
             chosen = next(m for m in members if m["member"] == result.members[pos].index)
             _save_weights(root / CHOSEN_WEIGHTS, result, state)
             selection = {
-                "metric": f"validation {SELECT_METRIC}",
+                "metric": f"validation {select_by}",
                 "over": "the sweep's members (final states)",
                 "sweep": self.spec.source,
                 **{k: chosen[k] for k in ("member", "group", "seed", "values", "hparams")},
@@ -161,9 +162,10 @@ class FoldSweep:
 
 
 def _score_members(
-    results: Sequence[GroupResult], envs: FoldEnvs
+    results: Sequence[GroupResult], envs: FoldEnvs, select_by: str
 ) -> tuple[list[dict], tuple[GroupResult, int] | None]:
-    """Every member's validation scores, and the (group, position) of the best live one."""
+    """Every member's validation scores, and the (group, position) of the best live one by
+    ``select_by``."""
     rows, best, best_key = [], None, None
     for result in results:
         policy_of = greedy_policy_of(result.program.algo)
@@ -182,8 +184,9 @@ def _score_members(
                 val = evaluate.run_policy(
                     policy_of(result.member_state(pos)), envs.val, batch_size=EVAL_BATCH
                 )
-                row["validation"] = {k: float(val.metrics[k]) for k in (SELECT_METRIC, "sharpe")}
-                score = row["validation"][SELECT_METRIC]
+                names = dict.fromkeys((select_by, "total_log_return", "sharpe"))
+                row["validation"] = {k: float(val.metrics[k]) for k in names}
+                score = row["validation"][select_by]
                 key = (score if math.isfinite(score) else -math.inf, -member.index)
                 if best_key is None or key > best_key:
                     best, best_key = (result, pos), key
