@@ -16,7 +16,7 @@ from marl_jax.env.data import Bars, synthetic_bars
 from marl_jax.env.features import WARMUP_BARS, FeatureNorm, compute_features
 from marl_jax.walkforward import WalkForwardError, make_folds
 from marl_jax.walkforward.__main__ import main
-from marl_jax.walkforward.fold_run import rank_checkpoints
+from marl_jax.walkforward.fold_run import apply_gate, rank_checkpoints
 from tests.tiny_config import tiny
 
 W = 8  # the tiny config's window
@@ -159,9 +159,9 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
     folds = make_folds(len(bars), 2, window=W, warmup=WARMUP_BARS)
     changed = _with_test_bars_changed(bars, *folds[0].test)
     out1, out2 = tmp_path / "wf1", tmp_path / "wf2"
-    assert main(_args(cfg, _write_bars(tmp_path / "a.csv", bars), out1)) == 0
+    assert main(_args(cfg, _write_bars(tmp_path / "a.csv", bars), out1, "--gate")) == 0
     table = capsys.readouterr().out
-    assert main(_args(cfg, _write_bars(tmp_path / "b.csv", changed), out2)) == 0
+    assert main(_args(cfg, _write_bars(tmp_path / "b.csv", changed), out2, "--gate")) == 0
 
     # No test bar reaches training, normalisation or selection.
     w1, w2 = _weights(out1 / "fold_0"), _weights(out2 / "fold_0")
@@ -175,6 +175,19 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
     assert r1["options"]["select_by"] == "active_ir"
     scores = {int(s): v for s, v in selection["scores"].items()}
     assert len(scores) > 1 and selection["step"] == max(scores, key=lambda s: (scores[s], s))
+    # --gate: each fold held its checkpoint or, where that did not beat them on validation,
+    # the better of buy-and-hold and flat, whose test run is then the policy's.
+    assert r1["options"]["gate"] is True and len(r1["gate_held"]) == 2
+    for f, held in zip(r1["folds"], r1["gate_held"], strict=True):
+        gate = f["selection"]["gate"]
+        assert held == gate["held"] and set(gate["validation"]) == {"buy_and_hold", "flat"}
+        best = max(gate["validation"].values())
+        if held == "checkpoint":
+            assert scores_of(f)[f["selection"]["step"]] > best
+        else:
+            assert gate["validation"][held] == best >= scores_of(f)[f["selection"]["step"]]
+            assert f["test"]["policy"] == f["test"][held]
+    assert "gate: the folds held" in table
     assert r1["folds"][0]["test"] != r2["folds"][0]["test"]
     v1, v2 = (jax_leaves(_weights(o / "fold_1")) for o in (out1, out2))
     assert any(not np.array_equal(x, y) for x, y in zip(v1, v2, strict=True))
@@ -245,6 +258,33 @@ def test_select_by_is_recorded_and_old_manifests_keep_the_net_return(tmp_path):
         parse(["--out", str(tmp_path), "--select-by", "sharpe"])
 
 
+def scores_of(fold: dict) -> dict[int, float]:
+    return {int(s): v for s, v in fold["selection"]["scores"].items()}
+
+
+def test_the_gate_holds_the_better_baseline_when_no_checkpoint_beats_it():
+    bars = synthetic_bars(1200, seed=3)
+    val = market.make_env_params(bars, "val", window=W)
+    runs = evaluate.evaluate_baselines(val)
+    runs["policy"] = runs["random"]
+    bh = float(runs["buy_and_hold"].metrics["total_log_return"])
+    for score, held in ((abs(bh) + 1.0, "checkpoint"), (-abs(bh) - 1.0, None)):
+        selection, out = {}, dict(runs)
+        apply_gate(selection, out, score, val, "total_log_return")
+        gate = selection["gate"]
+        assert gate["validation"] == {"buy_and_hold": bh, "flat": 0.0}
+        expected = held or ("buy_and_hold" if bh >= 0 else "flat")
+        assert gate["held"] == expected
+        assert out["policy"] is (runs["random"] if held else runs[expected])
+    # By active IR both score 0: buy-and-hold, the first, is held on the tie.
+    selection = {}
+    apply_gate(selection, dict(runs), -0.5, {"a": val}, "active_ir")
+    assert selection["gate"] == {
+        "validation": {"buy_and_hold": 0.0, "flat": 0.0},
+        "held": "buy_and_hold",
+    }
+
+
 def jax_leaves(tree):
     import jax
 
@@ -266,6 +306,19 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err
     assert code == 2 and match in err and err.count("\n") == 1
     assert not out.exists()  # nothing is written before the layout is valid
+
+
+@pytest.mark.parametrize("flag", [["--gate"], ["--sweep", "s.yaml"]])
+def test_gate_and_sweep_take_one_data_file(tmp_path, capsys, flag):
+    data = [
+        _write_bars(tmp_path / f"{n}.csv", synthetic_bars(1500, seed=i)) for i, n in enumerate("ab")
+    ]
+    (tmp_path / "s.yaml").write_text("grid: {training.actor_lr: [0.001, 0.002]}\n")
+    flag = [str(tmp_path / f) if f.endswith(".yaml") else f for f in flag]
+    argv = ["--config", _config(tmp_path), "--data", data[0], "--data", data[1], *flag]
+    assert main([*argv, "--folds", "2", "--out", str(tmp_path / "wf"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag[0]} with several --data files: not supported" in err and err.count("\n") == 1
 
 
 def test_cli_resume_without_a_walk_forward(tmp_path, capsys):

@@ -32,6 +32,7 @@ _LAYOUT_FLAGS = (
     "rolling",
     "sweep",
     "select_by",
+    "gate",
 )
 
 
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         "active_ir, the net active IR against buy-and-hold (default; a constant position "
         "scores 0), or total_log_return, the net log return",
     )
+    p.add_argument(
+        "--gate",
+        action="store_true",
+        default=None,
+        help="a fold whose best checkpoint does not beat buy-and-hold and flat on validation "
+        "holds the better of those two over its test fold instead (fold.json says which)",
+    )
     p.add_argument("--out", default="runs/walkforward", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the walk-forward in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
@@ -99,6 +107,7 @@ def spec_from_args(args: argparse.Namespace):
         rolling=args.rolling,
         sweep=args.sweep,
         select_by=args.select_by or DEFAULT_SELECT,
+        gate=bool(args.gate),
     )
 
 

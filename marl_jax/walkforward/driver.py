@@ -53,6 +53,7 @@ class WalkForwardSpec:
     sweep: str | None = None
     resume: bool = False
     select_by: str = DEFAULT_SELECT
+    gate: bool = False
 
     def options(self) -> dict:
         return {
@@ -61,6 +62,7 @@ class WalkForwardSpec:
             "val_fraction": self.val_fraction,
             "rolling": self.rolling,
             "select_by": self.select_by,
+            "gate": self.gate,
         }
 
 
@@ -185,6 +187,10 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         raise WalkForwardError(
             "--sweep with several --data files: not supported; give one --data, or drop --sweep"
         )
+    if several and options.get("gate"):
+        raise WalkForwardError(
+            "--gate with several --data files: not supported; give one --data, or drop --gate"
+        )
     with RunLock(out):
         header = _header(cfg, options, markets, sweep)
         _record_layout(out, header, by_instrument, spec.resume)
@@ -217,10 +223,9 @@ def _run_single(
             )
         train = run_fold if sweep is None else sweep.run_fold
         root = fold_dir(out, fold.index)
-        metric = select_by(header["options"])
-        results.append(
-            train(cfg, bars, fold, root, progress=progress, oracle=oracle, select_by=metric)
-        )
+        choice = {"select_by": select_by(header["options"])}
+        choice["gate"] = bool(header["options"].get("gate", False))
+        results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle, **choice))
     ppy = market.periods_per_year_at(market.interval_minutes_of(bars))
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(

@@ -51,6 +51,8 @@ __all__ = [
     "SELECT_METRICS",
     "TEST_RUNS",
     "FoldEnvs",
+    "GATE_BASELINES",
+    "apply_gate",
     "finish_fold",
     "fold_envs",
     "greedy_policy_of",
@@ -64,6 +66,8 @@ __all__ = [
 
 FOLD_RESULT = "fold.json"
 TEST_RUNS = "test_runs.npz"
+# What a gated fold may hold instead of its best checkpoint (the first on a tie).
+GATE_BASELINES = ("buy_and_hold", "flat")
 # What walk-forwards recorded before the choice of SELECT_METRICS existed ranked by (their
 # --resume keeps it).
 SELECT_METRIC = "total_log_return"
@@ -181,6 +185,27 @@ def rank_checkpoints(
     return max(scores, key=lambda s: (scores[s], s)), scores
 
 
+def apply_gate(
+    selection: dict, runs: dict[str, evaluate.EvalRun], score: float, val, metric: str
+) -> None:
+    """The gate (``--gate``): where no checkpoint beats buy-and-hold and flat on validation, the
+    fold holds the best of them instead. Scores :data:`GATE_BASELINES` on ``val`` (a split, or
+    a mapping of instruments' splits, summed) by ``metric``; where the best of them scores at
+    least ``score`` (the chosen checkpoint's), its test run replaces ``runs["policy"]``.
+    ``selection["gate"]`` records their scores and what the fold ``held`` (a baseline's name,
+    or ``"checkpoint"``)."""
+    vals = list(val.values()) if isinstance(val, Mapping) else [val]
+    scores = {
+        name: sum(float(evaluate.run_baseline(name, v).metrics[metric]) for v in vals)
+        for name in GATE_BASELINES
+    }
+    best = max(GATE_BASELINES, key=lambda name: scores[name])
+    held = best if scores[best] >= score else "checkpoint"
+    if held != "checkpoint":
+        runs["policy"] = runs[held]
+    selection["gate"] = {"validation": scores, "held": held}
+
+
 def run_test_fold(policy_fn: Callable, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
     """The one read of the test fold: the chosen policy and every baseline (the linear one
     fitted on the fold's train span; the oracle where the file was planted)."""
@@ -252,10 +277,11 @@ def run_fold(
     progress: bool = False,
     oracle: np.ndarray | None = None,
     select_by: str = DEFAULT_SELECT,
+    gate: bool = False,
 ) -> tuple[dict, dict]:
-    """Trains, selects on validation by ``select_by`` and tests one fold (skipped when already
-    finished), with the oracle baseline where ``oracle`` (the planted signal of ``bars``) is
-    given; returns :func:`load_fold`'s pair."""
+    """Trains, selects on validation by ``select_by`` (then :func:`apply_gate` where ``gate``)
+    and tests one fold (skipped when already finished), with the oracle baseline where
+    ``oracle`` (the planted signal of ``bars``) is given; returns :func:`load_fold`'s pair."""
     done = load_fold(root)
     if done is not None:
         return done
@@ -273,6 +299,8 @@ def run_fold(
             "step": step,
             "scores": {str(s): v for s, v in scores.items()},
         }
+        if gate:
+            apply_gate(selection, runs, scores[step], envs.val, select_by)
         return finish_fold(root, fold, bars, selection, runs)
     finally:
         run.lock.release()

@@ -29,6 +29,7 @@ from marl_jax.run.setup import SYNTHETIC
 __all__ = [
     "RETURNS_CSV",
     "format_table",
+    "gate_record",
     "instrument_name",
     "pooled_metrics",
     "returns_frame",
@@ -83,6 +84,14 @@ def pooled_metrics(
     )
 
 
+def gate_record(folds: Sequence[Mapping]) -> dict:
+    """``{"gate_held": [what each fold held]}`` where the folds were gated (``--gate``: a
+    baseline's name, or ``"checkpoint"``), else ``{}``."""
+    if not any("gate" in f["selection"] for f in folds):
+        return {}
+    return {"gate_held": [f["selection"].get("gate", {}).get("held") for f in folds]}
+
+
 def format_table(report: Mapping) -> str:
     """Each fold's and the pooled test metrics as a text table (with several instruments, each
     instrument's folds stitched too, before the pooled rows)."""
@@ -99,6 +108,8 @@ def format_table(report: Mapping) -> str:
         capture = with_capture(by_name["policy"], by_name)
         if capture:
             lines.append(f"{'':{width}s}" + capture_line(capture["capture"]))
+    if "gate_held" in report:
+        lines.append("gate: the folds held " + ", ".join(map(str, report["gate_held"])))
     return "\n".join(lines)
 
 
@@ -132,6 +143,7 @@ def write_outputs(
         "folds": [summary for summary, _ in folds],
         "pooled": pooled,
         **with_capture(pooled["policy"], pooled),
+        **gate_record([summary for summary, _ in folds]),
         "returns_csv": RETURNS_CSV,
     }
     atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")

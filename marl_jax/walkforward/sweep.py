@@ -43,6 +43,7 @@ from marl_jax.walkforward.fold_run import (
     DEFAULT_SELECT,
     EVAL_BATCH,
     FoldEnvs,
+    apply_gate,
     finish_fold,
     fold_envs,
     greedy_policy_of,
@@ -125,6 +126,7 @@ class FoldSweep:
         progress: bool = False,
         oracle: np.ndarray | None = None,
         select_by: str = DEFAULT_SELECT,
+        gate: bool = False,
     ) -> tuple[dict, dict]:
         """Trains the members on ``fold``, chooses one on validation and tests it once (with
         the oracle baseline where ``oracle`` is given); skipped when the fold is finished;
@@ -158,6 +160,8 @@ class FoldSweep:
                 "n_trials": len(val_sharpes),
                 "members": members,
             }
+            if gate:
+                apply_gate(selection, runs, chosen["validation"][select_by], envs.val, select_by)
             return finish_fold(root, fold, bars, selection, runs)
 
 
