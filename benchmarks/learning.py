@@ -280,8 +280,11 @@ def plan_first(
     return runs
 
 
-def command(run: Run, config: str, folds: int, progress: bool = True) -> list[str]:
-    """The ``python -m marl_jax.walkforward`` command line of ``run``."""
+def command(
+    run: Run, config: str, folds: int, progress: bool = True, extra: Sequence[str] = ()
+) -> list[str]:
+    """The ``python -m marl_jax.walkforward`` command line of ``run`` (``extra``: more flags for
+    a new walk-forward; a resumed one keeps those it started with)."""
     cmd = [sys.executable, "-m", "marl_jax.walkforward", "--out", str(run.out)]
     if run.status == "resume":
         cmd.append("--resume")
@@ -290,6 +293,7 @@ def command(run: Run, config: str, folds: int, progress: bool = True) -> list[st
         cmd += ["--data", run.data] if run.data else []
         for o in run.overrides:
             cmd += ["--set", o]
+        cmd += list(extra)
     return cmd + ([] if progress else ["--no-progress"])
 
 
@@ -457,7 +461,8 @@ def execute(run: Run, args: argparse.Namespace, walls: dict[str, float], walls_p
     """Runs (or resumes) ``run``'s walk-forward; records its wall time; returns it re-planned."""
     from marl_jax.files import atomic_write_text
 
-    cmd = command(run, args.config, args.folds, progress=not args.no_progress)
+    extra = getattr(args, "walkforward_flags", ())
+    cmd = command(run, args.config, args.folds, progress=not args.no_progress, extra=extra)
     print(f"\n== {run.key}: {'resuming' if run.status == 'resume' else 'starting'}", flush=True)
     start = time.monotonic()
     try:

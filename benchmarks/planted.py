@@ -567,6 +567,8 @@ def _floats(value: str, flag: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from marl_jax.walkforward.folds import SELECT_METRICS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"base config ({DEFAULT_CONFIG})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
@@ -583,7 +585,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="fetch, calibrate and plan; train nothing"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--gate", action="store_true", help="the walk-forwards' --gate (a fold may hold a baseline)"
+    )
+    p.add_argument(
+        "--select-by", choices=SELECT_METRICS, help="the walk-forwards' --select-by (their default)"
+    )
     return p
+
+
+def walkforward_flags(args: argparse.Namespace) -> list[str]:
+    """The flags every new walk-forward of the benchmark gets from ``--gate``/``--select-by``."""
+    flags = ["--gate"] if args.gate else []
+    return flags + (["--select-by", args.select_by] if args.select_by else [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -621,6 +635,7 @@ def _main(args: argparse.Namespace) -> int:
     if not args.tolerance > 0:
         raise BenchmarkError(f"--tolerance {args.tolerance}: must be above 0")
     cache, out = Path(os.path.expanduser(args.cache)), Path(args.out)
+    args.walkforward_flags = walkforward_flags(args)
     data = {f: str(learning.fetch(f, cache)) for f in files}  # calibration needs the bars
     cals = calibrate_all(files, signals, targets, data, args.tolerance)
     rows = plan(out, files, cals, targets, args.seeds, args.folds, data, args.set)

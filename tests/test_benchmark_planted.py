@@ -141,6 +141,16 @@ def test_plan_is_files_by_signals_by_targets_by_seeds_plus_strength_zero(tmp_pat
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sets == ["env.cost_bps=1", "env.interval_minutes=1440", "a.b=1", "seed=2"]
     assert cmd[cmd.index("--data") + 1] == run.data
+    assert "--gate" not in cmd and "--select-by" not in cmd
+    args = planted.build_parser().parse_args(["--gate", "--select-by", "total_log_return"])
+    flags = planted.walkforward_flags(args)
+    assert flags == ["--gate", "--select-by", "total_log_return"]
+    cmd = planted.learning.command(run, "configs/real_markets.yaml", 5, extra=flags)
+    assert cmd[-len(flags) :] == flags
+    resumed = planted.learning.command(
+        runs["bt_goog_1d/unplanted/seed_0"], "c.yaml", 5, extra=flags
+    )
+    assert "--gate" not in resumed  # a resumed walk-forward keeps the flags it started with
     assert runs["gym_eurusd_1h/unplanted/seed_0"].data == data["gym_eurusd_1h"]
     with pytest.raises(planted.BenchmarkError, match="5 folds, not --folds 2"):
         planted.plan(out, files, cals, targets, 3, 2, data)
