@@ -8,7 +8,8 @@ fold_envs`) and the walk-forward's evaluator (:func:`marl_jax.env.evaluate.run_p
 
 1. every kept checkpoint's greedy net log return, turnover and share of bars at its most common
    signal on the train and validation splits (overfitting: train up, validation down; not
-   learning: both flat, or one constant position);
+   learning: both flat, or one constant position), and its validation score by the metric the
+   walk-forward chose by (``--select-by``; the chosen one is marked with the recorded score);
 2. each actor's entropy over training (``metrics.jsonl``): first and last tenth, min; ln 3 is
    uniform;
 3. the share of validation bars at each signal (position before volatility sizing) of the
@@ -198,12 +199,19 @@ def critic_and_signals(
     }
 
 
+def selection_metric(selection: dict) -> str:
+    """The metric a fold chose its checkpoint by, from ``fold.json``'s ``selection``
+    (``"validation NAME"``)."""
+    return selection["metric"].split()[1].rstrip(",")
+
+
 def diagnose_fold(
     cfg: Config, bars: Bars, fold: Fold, summary: dict, root: Path, program: Callable
 ) -> dict:
     """Everything of the module docstring for one finished fold."""
     envs = fold_envs(cfg, bars, fold)
     chosen = int(summary["selection"]["step"])
+    metric = selection_metric(summary["selection"])
     with TrainCheckpointer(root / "checkpoints", read_only=True, async_save=False) as ckpt:
         steps = ckpt.all_steps()
     curve, chosen_val = [], None
@@ -217,6 +225,7 @@ def diagnose_fold(
             row[f"{split}_return"] = float(r.metrics[SELECT_METRIC])
             row[f"{split}_turnover"] = float(r.metrics["turnover"])
             row[f"{split}_modal_share"] = max(signal_shares(signals(r.positions, p)).values())
+        row["val_score"] = float(val["run"].metrics[metric])
         curve.append(row)
         if step == chosen:
             chosen_val = val
@@ -227,7 +236,8 @@ def diagnose_fold(
         "train": list(fold.train),
         "val": list(fold.val),
         "chosen_step": chosen,
-        "recorded_val_return": float(summary["selection"]["scores"][str(chosen)]),
+        "selection_metric": metric,
+        "recorded_val_score": float(summary["selection"]["scores"][str(chosen)]),
         "curve": curve,
         "training_metrics": training_summary(read_metrics_log(root / "metrics.jsonl")),
         **critic_and_signals(cfg, root, chosen, chosen_val, envs, cfg.seed),
@@ -321,7 +331,7 @@ def format_report(name: str, d: dict) -> str:
     )
     for f in d["folds"]:
         for r in f["curve"]:
-            mark = f"* {f['recorded_val_return']:+.4f}" if r["step"] == f["chosen_step"] else ""
+            mark = f"* {f['recorded_val_score']:+.4f}" if r["step"] == f["chosen_step"] else ""
             train, val = (
                 f"{r[f'{s}_return']:+.5f}   {r[f'{s}_turnover']:.5f}  {r[f'{s}_modal_share']:.3f}"
                 for s in ("train", "val")

@@ -72,11 +72,12 @@ def test_diagnosis_of_a_walk_forward(walk_forward, tmp_path, capsys):
     for f in d["folds"]:
         root = walk_forward / f"fold_{f['fold']}"
         summary = json.loads((root / "fold.json").read_text())
-        # 1. Every checkpoint's validation return is the walk-forward's own selection score.
+        # 1. Every checkpoint's validation score is the walk-forward's own selection score.
         scores = summary["selection"]["scores"]
+        assert f["selection_metric"] == "active_ir"  # the walk-forward's default
         assert [r["step"] for r in f["curve"]] == sorted(map(int, scores))
         for r in f["curve"]:
-            assert r["val_return"] == pytest.approx(scores[str(r["step"])], rel=1e-6, abs=1e-9)
+            assert r["val_score"] == pytest.approx(scores[str(r["step"])], rel=1e-6, abs=1e-9)
             assert r["train_turnover"] >= 0 and r["val_turnover"] >= 0
             assert 0 < r["train_modal_share"] <= 1 and 0 < r["val_modal_share"] <= 1
         assert f["chosen_step"] == summary["selection"]["step"]

@@ -27,12 +27,12 @@ import hashlib
 import io
 import json
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from marl_jax import __version__
 from marl_jax.env.data import Bars, BarTable
 from marl_jax.env.plant import FORMULAS, SIGMA_SPAN, Planted, oracle_summary, warmup_bars
 from marl_jax.errors import MarlJaxError
@@ -73,13 +73,6 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _version() -> str:
-    try:
-        return metadata.version("marl-jax")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _suffix(path: Path) -> str:
@@ -140,7 +133,7 @@ def write_planted(
     oracle = oracle_summary(planted.bars, planted.signal, cost_bps)
     record = {
         "format": FORMAT,
-        "version": _version(),
+        "version": __version__,
         "recipe": {
             **recipe,
             "sigma_span": SIGMA_SPAN,
