@@ -350,3 +350,35 @@ def test_resume_refuses_a_manifest_whose_folds_differ(tmp_path, capsys):
     (tmp_path / "moved.json").replace(out / "walkforward.json")
     assert main(["--resume", "--out", str(out)]) == 2
     assert "its folds differ" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_or_removed_plant_sidecar(tmp_path, capsys):
+    """The manifest records the sidecar's SHA-256 beside the data file's: a resume whose
+    oracle would differ from the folds already tested is refused in one line."""
+    from marl_jax.config import config_from_dict, config_to_dict
+    from marl_jax.run.planted import sidecar_path
+    from marl_jax.walkforward.driver import _digest, _sidecar_digest
+
+    data = Path(_write_bars(tmp_path / "a.csv", synthetic_bars(1500, seed=0)))
+    sidecar_path(data).write_text('{"s": [0.5]}')
+    cfg = config_from_dict(tiny(env={"data_path": str(data)}))
+    out = tmp_path / "wf"
+    out.mkdir()
+    manifest = {
+        "config": config_to_dict(cfg),
+        "data_sha256": _digest(cfg),
+        "sidecar_sha256": _sidecar_digest(cfg),
+        "options": {"folds": 2, "gap": None, "val_fraction": 0.2, "rolling": None},
+        "folds": [],
+    }
+    (out / "walkforward.json").write_text(json.dumps(manifest))
+    assert manifest["sidecar_sha256"] is not None
+    for change in ('{"s": [0.25]}', None):
+        if change is None:
+            sidecar_path(data).unlink()
+        else:
+            sidecar_path(data).write_text(change)
+        assert main(["--resume", "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "plant sidecar (.plant.json) was changed, added or removed" in err
+        assert err.count("\n") == 1

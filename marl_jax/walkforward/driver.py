@@ -21,6 +21,7 @@ from marl_jax.config import Config, config_from_dict, config_to_dict, load_confi
 from marl_jax.env import market
 from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
+from marl_jax.run.planted import sidecar_path
 from marl_jax.run.rundir import RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets, load_oracles
 from marl_jax.walkforward.fold_run import DEFAULT_SELECT, SELECT_METRIC, run_fold
@@ -87,11 +88,22 @@ def _sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def _digest(cfg) -> str | dict[str, str] | None:
-    """The data file's SHA-256, or each instrument's by name for several."""
+def _digest(cfg, of=lambda path: path) -> str | dict[str, str | None] | None:
+    """The data file's SHA-256, or each instrument's by name for several; ``of`` maps a data
+    path to the file hashed (its plant sidecar: None where there is none)."""
+
+    def sha(path: str | None) -> str | None:
+        target = None if not path else Path(of(path))
+        return _sha256(str(target)) if target is not None and target.is_file() else None
+
     if cfg.env.data_paths:
-        return {Path(p).name: _sha256(p) for p in cfg.env.data_paths}
-    return _sha256(cfg.env.data_path)
+        return {Path(p).name: sha(p) for p in cfg.env.data_paths}
+    return sha(cfg.env.data_path)
+
+
+def _sidecar_digest(cfg) -> str | dict[str, str | None] | None:
+    """The SHA-256 of each data file's plant sidecar (None where it has none)."""
+    return _digest(cfg, sidecar_path)
 
 
 def _single_file(cfg) -> str | None:
@@ -113,6 +125,12 @@ def _resolve(spec: WalkForwardSpec) -> tuple:
             raise WalkForwardError(
                 f"{data_label(cfg)}: the data file changed since the walk-forward in "
                 f"{spec.out} started; restore it or start a new walk-forward in another --out"
+            )
+        if _sidecar_digest(cfg) != recorded.get("sidecar_sha256", _sidecar_digest(cfg)):
+            raise WalkForwardError(
+                f"{data_label(cfg)}: its plant sidecar (.plant.json) was changed, added or "
+                f"removed since the walk-forward in {spec.out} started; restore it or start "
+                "a new walk-forward in another --out"
             )
         return cfg, recorded["options"]
     if manifest.is_file():
@@ -141,6 +159,7 @@ def _header(cfg, options: dict, markets: dict, sweep: FoldSweep | None) -> dict:
         "config": config_to_dict(cfg),
         "data": list(cfg.env.data_paths) if several else _single_file(cfg),
         "data_sha256": _digest(cfg),
+        "sidecar_sha256": _sidecar_digest(cfg),
         "n_bars": n_bars if several else next(iter(n_bars.values())),
         "options": options,
         "selection": f"the checkpoint with the best validation {select_by(options)}"
