@@ -68,7 +68,10 @@ __all__ = [
     "EnvConfig",
     "TrainingConfig",
     "AGENT_NAMES",
+    "SHIPPED_CONFIGS",
     "config_from_dict",
+    "resolve_config",
+    "shipped_config_names",
     "config_to_dict",
     "config_yaml",
     "load_config",
@@ -555,9 +558,37 @@ def config_from_dict(
         raise _translate(e, tree, where) from None
 
 
+# The configs shipped with the package (the repository's top-level configs/ links here).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """The names ``--config`` accepts from any directory: ``quickstart``, ``real_markets``,
+    ``strategic_marl_v1``."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(spec: str | os.PathLike[str]) -> Path:
+    """The config file ``spec`` names: the file at that path where there is one, else the
+    shipped config of that name (``quickstart`` or ``quickstart.yaml``; a bare name only),
+    else ``spec`` as given (reading it then says it is missing)."""
+    path = Path(spec)
+    if path.is_file() or path.parent != Path("."):
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
 def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config, apply ``key.path=value`` overrides, validate, return it frozen."""
-    p = Path(path)
+    """Read a YAML config (a path, or a shipped config's name: :func:`resolve_config`), apply
+    ``key.path=value`` overrides, validate, return it frozen."""
+    p = resolve_config(path)
+    if not p.is_file() and p.parent == Path("."):
+        names = ", ".join(shipped_config_names())
+        raise ConfigError(
+            f"{p}: config file not found, and no shipped config has that name; give a path "
+            f"or one of {names}"
+        )
     data = read_yaml_mapping(p, "config", "--config", "sections (agents, ...)", ConfigError)
     return config_from_dict(data, overrides, source=str(p))
 

@@ -15,14 +15,19 @@ from collections.abc import Sequence
 
 from marl_jax.cli import add_data_argument
 
-DEFAULT_CONFIG = "configs/strategic_marl_v1.yaml"
+DEFAULT_CONFIG = "quickstart"  # minutes on a laptop; strategic_marl_v1 is the full size
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m marl_jax.train", description="Train the Strategic MARL agents with MAPPO"
     )
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file")
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="YAML config file, or a shipped config's name: quickstart (default), real_markets, "
+        "strategic_marl_v1",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )

@@ -374,3 +374,24 @@ def test_import_is_cheap():
     code = "import sys, marl_jax.config; print([m for m in ('jax', 'torch') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    from marl_jax.config import SHIPPED_CONFIGS, resolve_config, shipped_config_names
+
+    assert shipped_config_names() == ["quickstart", "real_markets", "strategic_marl_v1"]
+    assert (ROOT / "configs").resolve() == SHIPPED_CONFIGS  # the repository's configs/ link
+    monkeypatch.chdir(tmp_path)
+    for name in shipped_config_names():
+        for spec in (name, f"{name}.yaml"):
+            assert resolve_config(spec) == SHIPPED_CONFIGS / f"{name}.yaml"
+        assert load_config(name) == load_config(SHIPPED_CONFIGS / f"{name}.yaml")
+    # A file in the working directory wins over the shipped one of the same name.
+    (tmp_path / "quickstart.yaml").write_text("seed: 7\n")
+    assert load_config("quickstart.yaml").seed == 7
+    assert load_config("quickstart").seed == 0
+    # A path with a folder is a path; an unknown name says what there is.
+    with pytest.raises(ConfigError, match="not found; check the --config path"):
+        load_config("configs/quickstart.yaml")
+    with pytest.raises(ConfigError, match="no shipped config has that name; give a path or one"):
+        load_config("quikstart")

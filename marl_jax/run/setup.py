@@ -47,7 +47,7 @@ class RunSpec:
     """What a user asks for (the train CLI's flags)."""
 
     out: str
-    config: str = "configs/strategic_marl_v1.yaml"
+    config: str = "quickstart"
     overrides: Sequence[str] = ()
     data: str | Sequence[str] | None = None  # one file, or several (instruments)
     resume: bool = False

@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m marl_jax.sweep",
         description="Train a population (seeds x hyperparameters, or PBT) on every device",
     )
-    p.add_argument("--config", default="configs/quickstart.yaml", help="base YAML config")
+    p.add_argument(
+        "--config",
+        default="quickstart",
+        help="base YAML config, or a shipped config's name (default quickstart)",
+    )
     p.add_argument("--sweep", help="sweep file (default: one member per seed of the config)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"

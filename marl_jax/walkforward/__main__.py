@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from marl_jax.cli import add_data_argument
 from marl_jax.walkforward.folds import DEFAULT_SELECT, SELECT_METRICS
 
-DEFAULT_CONFIG = "configs/quickstart.yaml"
+DEFAULT_CONFIG = "quickstart"
 # Flags that fix what a walk-forward is; --resume takes them from OUT/walkforward.json.
 _LAYOUT_FLAGS = (
     "config",
@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m marl_jax.walkforward",
         description="Walk-forward evaluation: train on each fold, choose on validation, test once",
     )
-    p.add_argument("--config", help=f"YAML config file (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--config",
+        help=f"YAML config file, or a shipped config's name (default {DEFAULT_CONFIG})",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     add_data_argument(p)
     p.add_argument("--folds", type=int, help="number of test folds (default 5)")

@@ -44,7 +44,7 @@ class WalkForwardSpec:
     """What a user asks for (the walk-forward CLI's flags)."""
 
     out: str
-    config: str = "configs/quickstart.yaml"
+    config: str = "quickstart"
     overrides: Sequence[str] = ()
     data: str | Sequence[str] | None = None  # one file, or several (instruments)
     folds: int = 5
