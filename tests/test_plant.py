@@ -348,3 +348,18 @@ def test_walk_forward_reports_the_oracle_and_capture(tmp_path, capsys):
             test["policy"]["active_ir"] / test["oracle"]["active_ir"]
         )
     assert math.isfinite(report["capture"])
+
+    # The honesty checks: one-sign folds and timing, from returns.csv and the sidecar's s.
+    signs = np.sign(frame["position"]).groupby(frame["fold"]).nunique()
+    one = report["one_sign_folds"]
+    assert one == {
+        "count": int((signs == 1).sum()),
+        "of": 2,
+        "folds": list(signs.index[signs == 1]),
+    }
+    position = frame["position"].to_numpy(np.float64)
+    if position.std() > 0:
+        assert report["timing"] == pytest.approx(np.corrcoef(position, pos)[0, 1], rel=1e-6)
+    else:
+        assert report["timing"] is None
+    assert f"one-sign test folds: {one['count']} of 2" in table

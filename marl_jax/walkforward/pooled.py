@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from marl_jax.env.evaluate import ORACLE
 from marl_jax.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
 from marl_jax.run.report import REPORT_METRICS, capture_line, stitched_summary, with_capture
@@ -30,6 +31,7 @@ __all__ = [
     "RETURNS_CSV",
     "format_table",
     "gate_record",
+    "timing_record",
     "instrument_name",
     "pooled_metrics",
     "returns_frame",
@@ -84,6 +86,26 @@ def pooled_metrics(
     )
 
 
+def timing_record(folds: Sequence[tuple[dict, dict]]) -> dict:
+    """The honesty checks of a policy's test positions: ``one_sign_folds`` (the folds in which
+    the position never changes sign, counting flat as a sign: buy-and-hold scaled, or its
+    short, there; a positive pooled IR from such folds is which sign each held, not timing),
+    and where the oracle ran, ``timing``: the correlation of the stitched positions with the
+    oracle's (``sign(s)`` of the planted signal; None where either is constant)."""
+    one_sign = [
+        int(f["fold"])
+        for f, arrays in folds
+        if np.unique(np.sign(arrays["policy"]["positions"])).size == 1
+    ]
+    out: dict = {"one_sign_folds": {"count": len(one_sign), "of": len(folds), "folds": one_sign}}
+    if all(ORACLE in arrays for _, arrays in folds):
+        policy = np.concatenate([a["policy"]["positions"] for _, a in folds]).astype(np.float64)
+        oracle = np.concatenate([a[ORACLE]["positions"] for _, a in folds]).astype(np.float64)
+        varies = policy.std() > 0 and oracle.std() > 0
+        out["timing"] = float(np.corrcoef(policy, oracle)[0, 1]) if varies else None
+    return out
+
+
 def gate_record(folds: Sequence[Mapping]) -> dict:
     """``{"gate_held": [what each fold held]}`` where the folds were gated (``--gate``: a
     baseline's name, or ``"checkpoint"``), else ``{}``."""
@@ -108,6 +130,14 @@ def format_table(report: Mapping) -> str:
         capture = with_capture(by_name["policy"], by_name)
         if capture:
             lines.append(f"{'':{width}s}" + capture_line(capture["capture"]))
+    if "one_sign_folds" in report:
+        one = report["one_sign_folds"]
+        lines.append(
+            f"one-sign test folds: {one['count']} of {one['of']} (the position never changes "
+            "sign there: no timing)"
+        )
+    if report.get("timing") is not None:
+        lines.append(f"timing (correlation with the oracle's position): {report['timing']:.4f}")
     if "gate_held" in report:
         lines.append("gate: the folds held " + ", ".join(map(str, report["gate_held"])))
     return "\n".join(lines)
@@ -143,6 +173,7 @@ def write_outputs(
         "folds": [summary for summary, _ in folds],
         "pooled": pooled,
         **with_capture(pooled["policy"], pooled),
+        **timing_record(folds),
         **gate_record([summary for summary, _ in folds]),
         "returns_csv": RETURNS_CSV,
     }
