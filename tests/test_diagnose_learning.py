@@ -1,19 +1,18 @@
-"""benchmarks/diagnose_learning.py on a tiny 2-fold walk-forward: the walk-forward's own
+"""python -m marl_jax.diagnose on a tiny 2-fold walk-forward: the walk-forward's own
 validation scores, the entropies of metrics.jsonl, the signal shares and the critic's
 correlation as the deployed Policy computes them, and the one-line error."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from marl_jax import diagnose as diag
 from marl_jax.config import load_config
 from marl_jax.env.data import synthetic_bars
 from marl_jax.run.deploy import load_policy
@@ -21,12 +20,6 @@ from marl_jax.walkforward import Fold
 from marl_jax.walkforward.__main__ import main as walk_forward_main
 from marl_jax.walkforward.fold_run import fold_envs
 from tests.tiny_config import tiny
-
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "diagnose_learning.py"
-_spec = importlib.util.spec_from_file_location("bench_diagnose_learning", _PATH)
-diag = importlib.util.module_from_spec(_spec)
-sys.modules["bench_diagnose_learning"] = diag
-_spec.loader.exec_module(diag)
 
 
 def test_a_folder_that_is_not_a_walk_forward_is_one_line_and_exit_2(tmp_path, capsys):

@@ -1,6 +1,6 @@
-"""Why a walk-forward's policy learns or not (issue 15): one table a quant can read.
+"""Why a walk-forward's policy learns or not: one table a quant can read.
 
-    python benchmarks/diagnose_learning.py DIR [DIR ...] [--out FOLDER]
+    python -m marl_jax.diagnose DIR [DIR ...] [--out FOLDER]     (or: marl-jax diagnose ...)
 
 ``DIR`` is a walk-forward's ``--out`` (``python -m marl_jax.walkforward``). For each finished
 fold, with the fold's own config, bars and normalisation (:func:`marl_jax.walkforward.fold_run.
@@ -381,7 +381,9 @@ def format_report(name: str, d: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; exit 2 with one line on a folder it cannot diagnose."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m marl_jax.diagnose", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("dirs", nargs="+", help="walk-forward folders (their --out)")
     parser.add_argument("--out", help=f"a folder to write {DIAGNOSIS} into")
     args = parser.parse_args(argv)
