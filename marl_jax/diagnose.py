@@ -43,7 +43,7 @@ from marl_jax.agents import AGENT_NAMES
 from marl_jax.config import Config, load_config
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars
-from marl_jax.errors import MarlJaxError
+from marl_jax.errors import MarlJaxError, cli_main
 from marl_jax.files import atomic_write_text
 from marl_jax.mappo import MAPPO
 from marl_jax.ppo import ValueNormState, valuenorm_denormalise, valuenorm_mean_var
@@ -388,16 +388,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help=f"a folder to write {DIAGNOSIS} into")
     args = parser.parse_args(argv)
     absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
+
+    def body() -> int:
         results = {d: diagnose(d) for d in args.dirs}
-    except MarlJaxError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n\n".join(format_report(d, r) for d, r in results.items()))
-    if args.out:
-        body = {"uniform_entropy": LN3, "walkforwards": results}
-        atomic_write_text(Path(args.out) / DIAGNOSIS, json.dumps(body, indent=2) + "\n")
-    return 0
+        print("\n\n".join(format_report(d, r) for d, r in results.items()))
+        if args.out:
+            record = {"uniform_entropy": LN3, "walkforwards": results}
+            atomic_write_text(Path(args.out) / DIAGNOSIS, json.dumps(record, indent=2) + "\n")
+        return 0
+
+    return cli_main(body)
 
 
 if __name__ == "__main__":

@@ -364,3 +364,20 @@ def test_broken_input_gives_one_line_and_non_zero_exit(case, tmp_path, capsys):
     print(f"{case}: {err}")
     assert not (tmp_path / "run").exists()  # nothing written, not even the lock
     assert case != "bars fewer than warm-up" or "warm-up" in err or "normalisation" in err, err
+
+
+@pytest.mark.slow
+def test_a_coarser_bar_file_warns_in_one_plain_line(tmp_path, capsys):
+    """Daily bars under the 30-minute interval: one ``warning:`` line, no Python warning."""
+    from marl_jax.env.data import synthetic_bars
+
+    data = tmp_path / "daily.csv"
+    synthetic_bars(600, 0, interval_minutes=1440).to_frame().to_csv(data, index=False)
+    config = write_config(tmp_path / "tiny.yaml", TINY)
+    argv = ["--config", str(config), "--data", str(data), "--out", str(tmp_path / "r")]
+    assert train_cli.main([*argv, "--no-progress"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
+    assert warned == [
+        f"warning: {data}: bars are 1440 minutes apart, coarser than the 30-minute interval; "
+        "using them as they are"
+    ]

@@ -117,10 +117,10 @@ def spec_from_args(args: argparse.Namespace):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notices are not for users
-    from marl_jax.errors import MarlJaxError, one_line
+    from marl_jax.errors import cli_main
     from marl_jax.run.cache import enable_compilation_cache
 
-    try:
+    def body() -> int:
         enable_compilation_cache()
         from marl_jax.walkforward.driver import walk_forward
         from marl_jax.walkforward.pooled import format_table
@@ -129,9 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(report))
         print(f"walk-forward folder: {args.out} (report.json, returns.csv, equity_curve.png)")
         return 0
-    except MarlJaxError as err:
-        print("error: " + one_line(err), file=sys.stderr)
-        return 2
+
+    return cli_main(body)
 
 
 if __name__ == "__main__":
