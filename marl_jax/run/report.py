@@ -27,6 +27,7 @@ from marl_jax.run.steps import Normalisations, model_metadata
 
 __all__ = [
     "REPORT_METRICS",
+    "metrics_table",
     "capture_line",
     "export_pt",
     "format_report",
@@ -234,20 +235,39 @@ def write_report(run: Run, state: TrainState) -> dict:
     return report
 
 
+# Column headings of the metrics tables (the full names are in their legend line).
+SHORT_NAMES = {"buy_and_hold": "buy&hold", "momentum": "momentum"}
+TABLE_COLUMN = 10  # 7 columns of 10 after a 19-character label fit 100 columns
+
+
+def metrics_table(by_name: Mapping[str, Mapping[str, float]], title: str) -> list[str]:
+    """One block of a console table, transposed to fit 100 columns: a row per metric of
+    :data:`REPORT_METRICS` and a column per agent (the policy first, then the baselines)."""
+    label = max(map(len, REPORT_METRICS)) + 2
+    names = list(by_name)
+    heads = [SHORT_NAMES.get(n, n.split(" ")[0])[: TABLE_COLUMN - 1] for n in names]
+    lines = [
+        f"{title}: {', '.join(names)}",
+        f"{'':{label}s}" + "".join(f"{h:>{TABLE_COLUMN}s}" for h in heads),
+    ]
+    for k in REPORT_METRICS:
+        cells = "".join(f"{by_name[n][k]:>{TABLE_COLUMN}.4f}" for n in names)
+        lines.append(f"{k:{label}s}" + cells)
+    return lines
+
+
 def format_report(report: Mapping) -> str:
-    """The report as a text table (a block per instrument, then the pooled one, for several)."""
-    width = {k: max(11, len(k) + 2) for k in REPORT_METRICS}
-    header = f"{'test split':16s}" + "".join(f"{k:>{width[k]}s}" for k in REPORT_METRICS)
-    lines = [header, "-" * len(header)]
+    """The report as a text table (a block per instrument, then the pooled one, for several),
+    metrics down and agents across."""
     blocks = [(f"{name}:", part) for name, part in report.get("instruments", {}).items()]
     if blocks:
         blocks.append(("pooled:", report))
+    lines: list[str] = []
     for title, part in blocks or [(None, report)]:
         if title is not None:
             lines.append(title)
-        for name, scores in [("policy (greedy)", part["policy"]), *part["baselines"].items()]:
-            cells = "".join(f"{scores[k]:>{width[k]}.4f}" for k in REPORT_METRICS)
-            lines.append(f"{name:16s}" + cells)
+        by_name = {"policy (greedy)": part["policy"], **part["baselines"]}
+        lines += metrics_table(by_name, "test split")
         if "capture" in part:
             lines.append(capture_line(part["capture"]))
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import pandas as pd
 from marl_jax.env.evaluate import ORACLE
 from marl_jax.files import atomic_write_text
 from marl_jax.run.plots import plot_equity_curves
-from marl_jax.run.report import REPORT_METRICS, capture_line, stitched_summary, with_capture
+from marl_jax.run.report import capture_line, metrics_table, stitched_summary, with_capture
 from marl_jax.run.setup import SYNTHETIC
 
 __all__ = [
@@ -117,19 +117,15 @@ def gate_record(folds: Sequence[Mapping]) -> dict:
 def format_table(report: Mapping) -> str:
     """Each fold's and the pooled test metrics as a text table (with several instruments, each
     instrument's folds stitched too, before the pooled rows)."""
-    blocks = [(str(f["fold"]), f["test"]) for f in report["folds"]]
+    blocks = [(f"fold {f['fold']}", f["test"]) for f in report["folds"]]
     blocks += list(report.get("instruments", {}).items())
     blocks.append(("pooled", report["pooled"]))
-    width = max(8, *(len(label) + 2 for label, _ in blocks))
-    header = f"{'fold':{width}s}{'':16s}" + "".join(f"{k:>18s}" for k in REPORT_METRICS)
-    lines = [header, "-" * len(header)]
+    lines: list[str] = []
     for label, by_name in blocks:
-        for i, (name, scores) in enumerate(by_name.items()):
-            row = "".join(f"{scores[k]:>18.4f}" for k in REPORT_METRICS)
-            lines.append(f"{label if i == 0 else '':{width}s}{name:16s}" + row)
+        lines += [*([""] if lines else []), *metrics_table(by_name, label)]
         capture = with_capture(by_name["policy"], by_name)
         if capture:
-            lines.append(f"{'':{width}s}" + capture_line(capture["capture"]))
+            lines.append(capture_line(capture["capture"]))
     if "one_sign_folds" in report:
         one = report["one_sign_folds"]
         lines.append(
