@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from marl_jax.env.data import load_bars
+from marl_jax.run import datasets
 
 _PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "learning.py"
 _spec = importlib.util.spec_from_file_location("bench_learning", _PATH)
@@ -54,7 +55,7 @@ def test_convert_each_source_format_to_loadable_bars(tmp_path, fmt):
     text, interval = SOURCE_TEXT[fmt]
     src, dst = tmp_path / "src.csv", tmp_path / "cache" / "bars.csv"
     src.write_text(text)
-    assert learning.convert_bars(src, dst, fmt, interval) == 3
+    assert datasets.convert_bars(src, dst, fmt, interval) == 3
     assert dst.read_text().splitlines()[0] == "timestamp,open,high,low,close,volume"
     bars = load_bars(dst, interval_minutes=interval)
     stamp, first_open, first_close = EXPECTED_FIRST[fmt]
@@ -66,11 +67,11 @@ def test_convert_each_source_format_to_loadable_bars(tmp_path, fmt):
 def test_convert_names_the_row_and_the_missing_column(tmp_path):
     src = tmp_path / "src.csv"
     src.write_text("Time,Open,High,Low,Close,Volume\n2017-01-02 22:00,1,1,1,1,1\n")
-    with pytest.raises(learning.BenchmarkError, match=r"row 1: .*%d\.%m\.%Y"):
-        learning.convert_bars(src, tmp_path / "out.csv", "gym_forex")
+    with pytest.raises(datasets.DatasetError, match=r"row 1: .*%d\.%m\.%Y"):
+        datasets.convert_bars(src, tmp_path / "out.csv", "gym_forex")
     src.write_text("Date,Open,High,Low,Volume\n2009-05-22,1,1,1,1\n")
-    with pytest.raises(learning.BenchmarkError, match="missing column.*Close"):
-        learning.convert_bars(src, tmp_path / "out.csv", "gym_stocks")
+    with pytest.raises(datasets.DatasetError, match="missing column.*Close"):
+        datasets.convert_bars(src, tmp_path / "out.csv", "gym_stocks")
     assert not (tmp_path / "out.csv").exists()
 
 
