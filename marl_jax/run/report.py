@@ -236,7 +236,7 @@ def write_report(run: Run, state: TrainState) -> dict:
 
 
 # Column headings of the metrics tables (the full names are in their legend line).
-SHORT_NAMES = {"buy_and_hold": "buy&hold", "momentum": "momentum"}
+SHORT_NAMES = {"buy_and_hold": "buy&hold"}
 TABLE_COLUMN = 10  # 7 columns of 10 after a 19-character label fit 100 columns
 
 

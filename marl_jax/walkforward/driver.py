@@ -73,6 +73,11 @@ def select_by(options: Mapping) -> str:
     return options.get("select_by", SELECT_METRIC)
 
 
+def gated(options: Mapping) -> bool:
+    """Whether the walk-forward's folds are gated (``--gate``; never before the flag existed)."""
+    return bool(options.get("gate", False))
+
+
 def fold_dir(out: str | Path, index: int) -> Path:
     """The run directory of fold ``index``."""
     return Path(out) / f"fold_{index}"
@@ -206,7 +211,7 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         raise WalkForwardError(
             "--sweep with several --data files: not supported; give one --data, or drop --sweep"
         )
-    if several and options.get("gate"):
+    if several and gated(options):
         raise WalkForwardError(
             "--gate with several --data files: not supported; give one --data, or drop --gate"
         )
@@ -242,8 +247,7 @@ def _run_single(
             )
         train = run_fold if sweep is None else sweep.run_fold
         root = fold_dir(out, fold.index)
-        choice = {"select_by": select_by(header["options"])}
-        choice["gate"] = bool(header["options"].get("gate", False))
+        choice = {"select_by": select_by(header["options"]), "gate": gated(header["options"])}
         results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle, **choice))
     ppy = market.periods_per_year_at(market.interval_minutes_of(bars))
     trials = None if sweep is None else pooled_trials([s for s, _ in results])

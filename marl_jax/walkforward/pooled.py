@@ -31,7 +31,7 @@ __all__ = [
     "RETURNS_CSV",
     "format_table",
     "gate_record",
-    "timing_record",
+    "position_checks",
     "instrument_name",
     "pooled_metrics",
     "returns_frame",
@@ -86,12 +86,13 @@ def pooled_metrics(
     )
 
 
-def timing_record(folds: Sequence[tuple[dict, dict]]) -> dict:
+def position_checks(folds: Sequence[tuple[dict, dict]]) -> dict:
     """The honesty checks of a policy's test positions: ``one_sign_folds`` (the folds in which
     the position never changes sign, counting flat as a sign: buy-and-hold scaled, or its
     short, there; a positive pooled IR from such folds is which sign each held, not timing),
-    and where the oracle ran, ``timing``: the correlation of the stitched positions with the
-    oracle's (``sign(s)`` of the planted signal; None where either is constant)."""
+    and where the oracle ran, ``oracle_correlation``: the correlation of the stitched positions
+    with the oracle's (``sign(s)`` of the planted signal; None where either is constant).
+    ``benchmarks/planted.py``'s "timing" correlates them with ``s`` itself instead."""
     one_sign = [
         int(f["fold"])
         for f, arrays in folds
@@ -102,7 +103,7 @@ def timing_record(folds: Sequence[tuple[dict, dict]]) -> dict:
         policy = np.concatenate([a["policy"]["positions"] for _, a in folds]).astype(np.float64)
         oracle = np.concatenate([a[ORACLE]["positions"] for _, a in folds]).astype(np.float64)
         varies = policy.std() > 0 and oracle.std() > 0
-        out["timing"] = float(np.corrcoef(policy, oracle)[0, 1]) if varies else None
+        out["oracle_correlation"] = float(np.corrcoef(policy, oracle)[0, 1]) if varies else None
     return out
 
 
@@ -132,8 +133,9 @@ def format_table(report: Mapping) -> str:
             f"one-sign test folds: {one['count']} of {one['of']} (the position never changes "
             "sign there: no timing)"
         )
-    if report.get("timing") is not None:
-        lines.append(f"timing (correlation with the oracle's position): {report['timing']:.4f}")
+    if report.get("oracle_correlation") is not None:
+        corr = report["oracle_correlation"]
+        lines.append(f"correlation of the position with the oracle's: {corr:.4f}")
     if "gate_held" in report:
         lines.append("gate: the folds held " + ", ".join(map(str, report["gate_held"])))
     return "\n".join(lines)
@@ -169,7 +171,7 @@ def write_outputs(
         "folds": [summary for summary, _ in folds],
         "pooled": pooled,
         **with_capture(pooled["policy"], pooled),
-        **timing_record(folds),
+        **position_checks(folds),
         **gate_record([summary for summary, _ in folds]),
         "returns_csv": RETURNS_CSV,
     }
