@@ -131,7 +131,7 @@ def main() -> None:
         data.synthetic_bars(args.bars, seed=0, interval_minutes=60).to_frame().to_csv(
             path, index=False
         )
-        bars = data.load_bars(path, resample=False)
+        bars = data.load_bars(path)
     print(
         f"Decision on the latest of {len(bars)} hourly bars, features included: JAX "
         f"{jax.__version__} (jitted) vs PyTorch {torch.__version__} eager "

@@ -137,13 +137,9 @@ def plan_run(
             reason = "env.data_paths is not a config key yet: several instruments are not wired"
             return Run(file, variant, seed, out, (), None, "skip", reason)
         paths = [data[f] for f in data]
-        # Hourly and daily files together: no one interval to set; each keeps its own bars.
-        intervals = {SOURCES[f].interval_minutes for f in data if f in SOURCES}
-        base += [f"env.interval_minutes={intervals.pop()}"] if len(intervals) == 1 else []
         base.append(f"env.data_paths=[{', '.join(paths)}]")
         path = None
     else:
-        base.append(f"env.interval_minutes={SOURCES[file].interval_minutes}")
         path = data[file]
     overrides = (*base, *sets, *VARIANTS[variant], f"seed={seed}")
     return Run(file, variant, seed, out, overrides, path, run_status(out, folds))

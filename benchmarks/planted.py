@@ -282,10 +282,7 @@ def plan(
     is unreachable)."""
     rows = []
     for file in files:
-        base = [
-            f"env.cost_bps={COST_BPS:g}",
-            f"env.interval_minutes={SOURCES[file].interval_minutes}",
-        ]
+        base = [f"env.cost_bps={COST_BPS:g}"]
         unplanted = Row(file, UNPLANTED, None, None)
         rows.append(_with_runs(unplanted, out_root, data[file], base, sets, seeds, folds))
         for signal, by_target in calibrations[file].items():
@@ -315,7 +312,7 @@ def write_planted_file(row: Row, source: Path) -> Path:
     """Plants ``row``'s signal at its calibrated strength into the bar file ``source`` (as the
     walk-forward loads it) and writes it with its sidecar; an existing one is kept when it is
     that plant of that file, and refused when it is another."""
-    from marl_jax.env.data import load_bars, read_bar_table
+    from marl_jax.env.data import read_bar_table
     from marl_jax.env.plant import DEFAULT_SPANS, plant
     from marl_jax.run.planted import sha256_of, sidecar_path, write_planted
 
@@ -337,9 +334,6 @@ def write_planted_file(row: Row, source: Path) -> Path:
             f"now gives {recipe}: delete {out.parent} or use another --out"
         )
     table = read_bar_table(source)
-    loaded = load_bars(source, interval_minutes=SOURCES[row.file].interval_minutes)
-    if not np.array_equal(loaded.timestamp, table.bars.timestamp):
-        raise BenchmarkError(f"{source}: resampled on loading; plant the bars at their interval")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_planted(
         table, plant(table.bars, row.signal, recipe["strength"]), recipe, source, out, COST_BPS
@@ -620,7 +614,7 @@ def calibrate_all(
 
     out = {}
     for file in files:
-        bars = load_bars(data[file], interval_minutes=SOURCES[file].interval_minutes)
+        bars = load_bars(data[file])
         out[file] = {s: calibrate(bars, s, targets, tolerance) for s in signals}
     return out
 

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = load_config(args.config, args.set)
     path = bench.learning.fetch(args.file, Path(os.path.expanduser(args.cache)))
-    bars = load_bars(str(path), interval_minutes=bench.SOURCES[args.file].interval_minutes)
+    bars = load_bars(str(path))
     strength = args.strength
     if strength is None:
         strength = bench.calibrate(bars, args.signal, [args.target])[args.target].strength

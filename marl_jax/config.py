@@ -314,7 +314,24 @@ class EnvConfig(_Section):
     episode_len: Int = Field(256, ge=1, description="bars per episode")
     cost_bps: Float = Field(1.0, ge=0, description="cost per unit of position change, bps")
     window: Int = Field(48, ge=1, description="bars each agent sees")
-    interval_minutes: Int = Field(30, ge=1, description="bar length in minutes")
+    interval_minutes: Int = Field(
+        30,
+        ge=1,
+        description="bar length of the synthetic data, minutes (a bar file's interval is read "
+        "from its timestamps)",
+    )
+    resample_minutes: Float | None = Field(
+        None,
+        gt=0,
+        description="aggregate a bar file's bars into bars of this many minutes (coarser "
+        "only); null = the file's own interval",
+    )
+    periods_per_year: Float | None = Field(
+        None,
+        gt=0,
+        description="bars per year that annualise the metrics; null = measured on the train "
+        "split's timestamps (the synthetic data: 252 days of 24 hours)",
+    )
     train_frac: Float = Field(0.7, gt=0, lt=1, description="training split, by time")
     val_frac: Float = Field(0.15, ge=0, lt=1, description="validation split, by time")
     test_frac: Float = Field(0.15, gt=0, lt=1, description="test split, by time")

@@ -4,7 +4,8 @@ A :class:`Policy` holds the models, their variables, the feature normalisation a
 were trained with, and the run config they act under (if any), all in memory; it reads no model,
 checkpoint or config file. :func:`marl_jax.run.deploy.load_policy` builds one from any model
 source (a run, ``RUN:STEP``, a checkpoint step, a model directory or a ``.pt``).
-``policy.load_bars(path)`` is :func:`marl_jax.env.data.load_bars` at the run's bar interval.
+``policy.load_bars(path)`` is :func:`marl_jax.env.data.load_bars` at the file's own interval,
+resampled where the run config sets ``env.resample_minutes`` (one line on stderr says so).
 ``policy.decide(bars, at=None, *, position=None)`` computes the 13
 features causally from only the tail of the bars that the decision bar's window needs
 (``WARMUP_BARS + window`` bars), normalises them, and runs the three actors greedily (eval
@@ -27,9 +28,10 @@ functions (:mod:`marl_jax.env.market`):
   the bar's volatility scale ``min(target_vol / sigma_t, max_leverage)``. The environment runs
   its EWMA of squared log returns from the file's first bar; a decision reads the closes of
   only the last ``VOL_SPANS_READ * vol_span + 1`` bars (``vol_history``; 1201 for the default
-  span 60) and the whole file's bar interval. The older returns' weight in the environment's
-  EWMA is ``(1 - 2 / (span + 1)) ** (20 span) <= 1e-17``, so the scale is the environment's
-  to float32 rounding (a test checks it is equal, bar by bar).
+  span 60) and the file's bars per year (:meth:`Policy.periods_per_year`). The older
+  returns' weight in the environment's EWMA is ``(1 - 2 / (span + 1)) ** (20 span) <=
+  1e-17``, so the scale is the environment's to float32 rounding (a test checks it is equal,
+  bar by bar).
 
 The critic reads each window's mean, as the environment's critic observation. The critic's
 value is its raw output: in ValueNorm units when the model was trained with
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,10 +64,9 @@ from marl_jax.env.features import (
     compute_features,
 )
 from marl_jax.env.market import (
+    bars_per_year,
     combined_vote,
     env_modes,
-    interval_minutes_of,
-    periods_per_year_at,
     positions_from_actions,
     vol_scale,
 )
@@ -88,6 +90,10 @@ _CHUNK = 1024
 # last return only), far below float32 rounding.
 VOL_SPANS_READ = 20
 _DEFAULTS = Config()  # a model without a run config acts with the default env modes
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class PolicyError(MarlJaxError, ValueError):
@@ -229,11 +235,20 @@ class Policy:
         """Bars a decision needs: the features' warm-up plus the window."""
         return WARMUP_BARS + self.window
 
-    def load_bars(self, path: str | Path) -> bar_data.Bars:
-        """A bar file, resampled to the run's interval when the model has a run config."""
-        if self.config is None:
-            return bar_data.load_bars(path, resample=False)
-        return bar_data.load_bars(path, interval_minutes=self.config.env.interval_minutes)
+    def load_bars(
+        self, path: str | Path, say: Callable[[str], None] | None = _to_stderr
+    ) -> bar_data.Bars:
+        """A bar file at its own interval, resampled as the model's run config's
+        ``env.resample_minutes`` asks (``say`` gets the line saying so)."""
+        resample = None if self.config is None else self.config.env.resample_minutes
+        return bar_data.load_bars(path, resample_minutes=resample, say=say)
+
+    def periods_per_year(self, bars: bar_data.Bars) -> float:
+        """Bars per year on ``bars``: the run config's ``env.periods_per_year`` when set, else
+        measured on their train split (:func:`marl_jax.env.market.bars_per_year`)."""
+        cfg = self.run_config
+        given = cfg.env.periods_per_year
+        return float(given) if given is not None else bars_per_year(bars, cfg.env.split_fractions)
 
     def bar_at(self, bars: bar_data.Bars, at: Any = None, source: str = "bars") -> int:
         """The index of the bar stamped ``at`` (a timestamp or a string; default the last)."""
@@ -305,7 +320,7 @@ class Policy:
         stop)``, as the environment built on ``bars`` has it: 1 under ``fixed``; under
         ``vol_target`` the environment's EWMA of squared log returns, run from
         ``vol_history`` bars before ``start`` (from the first bar when the file is shorter:
-        then it is the environment's exactly), with the whole file's bar interval."""
+        then it is the environment's exactly), annualised at :meth:`periods_per_year`."""
         m = self.modes
         if m["position_sizing"] != "vol_target":
             return np.ones(stop - start, np.float32)
@@ -315,7 +330,7 @@ class Policy:
             m["vol_span"],
             m["target_vol"],
             m["max_leverage"],
-            periods_per_year_at(interval_minutes_of(bars)),
+            self.periods_per_year(bars),
         )
         return vol_scale(log_returns, *spans)[start - first :].astype(np.float32)
 

@@ -57,7 +57,7 @@ def test_convert_each_source_format_to_loadable_bars(tmp_path, fmt):
     src.write_text(text)
     assert datasets.convert_bars(src, dst, fmt, interval) == 3
     assert dst.read_text().splitlines()[0] == "timestamp,open,high,low,close,volume"
-    bars = load_bars(dst, interval_minutes=interval)
+    bars = load_bars(dst)
     stamp, first_open, first_close = EXPECTED_FIRST[fmt]
     assert str(bars.timestamp[0])[:16] == stamp
     assert bars.open[0] == first_open and bars.close[0] == first_close
@@ -124,7 +124,8 @@ def test_plan_covers_files_by_variants_and_resumes(tmp_path, monkeypatch):
     by_key = {r.key: r for r in runs}
     new = learning.command(by_key["gym_googl_1d/vol_target/seed_0"], "base.yaml", 5)
     sets = [new[i + 1] for i, a in enumerate(new) if a == "--set"]
-    assert sets[:2] == ["env.cost_bps=1", "env.interval_minutes=1440"]
+    assert sets[:1] == ["env.cost_bps=1"]  # the interval is read from the file
+    assert not any("interval_minutes" in s for s in sets)
     assert sets[-2:] == ["env.position_sizing=vol_target", "seed=0"]
     assert new[new.index("--data") + 1] == str(tmp_path / "gym_googl_1d.csv")
     assert new[new.index("--config") + 1] == "base.yaml" and "--resume" not in new
@@ -141,7 +142,6 @@ def test_user_overrides_sit_between_the_base_and_the_variant(tmp_path):
     )
     assert run.overrides == (
         "env.cost_bps=1",
-        "env.interval_minutes=60",
         "a.b=1",
         "env.reward=excess",
         "seed=2",
@@ -157,12 +157,11 @@ def test_pooled_variant_lists_every_file_once_the_key_exists(tmp_path, monkeypat
     assert f"env.data_paths=[{tmp_path}/bt_eurusd_1h.csv, {tmp_path}/gym_eurusd_1h.csv]" in (
         run.overrides
     )
-    assert "env.interval_minutes=60" in run.overrides
-    everything = _data(tmp_path, learning.SOURCES)  # hourly and daily: no one interval
+    everything = _data(tmp_path, learning.SOURCES)  # hourly and daily: each its own interval
     mixed = learning.plan_run(tmp_path, "all", learning.POOLED, 0, 5, everything)
     assert mixed.status == "new"
     assert len(next(o for o in mixed.overrides if "data_paths" in o).split(",")) == 4
-    assert not any(o.startswith("env.interval_minutes") for o in mixed.overrides)
+    assert not any("interval_minutes" in o for o in (*run.overrides, *mixed.overrides))
 
 
 def test_choice_reads_validation_only(tmp_path):

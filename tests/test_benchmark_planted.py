@@ -139,7 +139,7 @@ def test_plan_is_files_by_signals_by_targets_by_seeds_plus_strength_zero(tmp_pat
     assert run.data == str(out / "data" / "bt_goog_1d_trend_ir_2.csv")
     cmd = planted.learning.command(run, "configs/real_markets.yaml", 5)
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    assert sets == ["env.cost_bps=1", "env.interval_minutes=1440", "a.b=1", "seed=2"]
+    assert sets == ["env.cost_bps=1", "a.b=1", "seed=2"]
     assert cmd[cmd.index("--data") + 1] == run.data
     assert "--gate" not in cmd and "--select-by" not in cmd
     args = planted.build_parser().parse_args(["--gate", "--select-by", "total_log_return"])

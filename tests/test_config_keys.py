@@ -150,3 +150,53 @@ def test_every_config_key_is_read_by_a_run(tmp_path, monkeypatch):
     train_run(RunSpec(out=str(out), config=str(config)), progress=False)
     unread = sorted(path for key, path in leaf_paths(Config).items() if key not in reads())
     assert not unread, f"config keys that no code outside marl_jax/config.py reads: {unread}"
+
+
+# ---------------------------------------------------------------- the bar interval's keys
+
+
+def _cfg_for(data, **env):
+    from marl_jax.config import config_from_dict
+
+    return config_from_dict(
+        {**TINY, "env": {**TINY["env"], "data_path": None if data is None else str(data), **env}}
+    )
+
+
+def test_env_periods_per_year_overrides_the_measured_calendar(tmp_path):
+    from calendars import us_daily, write_bars
+
+    from marl_jax.env.market import periods_per_year_at
+    from marl_jax.run.setup import env_params_for, load_market, periods_per_year_for
+
+    data = write_bars(tmp_path / "daily.csv", us_daily(300))
+    measured = _cfg_for(data)
+    bars = load_market(measured)
+    assert periods_per_year_for(measured, bars) == pytest.approx(252, rel=0.03)
+    given = _cfg_for(data, periods_per_year=260.0)
+    assert periods_per_year_for(given, bars) == 260.0
+    assert env_params_for(given, bars, "test", None).periods_per_year == 260.0
+    # The synthetic market: its nominal calendar, unless given.
+    synthetic = _cfg_for(None, interval_minutes=60)
+    assert periods_per_year_for(synthetic, bars) == periods_per_year_at(60) == 252 * 24
+    assert periods_per_year_for(_cfg_for(None, periods_per_year=99.0), bars) == 99.0
+
+
+def test_env_resample_minutes_resamples_a_file_with_one_line(tmp_path):
+    import pandas as pd
+    from calendars import bar_frame
+
+    from marl_jax.env.data import DataError
+    from marl_jax.run.setup import load_markets
+
+    stamps = pd.date_range("2021-03-01 09:00", periods=120, freq="5min")
+    data = tmp_path / "fine.csv"
+    bar_frame(stamps).to_csv(data, index=False)
+    said = []
+    (bars,) = load_markets(_cfg_for(data), say=said.append).values()
+    assert len(bars) == 120 and said == []  # the file's own interval
+    (bars,) = load_markets(_cfg_for(data, resample_minutes=30), say=said.append).values()
+    assert len(bars) == 20 and bars.interval_minutes == 30
+    assert said == [f"{data}: resampled 5-minute bars to 30-minute bars (120 to 20 bars)"]
+    with pytest.raises(DataError, match="env.resample_minutes 1 is finer than the bars' 5-minute"):
+        load_markets(_cfg_for(data, resample_minutes=1))

@@ -36,12 +36,12 @@ def test_fetch_extracts_converts_and_writes_out(tmp_path, capsys, monkeypatch):
     out = tmp_path / "googl.csv"
     argv = ["fetch", "gym_googl_1d", "--out", str(out), "--cache", str(tmp_path / "cache")]
     assert main(argv) == 0
-    bars = load_bars(out, interval_minutes=1440)
+    bars = load_bars(out)
     assert len(bars) == 3 and bars.close[-1] == 204.4 and bars.interval_minutes == 1440
     assert f"{out}: gym_googl_1d" in capsys.readouterr().out
     assert main(argv) == 0  # the converted file is cached: no archive needed now
     (dist / f"gym_anytrading-{source.version}-py3-none-any.whl").unlink()
-    assert main(argv) == 0 and load_bars(out, interval_minutes=1440).close[-1] == 204.4
+    assert main(argv) == 0 and load_bars(out).close[-1] == 204.4
 
 
 def test_an_unknown_name_is_one_line(tmp_path, capsys):

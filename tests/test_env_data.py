@@ -1,18 +1,23 @@
 """Acceptance 1: every file shape loads; each validation rule rejects a broken file by row."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
+from calendars import fx_hourly, us_daily, us_hourly, write_bars
 
 from marl_jax.env.data import (
     Bars,
     DataError,
     load_bars,
+    periods_per_year_of,
     resample_bars,
     split_bars,
     split_bounds,
     synthetic_bars,
 )
+from marl_jax.env.market import bars_per_year, periods_per_year_at
 
 N = 40
 
@@ -169,10 +174,16 @@ def test_unparseable_timestamp_and_missing_column(tmp_path):
 # Intervals, slicing, splits, synthetic bars
 
 
-def test_finer_bars_are_resampled_to_30_minutes(tmp_path):
+def test_finer_bars_keep_their_interval_unless_resampling_is_asked(tmp_path):
     fine = _frame(n=60, start="2021-03-01 09:00", freq="5min")
     fine.to_csv(tmp_path / "fine.csv", index=False)
-    bars = load_bars(tmp_path / "fine.csv")
+    as_they_are = load_bars(tmp_path / "fine.csv")
+    assert len(as_they_are) == 60 and as_they_are.interval_minutes == 5
+    said = []
+    bars = load_bars(tmp_path / "fine.csv", resample_minutes=30, say=said.append)
+    assert said == [
+        f"{tmp_path / 'fine.csv'}: resampled 5-minute bars to 30-minute bars (60 to 10 bars)"
+    ]
     assert len(bars) == 10
     assert bars.interval_minutes == 30
     groups = [fine.iloc[6 * k : 6 * k + 6] for k in range(10)]
@@ -184,12 +195,32 @@ def test_finer_bars_are_resampled_to_30_minutes(tmp_path):
     assert str(bars.timestamp[1]) == "2021-03-01T09:30:00.000000000"
 
 
-def test_coarser_bars_are_kept_with_a_warning(tmp_path):
-    coarse = _frame(freq="60min")
-    coarse.to_csv(tmp_path / "coarse.csv", index=False)
-    with pytest.warns(UserWarning, match="coarser"):
-        bars = load_bars(tmp_path / "coarse.csv")
-    _check(bars, coarse)
+def test_resampling_to_the_bars_own_interval_changes_nothing_and_says_nothing(tmp_path):
+    ref = _frame(freq="60min")
+    ref.to_csv(tmp_path / "h.csv", index=False)
+    said = []
+    _check(load_bars(tmp_path / "h.csv", resample_minutes=60, say=said.append), ref)
+    assert said == []
+
+
+def test_resampling_to_a_finer_interval_is_a_one_line_error(tmp_path):
+    _frame(freq="60min").to_csv(tmp_path / "h.csv", index=False)
+    with pytest.raises(DataError) as err:
+        load_bars(tmp_path / "h.csv", resample_minutes=15)
+    assert str(err.value) == (
+        f"{tmp_path / 'h.csv'}: interval: env.resample_minutes 15 is finer than the bars' "
+        "60-minute interval; resampling only aggregates bars: set a multiple of 60 or null"
+    )
+
+
+def test_coarser_bars_load_as_they_are_with_no_warning(tmp_path):
+    daily = _frame(freq="1D")
+    daily.to_csv(tmp_path / "daily.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        bars = load_bars(tmp_path / "daily.csv")
+    _check(bars, daily)
+    assert bars.interval_minutes == 1440
 
 
 def test_interval_is_configurable():
@@ -231,4 +262,36 @@ def test_to_frame_writes_what_load_bars_reads_back(tmp_path):
     frame = bars.to_frame()
     assert list(frame.columns) == ["timestamp", "open", "high", "low", "close", "volume"]
     frame.to_csv(tmp_path / "bars.csv", index=False)
-    _check(load_bars(tmp_path / "bars.csv", resample=False), frame)
+    _check(load_bars(tmp_path / "bars.csv"), frame)
+
+
+# --------------------------------------------------------------------------------------------
+# Bars per year: the bars' own calendar
+
+
+@pytest.mark.parametrize(
+    ("stamps", "expected"),
+    [
+        (us_daily(300), 252),  # daily US equities
+        (us_hourly(250), 7 * 252),  # their seven hourly bars a session
+        (fx_hourly(250), 24 * 260),  # hourly FX, 24 hours on weekdays
+    ],
+    ids=["us-daily", "us-hourly", "fx-hourly"],
+)
+def test_bars_per_year_come_from_the_calendar_of_the_timestamps(tmp_path, stamps, expected):
+    bars = load_bars(write_bars(tmp_path / "bars.csv", stamps))
+    assert periods_per_year_of(bars.timestamp) == pytest.approx(expected, rel=0.03)
+    # Measured on the train split, which every split and fold then shares.
+    train = bars[: split_bounds(len(bars), (0.6, 0.2, 0.2))["train"][1]]
+    per_year = bars_per_year(bars, (0.6, 0.2, 0.2))
+    assert per_year == periods_per_year_of(train.timestamp)
+    assert per_year == pytest.approx(expected, rel=0.03)
+
+
+def test_bars_per_year_of_evenly_spaced_bars_and_of_too_few():
+    bars = synthetic_bars(500, seed=0, interval_minutes=30)  # round the clock, every day
+    assert periods_per_year_of(bars.timestamp) == pytest.approx(365.25 * 48)
+    assert np.isnan(periods_per_year_of(bars.timestamp[:1]))
+    # Too few train bars to measure: all of them; one bar: the nominal calendar.
+    assert bars_per_year(bars[:3], (0.1, 0.0, 0.9)) == pytest.approx(365.25 * 48)
+    assert bars_per_year(bars[:1]) == periods_per_year_at(30)

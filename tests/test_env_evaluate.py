@@ -29,7 +29,8 @@ BARS = synthetic_bars(2500, seed=4)
 
 @pytest.fixture(scope="module")
 def params():
-    return make_env_params(BARS, "test", cost_bps=3.0)
+    # Annualised at the nominal calendar the params are given (not the bars' own, 365.25 x 48).
+    return make_env_params(BARS, "test", cost_bps=3.0, periods_per_year=252 * 48)
 
 
 @functools.cache
@@ -62,6 +63,11 @@ def test_metrics_are_the_summary_against_buy_and_hold(params):
     assert run.metrics == pytest.approx(expected)
     assert {"alpha_t", "active_ir", "psr", "sharpe_2x_cost"} <= set(run.metrics)
     assert periods_per_year_at(30) == 252 * 48
+    # Without one, the bars' own calendar: synthetic bars come every 30 minutes, all year.
+    assert make_env_params(BARS, "test").periods_per_year == pytest.approx(365.25 * 48)
+    assert simulate(pos, params, 365.25 * 48).metrics["sharpe"] == pytest.approx(
+        run.metrics["sharpe"] * np.sqrt(365.25 / 252)
+    )
     third = simulate(np.full(last - lo, 1 / 3), params).metrics
     assert third["beta"] == pytest.approx(1 / 3, rel=1e-6) and third["active_ir"] == 0.0
 
@@ -89,7 +95,10 @@ def test_policy_equal_to_baselines_scores_the_same(params):
     assert got == pytest.approx(bh)
     assert evaluate_policy(flat, params)["total_log_return"] == 0.0
     # From bars: the same split and cost give the same numbers.
-    assert evaluate_policy(always_long, BARS, "test", cost_bps=3.0) == pytest.approx(bh)
+    from_bars = evaluate_policy(
+        always_long, BARS, "test", cost_bps=3.0, periods_per_year=params.periods_per_year
+    )
+    assert from_bars == pytest.approx(bh)
 
 
 def test_evaluate_split_and_atomic_plot(tmp_path, params):

@@ -334,7 +334,9 @@ def test_vol_target_scales_down_in_high_vol_and_respects_the_cap():
     p = make_env_params(bars, **kw)
     scale = np.asarray(p.vol_scale)
     r = np.asarray(p.log_returns, np.float64)
-    sigma = np.sqrt(_ewma_reference(r, 30) * periods_per_year_at(30))
+    # Annualised at the bars' own calendar (30-minute bars round the clock).
+    assert p.periods_per_year == pytest.approx(365.25 * 48)
+    sigma = np.sqrt(_ewma_reference(r, 30) * 365.25 * 48)
     expected = np.minimum(0.1 / sigma[1:], 3.0)
     np.testing.assert_allclose(scale[1:], expected, rtol=1e-5)
     assert scale.max() <= 3.0 + 1e-6 and scale[400:800].min() == pytest.approx(3.0)  # capped
@@ -421,10 +423,13 @@ def test_the_config_keys_reach_the_environment():
         "delta",
         0.25,
     )
+    # The synthetic market's config: its nominal calendar, 252 days of 24 hours.
+    assert p.periods_per_year == periods_per_year_at(30)
     direct = make_env_params(
         DRIFTING,
         "train",
         window=8,
+        periods_per_year=periods_per_year_at(30),
         position_sizing="vol_target",
         vol_span=10,
         target_vol=0.2,

@@ -143,7 +143,8 @@ def test_oracle_summary_is_the_sign_of_s_net_of_costs(bars):
     pos = np.sign(p.signal[:-1])
     net = pos * next_r - 2.0 * 1e-4 * np.abs(np.diff(np.r_[0.0, pos]))
     o = oracle_summary(p.bars, p.signal, cost_bps=2.0)
-    ppy = market.periods_per_year_at(30)
+    ppy = market.bars_per_year(p.bars)  # the bars' own calendar
+    assert ppy == pytest.approx(365.25 * 48)
     assert o["sharpe"] == pytest.approx(metrics.sharpe_ratio(net, ppy), rel=1e-12)
     assert o["gross_sharpe"] == pytest.approx(metrics.sharpe_ratio(pos * next_r, ppy), rel=1e-12)
     assert o["turnover"] == pytest.approx(metrics.turnover(pos))
@@ -185,7 +186,7 @@ def test_cli_writes_out_and_its_sidecar_and_prints_the_oracle(tmp_path, bars, ca
     assert record["input"]["file"] == "in.csv" and len(record["input"]["sha256"]) == 64
     assert record["version"] and record["oracle"]["cost_bps"] == 2.0
     np.testing.assert_array_equal(record["s"], planted.signal)
-    oracle = oracle_summary(load_bars(out, resample=False), np.asarray(record["s"]), 2.0)
+    oracle = oracle_summary(load_bars(out), np.asarray(record["s"]), 2.0)
     for key in ("gross_sharpe", "sharpe", "active_ir", "turnover"):
         assert record["oracle"][key] == pytest.approx(oracle[key], rel=1e-12)
     line = printed.splitlines()[-1]
@@ -271,7 +272,7 @@ def test_read_oracle_refuses_a_stale_or_misaligned_sidecar(tmp_path, bars):
     out = tmp_path / "out.csv"
     assert main([str(src), str(out), "--signal", "trend", "--strength", "0.1"]) == 0
     with pytest.raises(PlantError, match="not the 600 loaded"):
-        read_oracle(out, load_bars(out, interval_minutes=60))
+        read_oracle(out, load_bars(out, resample_minutes=60))
     out.write_text(out.read_text().replace("x\n", "y\n", 1))
     with pytest.raises(PlantError, match="changed since it was planted"):
         read_oracle(out, load_bars(out))
@@ -332,7 +333,7 @@ def test_walk_forward_reports_the_oracle_and_capture(tmp_path, capsys):
     # The report's figures are those of the stitched returns.
     pos = np.sign(s[t])
     bench = frame["buy_and_hold"].to_numpy()
-    ppy = market.periods_per_year_at(30)
+    ppy = market.bars_per_year(planted)  # the bar file's own calendar
     pooled = report["pooled"]
     assert pooled["oracle"]["sharpe"] == pytest.approx(metrics.sharpe_ratio(net, ppy), rel=1e-5)
     ab = metrics.alpha_beta(frame["oracle"].to_numpy(), bench, ppy)

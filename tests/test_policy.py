@@ -85,7 +85,7 @@ def tiny(tmp_path_factory):
     variables = {name: random_variables(m, i) for i, (name, m) in enumerate(modules.items())}
     bar_file = root / "bars.csv"
     data.synthetic_bars(N_BARS, seed=0).to_frame().to_csv(bar_file, index=False)
-    bars = data.load_bars(bar_file, resample=False)
+    bars = data.load_bars(bar_file)
     norm = market.fit_normalisation(bars)
     variables["mmd"] = centre_mmd_logits(modules["mmd"], variables["mmd"], bars, norm)
     meta = {"feature_normalisation": json.dumps(norm.to_dict())}
@@ -451,7 +451,7 @@ def test_a_planted_files_reports_hold_the_oracle_row_and_capture(tiny, policy, t
     model_dir, bar_file, _, modules, variables, cfg = tiny
     planted = tmp_path / "planted.csv"
     assert plant_main([str(bar_file), str(planted), "--signal", "trend", "--strength", "0.3"]) == 0
-    bars = data.load_bars(planted, resample=False)
+    bars = data.load_bars(planted)
     s = read_oracle(planted, bars)
     out = tmp_path / "bt"
     capsys.readouterr()

@@ -366,18 +366,39 @@ def test_broken_input_gives_one_line_and_non_zero_exit(case, tmp_path, capsys):
     assert case != "bars fewer than warm-up" or "warm-up" in err or "normalisation" in err, err
 
 
-@pytest.mark.slow
-def test_a_coarser_bar_file_warns_in_one_plain_line(tmp_path, capsys):
-    """Daily bars under the 30-minute interval: one ``warning:`` line, no Python warning."""
-    from marl_jax.env.data import synthetic_bars
+@pytest.mark.parametrize(
+    ("calendar", "minutes", "per_year"),
+    [("us_daily", 1440, 252), ("us_hourly", 60, 7 * 252), ("fx_hourly", 60, 24 * 260)],
+)
+def test_a_run_reads_the_interval_and_bars_per_year_from_the_file(
+    tmp_path, capsys, calendar, minutes, per_year
+):
+    """No resampling, no warning, and the bars' own calendar annualises the run."""
+    import calendars
 
-    data = tmp_path / "daily.csv"
-    synthetic_bars(600, 0, interval_minutes=1440).to_frame().to_csv(data, index=False)
+    from marl_jax.run.setup import RunSpec, prepare
+
+    stamps = getattr(calendars, calendar)(300 if calendar == "us_daily" else 60)
+    data = calendars.write_bars(tmp_path / "bars.csv", stamps)
+    config = write_config(tmp_path / "tiny.yaml", TINY)
+    run = prepare(RunSpec(out=str(tmp_path / "r"), config=str(config), data=str(data)))
+    try:
+        assert len(run.bars) == len(stamps) and run.interval_minutes == minutes
+        assert run.periods_per_year == pytest.approx(per_year, rel=0.03)
+        assert run.train_params.periods_per_year == run.periods_per_year
+    finally:
+        run.lock.release()
+    captured = capsys.readouterr()
+    assert captured.err == "" and "resampled" not in captured.out
+
+
+@pytest.mark.slow
+def test_a_daily_bar_file_trains_with_no_warning(tmp_path, capsys):
+    """Daily bars: no line on stderr at all (no Python warning, no plain one)."""
+    from calendars import us_daily, write_bars
+
+    data = write_bars(tmp_path / "daily.csv", us_daily(400))
     config = write_config(tmp_path / "tiny.yaml", TINY)
     argv = ["--config", str(config), "--data", str(data), "--out", str(tmp_path / "r")]
     assert train_cli.main([*argv, "--no-progress"]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line.lower()]
-    assert warned == [
-        f"warning: {data}: bars are 1440 minutes apart, coarser than the 30-minute interval; "
-        "using them as they are"
-    ]
+    assert capsys.readouterr().err == ""

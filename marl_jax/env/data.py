@@ -7,17 +7,22 @@ Public API
     ``low``, ``close`` and ``volume`` (all float64). ``len(bars)`` is the number of bars and
     ``bars[a:b]`` slices by bar index (``bars[:t]`` is the first ``t`` bars).
 ``load_bars(path, *, time_column=None, date_format=None, dayfirst=None,
-interval_minutes=30, resample=True) -> Bars``
-    Reads a CSV or Parquet file of OHLCV bars, validates it and resamples it to the system's
-    interval (30 minutes by default).
+resample_minutes=None, say=None) -> Bars``
+    Reads a CSV or Parquet file of OHLCV bars and validates it; the bars keep the file's own
+    interval unless ``resample_minutes`` asks for coarser ones (``say`` gets one line then).
 ``read_bar_table(path, *, time_column=None, date_format=None, dayfirst=None) -> BarTable``
     The file as read (every column), the names of its OHLCV columns and its validated bars, one
     per row, not resampled: what a tool that rewrites a bar file needs.
 ``validate_bars(bars, source="<bars>", row_offset=1) -> None``
     Applies the validation rules; raises :class:`DataError`.
-``resample_bars(bars, interval_minutes=30) -> Bars``
+``resample_bars(bars, interval_minutes, source="<bars>") -> Bars``
     Finer bars are aggregated into ``interval_minutes`` buckets (first open, max high, min low,
-    last close, summed volume); coarser bars are returned as they are, with a warning.
+    last close, summed volume); bars at the interval are returned as they are; a finer
+    interval than the bars' raises :class:`DataError`.
+``periods_per_year_of(timestamps) -> float``
+    Bars per year of the bars' own calendar: ``(n - 1)`` spacings over the elapsed years of
+    the timestamps (about 252 for daily US equities, 1,760 for their hourly bars, 6,240 for
+    24x5 hourly FX); nan for fewer than two bars.
 ``synthetic_bars(n, seed=0, *, interval_minutes=30, ...) -> Bars``
     A seeded regime-switching market (trending, mean-reverting, volatile regimes with
     persistence) with intraday-shaped volume; the embedded default data set.
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +65,7 @@ __all__ = [
     "read_bar_table",
     "validate_bars",
     "resample_bars",
+    "periods_per_year_of",
     "synthetic_bars",
     "split_bounds",
     "split_bars",
@@ -67,6 +73,8 @@ __all__ = [
 ]
 
 DEFAULT_INTERVAL_MINUTES = 30
+# Mean length of a calendar year (Julian), in nanoseconds.
+_YEAR_NS = 365.25 * 24 * 3600e9
 SPLITS = ("train", "val", "test")
 _PRICE_FIELDS = ("open", "high", "low", "close")
 _FIELDS = (*_PRICE_FIELDS, "volume")
@@ -82,13 +90,14 @@ _TIME_NAMES = ("timestamp", "datetime", "date_time", "time_stamp", "dt", "time",
 
 
 class DataError(MarlJaxError, ValueError):
-    """A bar file (or bar array) breaks a rule. ``str(err)`` is one line: file, row and rule."""
+    """A bar file (or bar array) breaks a rule. ``str(err)`` is one line: file, row and rule
+    (``row`` None: the header; a string: that place in words, e.g. ``"interval"``)."""
 
     def __init__(self, source: str, row: int | str | None, rule: str) -> None:
         self.source = str(source)
         self.row = row
         self.rule = rule
-        where = "header" if row is None else f"row {row}"
+        where = "header" if row is None else row if isinstance(row, str) else f"row {row}"
         super().__init__(f"{self.source}: {where}: {rule}")
 
 
@@ -358,10 +367,10 @@ def load_bars(
     time_column: str | None = None,
     date_format: str | None = None,
     dayfirst: bool | None = None,
-    interval_minutes: float = DEFAULT_INTERVAL_MINUTES,
-    resample: bool = True,
+    resample_minutes: float | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Bars:
-    """Read, validate and (by default) resample a CSV or Parquet file of OHLCV bars.
+    """Read and validate a CSV or Parquet file of OHLCV bars, at the file's own interval.
 
     Column names are matched case-insensitively (``Open``/``open``/``o`` ...); extra columns
     such as ``Adj Close`` are ignored. The time comes from ``time_column`` if given, else the
@@ -369,15 +378,35 @@ def load_bars(
     ``Time`` pair, else an unnamed first column (a saved index). Day-first versus month-first
     dates are inferred from the data; pass ``dayfirst=`` or ``date_format=`` where that is
     ambiguous. A missing volume column loads as zeros with a warning.
+
+    ``resample_minutes`` aggregates finer bars into buckets of that many minutes
+    (:func:`resample_bars`; a finer interval than the bars' raises :class:`DataError`); when
+    that changed the bars, ``say`` (if given) gets one line saying so.
     """
     path = Path(path)
     table = read_bar_table(
         path, time_column=time_column, date_format=date_format, dayfirst=dayfirst
     )
     bars = table.bars
-    if resample:
-        bars = resample_bars(bars, interval_minutes, source=str(path))
-    return bars
+    if resample_minutes is None:
+        return bars
+    resampled = resample_bars(bars, resample_minutes, source=str(path))
+    if resampled is not bars and say is not None:
+        say(
+            f"{path}: resampled {bars.interval_minutes:g}-minute bars to "
+            f"{float(resample_minutes):g}-minute bars ({len(bars)} to {len(resampled)} bars)"
+        )
+    return resampled
+
+
+def periods_per_year_of(timestamps: np.ndarray) -> float:
+    """Bars per year of the bars' own calendar: the ``n - 1`` spacings between ``n``
+    timestamps over the years they span (a year of 365.25 days), so weekends, nights and
+    holidays without bars count as they are; nan for fewer than two bars."""
+    ts = np.asarray(timestamps, dtype="datetime64[ns]").astype(np.int64)
+    if len(ts) < 2 or ts[-1] <= ts[0]:
+        return float("nan")
+    return float((len(ts) - 1) / ((ts[-1] - ts[0]) / _YEAR_NS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,20 +469,25 @@ def resample_bars(
 ) -> Bars:
     """Aggregate finer bars into ``interval_minutes`` buckets aligned to the epoch (so 30-minute
     buckets start on the hour and half hour); a bucket is stamped with its start time. Bars at
-    the interval are returned unchanged; coarser bars are returned unchanged with a warning."""
+    the interval are returned unchanged (the same object); a finer interval than the bars'
+    raises :class:`DataError` (resampling only aggregates)."""
+    minutes = float(interval_minutes)
+    if not minutes > 0:
+        raise DataError(source, "interval", f"cannot resample to {minutes:g} minutes; use > 0")
     if len(bars) < 2:
         return bars
     step = bars.interval_minutes
-    if np.isclose(step, interval_minutes):
+    if np.isclose(step, minutes):
         return bars
-    if step > interval_minutes:
-        warnings.warn(
-            f"{source}: bars are {step:g} minutes apart, coarser than the {interval_minutes:g}-"
-            "minute interval; using them as they are",
-            stacklevel=2,
+    if step > minutes:
+        raise DataError(
+            source,
+            "interval",
+            f"env.resample_minutes {minutes:g} is finer than the bars' {step:g}-minute "
+            "interval; resampling only aggregates bars: set a multiple of "
+            f"{step:g} or null",
         )
-        return bars
-    width = int(round(interval_minutes * 60e9))
+    width = int(round(minutes * 60e9))
     ts = bars.timestamp.astype(np.int64)
     bucket = ts // width
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])

@@ -35,9 +35,9 @@ charged by :func:`marl_jax.metrics.net_returns`: the policy and every baseline p
 
 Metrics: :func:`marl_jax.metrics.summary` of the net returns, with buy-and-hold's net returns
 over the same bars as the benchmark (alpha, beta, active IR) and the cost sensitivity at 0x, 1x
-and 2x the split's ``cost_bps``. ``periods_per_year`` defaults to
-``252 * 24 * 60 / interval_minutes`` (252 trading days of 24 hours, as for index futures that
-trade nearly round the clock): 12096 for 30-minute bars.
+and 2x the split's ``cost_bps``. ``periods_per_year`` defaults to the split's own
+(``params.periods_per_year``: the bars' calendar measured on their train split, or what the
+run set, see :func:`marl_jax.env.market.make_env_params`).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def simulate(
     pnl, cost = (np.asarray(x) for x in net_returns(positions, params, ts))
     rewards = pnl - cost  # float32, as the environment's reward under env.reward=pnl
     hold = np.ones_like(positions)
-    ppy = periods_per_year or periods_per_year_at(params.interval_minutes)
+    ppy = periods_per_year or params.periods_per_year
     scores = metrics.summary(
         rewards,
         positions,

@@ -8,7 +8,7 @@ Contract
 --------
 ``make_env_params(bars, split="train", *, episode_len=256, cost_bps=1.0, window=48, norm=None,
 split_fractions=(0.7, 0.15, 0.15), features=None, reward="pnl", action_mode="target",
-position_sizing="fixed", ..., return_stats=None, bounds=None) -> EnvParams``
+position_sizing="fixed", ..., return_stats=None, bounds=None, periods_per_year=None) -> EnvParams``
     Computes the 13 features (or takes precomputed raw ``features``), normalises them with
     ``norm`` (``None``: fit on the training split with :func:`fit_normalisation`; a given
     :class:`~marl_jax.env.features.FeatureNorm` is applied as it is) and records the valid start
@@ -17,7 +17,13 @@ position_sizing="fixed", ..., return_stats=None, bounds=None) -> EnvParams``
     ``FeatureNorm`` back so a trainer can save it (``norm.to_dict()``). ``return_stats``
     ``(mu, m2)``: the mean and mean square of the bar returns the training split (or the
     ``bounds`` range) pays (``None``: computed from ``bars``, so every split of one market
-    shares them; ``get_return_stats(params)``).
+    shares them; ``get_return_stats(params)``). ``periods_per_year`` annualises the
+    volatility scale and, as ``params.periods_per_year``, every metric of the split (``None``:
+    :func:`bars_per_year` of ``bars``).
+``bars_per_year(bars, split_fractions=(0.7, 0.15, 0.15)) -> float``
+    Bars per year of a bar file's own calendar, measured on its train split's timestamps
+    (:func:`marl_jax.env.data.periods_per_year_of`); ``periods_per_year_at(interval_minutes)``
+    is a nominal calendar (252 days of 24 hours), the synthetic market's.
 ``reset(key, params) -> (obs, state)`` and ``step(key, state, actions, params) -> (obs, state,
 reward, done, info)``
     The environment's contract: see their docstrings. :data:`MARKET` is the same pair as an
@@ -38,9 +44,9 @@ reward, done, info)``
     its own training split) and their arrays are concatenated along time; ``start_lo``,
     ``start_hi``, ``last_bar``, ``return_mean``, ``return_sq`` become ``(K,)`` arrays of global
     bar indices and statistics. ``reset`` draws the instrument uniformly, then its start; an
-    episode never leaves its instrument. The static fields (cost, window, bar interval) are
-    the first instrument's. The list holds each instrument's own ``EnvParams`` (evaluate and
-    save each instrument's normalisation with these).
+    episode never leaves its instrument. The static fields (cost, window, bar interval, periods
+    per year) are the first instrument's. The list holds each instrument's own ``EnvParams``
+    (evaluate and save each instrument's normalisation with these).
 ``observation_at(params, t) -> obs``
     The observation at bar ``t`` (also used by the evaluator over a whole split).
 ``positions_from_actions(actions, params, bars)`` / ``net_returns(positions, params, bars)``
@@ -70,7 +76,7 @@ from flax import struct
 
 from marl_jax.agents import AGENT_NAMES, NUM_ACTIONS
 
-from .data import Bars, canonical_split, split_bounds
+from .data import Bars, canonical_split, periods_per_year_of, split_bounds
 from .features import (
     AGENT_FEATURES,
     NUM_FEATURES,
@@ -106,6 +112,7 @@ __all__ = [
     "make_multi_env_params",
     "combine_instruments",
     "periods_per_year_at",
+    "bars_per_year",
     "interval_minutes_of",
     "REWARDS",
     "ACTION_MODES",
@@ -144,6 +151,8 @@ class EnvParams:
     cost_bps: float = struct.field(pytree_node=False, default=1.0)
     norm_clip: float = struct.field(pytree_node=False, default=10.0)
     interval_minutes: float = struct.field(pytree_node=False, default=30.0)
+    # Bars per year: annualises the volatility scale and every metric of this split.
+    periods_per_year: float = struct.field(pytree_node=False, default=12096.0)
     reward: str = struct.field(pytree_node=False, default="pnl")
     action_mode: str = struct.field(pytree_node=False, default="target")
     delta_step: float = struct.field(pytree_node=False, default=0.5)
@@ -208,8 +217,22 @@ def get_return_stats(params: EnvParams) -> tuple[float, float]:
 
 
 def periods_per_year_at(interval_minutes: float) -> float:
-    """Bars per year: 252 trading days of 24 hours (12096 for 30-minute bars)."""
+    """Bars per year of a nominal calendar, 252 trading days of 24 hours (12096 for 30-minute
+    bars): the synthetic market's, which has no calendar of its own."""
     return TRADING_DAYS * 24 * 60 / float(interval_minutes)
+
+
+def bars_per_year(bars: Bars, split_fractions: Sequence[float] = DEFAULT_FRACTIONS) -> float:
+    """Bars per year of the bars' own calendar, measured on the timestamps of their train
+    split (:func:`marl_jax.env.data.periods_per_year_of`); on all of them when the train split
+    spans no time, and the nominal :func:`periods_per_year_at` of their interval when they
+    do not either."""
+    lo, hi = split_bounds(len(bars), split_fractions)["train"]
+    for stamps in (bars.timestamp[lo:hi], bars.timestamp):
+        measured = periods_per_year_of(stamps)
+        if np.isfinite(measured):
+            return measured
+    return periods_per_year_at(interval_minutes_of(bars))
 
 
 def _episode_range(
@@ -283,6 +306,7 @@ def make_env_params(
     max_leverage: float = 2.0,
     return_stats: tuple[float, float] | None = None,
     bounds: tuple[int, int] | None = None,
+    periods_per_year: float | None = None,
 ) -> EnvParams:
     """Build the environment for one split of ``bars`` (see the module docstring).
 
@@ -307,9 +331,13 @@ def make_env_params(
     if return_stats is None:
         return_stats = _train_return_stats(log_returns, split_fractions, window, bounds)
     interval = interval_minutes_of(bars)
+    per_year = float(
+        bars_per_year(bars, split_fractions) if periods_per_year is None else periods_per_year
+    )
+    if not per_year > 0:
+        raise ValueError(f"periods_per_year must be > 0, got {per_year:g}")
     scale = np.ones(n)
     if position_sizing == "vol_target":
-        per_year = periods_per_year_at(interval)
         scale = vol_scale(log_returns, vol_span, target_vol, max_leverage, per_year)
     return EnvParams(
         features=jnp.asarray(normed),
@@ -328,6 +356,7 @@ def make_env_params(
         cost_bps=float(cost_bps),
         norm_clip=float(norm.clip),
         interval_minutes=interval,
+        periods_per_year=per_year,
         reward=reward,
         action_mode=action_mode,
         delta_step=float(delta_step),

@@ -36,7 +36,7 @@ import numpy as np
 from marl_jax import metrics
 
 from .data import Bars
-from .market import periods_per_year_at
+from .market import bars_per_year
 
 __all__ = [
     "DEFAULT_SPANS",
@@ -132,10 +132,13 @@ def oracle_positions(signal: np.ndarray) -> np.ndarray:
     return np.sign(np.asarray(signal, dtype=np.float64))
 
 
-def oracle_summary(bars: Bars, signal: np.ndarray, cost_bps: float = 1.0) -> dict:
+def oracle_summary(
+    bars: Bars, signal: np.ndarray, cost_bps: float = 1.0, periods_per_year: float | None = None
+) -> dict:
     """:func:`marl_jax.metrics.summary` of the oracle over every bar with a next return
     (against buy-and-hold, net of ``cost_bps``), with ``gross_sharpe`` (its Sharpe at no
-    cost) added."""
+    cost) added; annualised at ``periods_per_year`` (None: the bars' own calendar,
+    :func:`marl_jax.env.market.bars_per_year`)."""
     if len(bars) < 3:
         raise ValueError(f"{len(bars)} bars: the oracle needs at least 3")
     signal = np.asarray(signal, dtype=np.float64)
@@ -149,7 +152,7 @@ def oracle_summary(bars: Bars, signal: np.ndarray, cost_bps: float = 1.0) -> dic
         metrics.net_returns(gross, positions, cost_bps),
         positions,
         metrics.net_returns(next_r, hold, cost_bps),
-        periods_per_year_at(bars.interval_minutes),
+        bars_per_year(bars) if periods_per_year is None else periods_per_year,
         gross=gross,
         benchmark_gross=next_r,
         cost_bps=cost_bps,

@@ -35,7 +35,7 @@ from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.plots import plot_equity_curves
 from marl_jax.run.report import REPORT_METRICS, with_capture
 from marl_jax.run.rundir import EQUITY_CURVE, REPORT
-from marl_jax.run.setup import env_params_for
+from marl_jax.run.setup import env_params_for, periods_per_year_for
 
 __all__ = ["LINEAR_MIN_FIT", "BacktestSpec", "backtest", "write_backtest"]
 
@@ -80,6 +80,7 @@ def _env_params(policy: Policy, bars: Bars, spec: BacktestSpec, source: str) -> 
         window=policy.window,
         cost_bps=cost,
         split_fractions=fractions,
+        periods_per_year=periods_per_year_for(cfg, bars, synthetic=False),
         where=source,
         error=PolicyError,
     )
@@ -128,7 +129,14 @@ def _linear(
         return None, {"linear": None, "linear_left_out": why}
     bounds = (0, stop)
     train = env_params_for(
-        cfg, bars, "train", policy.norm, bounds=bounds, window=policy.window, where=source
+        cfg,
+        bars,
+        "train",
+        policy.norm,
+        bounds=bounds,
+        window=policy.window,
+        periods_per_year=float(params.periods_per_year),
+        where=source,
     )
     first, last = int(train.start_lo), int(train.last_bar)
     fitted = {"on": where, "first": _stamp_of(bars, first), "last": _stamp_of(bars, last - 1)}

@@ -69,7 +69,8 @@ _OHLCV = ("Open", "High", "Low", "Close", "Volume")
 
 def convert_bars(src: Path, dst: Path, fmt: str, interval_minutes: int = 30) -> int:
     """Writes ``src`` (a file in source format ``fmt``) to ``dst`` as the bar CSV that
-    ``load_bars`` reads, atomically, and checks that it loads; returns the number of bars."""
+    ``load_bars`` reads, atomically, and checks that it loads with bars ``interval_minutes``
+    apart; returns the number of bars."""
     from marl_jax.env.data import load_bars
     from marl_jax.files import atomic_write_text
 
@@ -94,7 +95,13 @@ def convert_bars(src: Path, dst: Path, fmt: str, interval_minutes: int = 30) -> 
         out[col.lower()] = frame[col].astype("float64")
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dst, out.to_csv(index=False, float_format="%.10g"))
-    return len(load_bars(dst, interval_minutes=interval_minutes))
+    bars = load_bars(dst)
+    if len(bars) > 1 and abs(bars.interval_minutes - interval_minutes) > 1e-6:
+        raise DatasetError(
+            f"{dst}: bars are {bars.interval_minutes:g} minutes apart, not the "
+            f"{interval_minutes:g} of the {fmt} source; the source changed"
+        )
+    return len(bars)
 
 
 def _norm(name: str) -> str:

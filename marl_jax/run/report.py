@@ -181,7 +181,7 @@ def instruments_report(
             **with_capture(runs["policy"].metrics, baselines),
         }
         arrays.append({k: run_arrays(r) for k, r in runs.items()})
-        per_year.append(evaluate.periods_per_year_at(test.interval_minutes))
+        per_year.append(test.periods_per_year)
     pooled = stitched_summary(arrays, float(np.mean(per_year)), cfg.env.cost_bps)
     policy = pooled.pop("policy")
     report = {

@@ -35,6 +35,7 @@ __all__ = [
     "load_market",
     "load_markets",
     "load_oracles",
+    "periods_per_year_for",
     "prepare",
 ]
 
@@ -67,6 +68,16 @@ class Instrument:
     train_params: market.EnvParams
     oracle: np.ndarray | None = None
 
+    @property
+    def interval_minutes(self) -> float:
+        """The bars' interval in minutes (their median spacing)."""
+        return float(self.train_params.interval_minutes)
+
+    @property
+    def periods_per_year(self) -> float:
+        """Bars per year that annualise this instrument's metrics (:func:`periods_per_year_for`)."""
+        return float(self.train_params.periods_per_year)
+
 
 @dataclasses.dataclass
 class Run:
@@ -93,6 +104,17 @@ class Run:
         return self.dir.root
 
     @property
+    def interval_minutes(self) -> float:
+        """The bars' interval in minutes (their median spacing; the first instrument's)."""
+        return float(self.train_params.interval_minutes)
+
+    @property
+    def periods_per_year(self) -> float:
+        """Bars per year that annualise the run's metrics (:func:`periods_per_year_for`; the
+        first instrument's: each instrument's own is on ``instruments``)."""
+        return float(self.train_params.periods_per_year)
+
+    @property
     def norms(self) -> FeatureNorm | dict[str, FeatureNorm]:
         """What the run saves with its models: the normalisation, or one per instrument."""
         if self.instruments is None:
@@ -108,10 +130,15 @@ def data_label(cfg: Config) -> str:
     return e.data_path or f"the synthetic market ({e.synthetic_n_bars} bars)"
 
 
-def load_markets(cfg: Config) -> dict[str, bar_data.Bars]:
+def load_markets(
+    cfg: Config, say: Callable[[str], None] | None = print
+) -> dict[str, bar_data.Bars]:
     """Every configured instrument by name: ``env.data_paths`` (by file name), else
-    ``env.data_path``, else the embedded synthetic market (:data:`SYNTHETIC`)."""
+    ``env.data_path``, else the embedded synthetic market (:data:`SYNTHETIC`, its bars
+    ``env.interval_minutes`` apart). A file keeps its own interval unless
+    ``env.resample_minutes`` is set; ``say`` gets one line per file that was resampled."""
     paths = list(cfg.env.data_paths) or ([cfg.env.data_path] if cfg.env.data_path else [])
+    resample = cfg.env.resample_minutes
     if not paths:
         synthetic = bar_data.synthetic_bars(
             cfg.env.synthetic_n_bars,
@@ -125,8 +152,25 @@ def load_markets(cfg: Config) -> dict[str, bar_data.Bars]:
             raise RunError(
                 f"{path}: data file not found (set --data, env.data_path or env.data_paths)"
             )
-        markets[path.name] = bar_data.load_bars(path, interval_minutes=cfg.env.interval_minutes)
+        markets[path.name] = bar_data.load_bars(path, resample_minutes=resample, say=say)
     return markets
+
+
+def periods_per_year_for(
+    cfg: Config, bars: bar_data.Bars, *, synthetic: bool | None = None
+) -> float:
+    """Bars per year that annualise a run's metrics on ``bars``: ``env.periods_per_year`` when
+    set; for the synthetic market (``synthetic``, by default: the config names no bar file),
+    the nominal calendar of ``env.interval_minutes`` (252 days of 24 hours); else measured on
+    the timestamps of the bars' train split (:func:`marl_jax.env.market.bars_per_year`)."""
+    env = cfg.env
+    if env.periods_per_year is not None:
+        return float(env.periods_per_year)
+    if synthetic is None:
+        synthetic = not (env.data_path or env.data_paths)
+    if synthetic:
+        return market.periods_per_year_at(env.interval_minutes)
+    return market.bars_per_year(bars, env.split_fractions)
 
 
 def load_oracles(cfg: Config, markets: Mapping[str, bar_data.Bars]) -> dict[str, np.ndarray | None]:
@@ -178,6 +222,7 @@ def env_params_for(
     window: int | None = None,
     cost_bps: float | None = None,
     split_fractions: Sequence[float] | None = None,
+    periods_per_year: float | None = None,
     where: str | None = None,
     error: Callable[[str], Exception] = RunError,
 ) -> market.EnvParams:
@@ -188,10 +233,13 @@ def env_params_for(
     The keywords go to :func:`marl_jax.env.market.make_env_params`: ``bounds`` (a bar range
     instead of ``split``; ``norm=None`` fits on it), ``features`` (precomputed raw features),
     ``return_stats``, and ``window``, ``cost_bps``, ``split_fractions`` overriding the
-    config's. A bad split raises ``error("WHERE: ...")``, ``where`` defaulting to the
-    config's data.
+    config's. ``periods_per_year`` defaults to :func:`periods_per_year_for` (measured on the
+    config's train split, so every split and fold of one file shares it). A bad split
+    raises ``error("WHERE: ...")``, ``where`` defaulting to the config's data.
     """
     kwargs = _env_kwargs(cfg, cost_bps=cost_bps, window=window, split_fractions=split_fractions)
+    if periods_per_year is None:
+        periods_per_year = periods_per_year_for(cfg, bars)
     try:
         return market.make_env_params(
             bars,
@@ -200,6 +248,7 @@ def env_params_for(
             features=features,
             return_stats=return_stats,
             bounds=bounds,
+            periods_per_year=periods_per_year,
             **kwargs,
         )
     except ValueError as err:

@@ -18,12 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from marl_jax.config import Config, config_from_dict, config_to_dict, load_config
-from marl_jax.env import market
 from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
 from marl_jax.run.planted import sidecar_path
 from marl_jax.run.rundir import RunLock
-from marl_jax.run.setup import data_label, data_overrides, load_markets, load_oracles
+from marl_jax.run.setup import (
+    data_label,
+    data_overrides,
+    load_markets,
+    load_oracles,
+    periods_per_year_for,
+)
 from marl_jax.walkforward.fold_run import DEFAULT_SELECT, SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
@@ -249,7 +254,7 @@ def _run_single(
         root = fold_dir(out, fold.index)
         choice = {"select_by": select_by(header["options"]), "gate": gated(header["options"])}
         results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle, **choice))
-    ppy = market.periods_per_year_at(market.interval_minutes_of(bars))
+    ppy = periods_per_year_for(cfg, bars)
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(
         out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials
@@ -277,4 +282,5 @@ def _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress
                 select_by=select_by(header["options"]),
             )
         )
-    return write_instruments_outputs(out, results, markets, header, cfg.env.cost_bps)
+    per_year = {name: periods_per_year_for(cfg, bars) for name, bars in markets.items()}
+    return write_instruments_outputs(out, results, markets, header, cfg.env.cost_bps, per_year)

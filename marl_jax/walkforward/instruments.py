@@ -40,7 +40,7 @@ from marl_jax.run.metrics_log import read_metrics_log
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
 from marl_jax.run.report import run_arrays, with_capture
 from marl_jax.run.rundir import RunDir, RunLock
-from marl_jax.run.setup import Instrument, Run
+from marl_jax.run.setup import Instrument, Run, periods_per_year_for
 from marl_jax.walkforward.fold_run import (
     DEFAULT_SELECT,
     FOLD_RESULT,
@@ -231,14 +231,7 @@ def run_instruments_fold(
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
-        per_year = float(
-            np.mean(
-                [
-                    market.periods_per_year_at(market.interval_minutes_of(b))
-                    for b in markets.values()
-                ]
-            )
-        )
+        per_year = float(np.mean([periods_per_year_for(cfg, b) for b in markets.values()]))
         summary = {
             "fold": next(iter(folds.values())).index,
             "instruments": per,
@@ -264,14 +257,12 @@ def write_instruments_outputs(
     markets: Mapping[str, bar_data.Bars],
     header: Mapping,
     cost_bps: float,
+    periods_per_year: Mapping[str, float],
 ) -> dict:
     """Writes ``returns.csv`` (with each row's ``instrument``), ``equity_curve.png`` and
-    ``report.json`` under ``out`` (atomically); returns the report."""
-    per_year = float(
-        np.mean(
-            [market.periods_per_year_at(market.interval_minutes_of(b)) for b in markets.values()]
-        )
-    )
+    ``report.json`` under ``out`` (atomically); returns the report. ``periods_per_year``:
+    each instrument's bars per year (the pooled metrics take their mean)."""
+    per_year = float(np.mean([periods_per_year[name] for name in markets]))
     parts = [(summary, arrays[name]) for summary, arrays in results for name in markets]
     frame = pd.concat(
         [
@@ -299,7 +290,7 @@ def write_instruments_outputs(
     instruments = {
         name: pooled_metrics(
             [(s, a[name]) for s, a in results],
-            market.periods_per_year_at(market.interval_minutes_of(markets[name])),
+            periods_per_year[name],
             cost_bps,
         )
         for name in markets

@@ -204,7 +204,7 @@ def _deflated(
     """The policy's test run with ``dsr`` and ``n_trials`` against the members' validation
     Sharpe ratios (:func:`marl_jax.metrics.summary`'s ``trial_sharpes``)."""
     run = runs["policy"]
-    ppy = evaluate.periods_per_year_at(envs.test.interval_minutes)
+    ppy = envs.test.periods_per_year
     scores = metrics.summary(
         run.rewards, run.positions, runs["buy_and_hold"].rewards, ppy, trial_sharpes=trial_sharpes
     )
