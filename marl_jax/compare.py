@@ -325,6 +325,11 @@ def read_sweep(folder: Path) -> list[RunReport]:
     for row in rows:
         if row.get("status") != "ok":
             continue
+        if not isinstance(row.get("test"), Mapping):
+            raise CompareError(
+                f"{folder / LEADERBOARD}: member {row.get('member')} has no 'test' metrics; "
+                "is it a marl-jax sweep's leaderboard?"
+            )
         values = row.get("values") or {}
         if base is not None:
             key = config_key(base, values)
@@ -394,7 +399,7 @@ def group_reports(reports: Sequence[RunReport]) -> list[Group]:
 
 
 def _number(x: float) -> str:
-    return "0" if x == 0 else f"{x:+.3g}"
+    return "0" if x == 0 else f"{x:+#.3g}"
 
 
 def cell(stat: Stat) -> str:
@@ -403,7 +408,7 @@ def cell(stat: Stat) -> str:
         return "-"
     if stat.std is None:
         return _number(stat.mean)
-    return f"{_number(stat.mean)} ± {stat.std:.2g}"
+    return f"{_number(stat.mean)} ± {stat.std:#.2g}"
 
 
 def _one_sign_text(group: Group) -> str:
@@ -426,17 +431,19 @@ def _fit(text: str, width: int = WIDTH) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def legend(groups: Sequence[Group]) -> list[str]:
     """One line per group: its number, label, hash, commands, runs, seeds and folds."""
     lines = []
     for i, g in enumerate(groups, 1):
-        seeds = ", ".join(map(str, g.seeds)) or "-"
-        runs = f"{len(g.runs)} run{'s' if len(g.runs) != 1 else ''}"
+        seeds = f"seed{'s' if len(g.seeds) > 1 else ''} {', '.join(map(str, g.seeds))}"
+        runs = f"{_plural(len(g.runs), 'run')} ({seeds if g.seeds else 'seed unknown'})"
+        commands = "/".join(g.commands)
         lines.append(
-            _fit(
-                f"[{i}] #{g.short} {'/'.join(g.commands)}: {runs}, seeds {seeds}, "
-                f"{g.folds} folds: {g.label}"
-            )
+            _fit(f"[{i}] #{g.short} {commands}: {runs}, {_plural(g.folds, 'fold')}: {g.label}")
         )
     return lines
 
@@ -450,8 +457,8 @@ def format_table(groups: Sequence[Group]) -> str:
     per_block = max(1, (WIDTH - label) // column)
     runs = sum(len(g.runs) for g in groups)
     lines = [
-        f"{len(groups)} config{'s' if len(groups) != 1 else ''} of {runs} runs: the mean ± "
-        "std over seeds and test folds",
+        f"{_plural(len(groups), 'config')} of {_plural(runs, 'run')}: the mean ± std over "
+        "seeds and test folds",
         *legend(groups),
     ]
     for start in range(0, len(groups), per_block):

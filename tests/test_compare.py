@@ -102,7 +102,7 @@ def test_groups_by_config_with_the_mean_and_std_over_seeds_and_folds(reports, ca
     text = capsys.readouterr().out
     line = next(x for x in text.splitlines() if x.startswith("net active IR"))
     mean, std = _stat([f["policy"]["active_ir"] for f in reports["a"]])
-    assert line.split()[3:6] == [f"{mean:+.3g}", "±", f"{std:.2g}"]
+    assert line.split()[3:6] == [f"{mean:+#.3g}", "±", f"{std:#.2g}"]
     one_sign = next(x for x in text.splitlines() if x.startswith("one-sign folds"))
     assert one_sign.split()[2:] == ["1/2", "0/1", "1/3"]
 
