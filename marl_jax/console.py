@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("marl_jax.export", "a model's joint decision as a jax.export artifact"),
     "plant": ("marl_jax.plant", "plant a known edge into a bar file, with its oracle"),
     "diagnose": ("marl_jax.diagnose", "why a walk-forward's policy learned or not"),
+    "compare": ("marl_jax.compare", "runs, sweeps, walk-forwards: one table by config"),
     "data": ("marl_jax.data", "the public bar files the benchmarks use: list, fetch"),
     "bridge": ("bridge.__main__", "PyTorch .pt checkpoints <-> marl-jax (inspect, verify, ...)"),
     "config": ("marl_jax.config", "the JSON Schema of config files"),
