@@ -28,10 +28,15 @@ def make_run(
     position throughout with ``one_sign``. Returns ``out``."""
     rng = np.random.default_rng(seed)
     stamps = pd.bdate_range("2021-01-04", periods=n_bars)
-    signal = rng.normal(0.0, 1.0, n_bars)
-    market = 0.0003 + 0.004 * signal + rng.normal(0.0, 0.008, n_bars)
+    signal = np.zeros(n_bars)  # a persistent planted signal: AR(1), unit variance
+    shocks = rng.normal(0.0, np.sqrt(1 - 0.95**2), n_bars)
+    for t in range(1, n_bars):
+        signal[t] = 0.95 * signal[t - 1] + shocks[t]
+    market = 0.0003 + 0.0015 * signal + rng.normal(0.0, 0.01, n_bars)
     position = (
-        np.full(n_bars, 0.5) if one_sign else np.tanh(0.3 * signal + rng.normal(0, 1, n_bars))
+        np.full(n_bars, 0.5)
+        if one_sign
+        else np.round(np.tanh(signal + 0.5 * rng.normal(0, 1, n_bars)) * 3) / 3
     )
     fold = np.repeat(np.arange(folds), -(-n_bars // folds))[:n_bars]
     cost = 1e-4 * np.abs(np.diff(position, prepend=0.0))

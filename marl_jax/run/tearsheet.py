@@ -91,6 +91,7 @@ class ReportView:
     n_folds: int
     one_sign_folds: int | None
     capture: float | None
+    returns_csv: str = "returns.csv"  # the per-bar file's name in the run folder
     extra: dict = field(default_factory=dict)
 
 
@@ -140,6 +141,7 @@ def view_report(report: Mapping, where: Path | str = REPORT_JSON) -> ReportView:
         n_folds=n_folds,
         one_sign_folds=_int(one_sign),
         capture=_float(capture),
+        returns_csv=_file_name(report.get("returns_csv")) or RETURNS_CSV,
         extra={k: report[k] for k in ("selection", "pooled_over") if k in report},
     )
 
@@ -166,6 +168,11 @@ def _old_provenance(report: Mapping) -> dict:
     }
 
 
+def _file_name(value) -> str | None:
+    """``value`` where it is a plain file name (no folder), else None."""
+    return value if isinstance(value, str) and value and Path(value).name == value else None
+
+
 def _int(value) -> int | None:
     """``value`` as an int, or None where it is not a number."""
     number = _float(value)
@@ -180,9 +187,9 @@ def _float(value) -> float | None:
 
 
 def read_returns(path: Path) -> pd.DataFrame:
-    """``returns.csv`` at ``path``: timestamps parsed, ``fold`` (0 where absent) and
-    ``position`` numeric, every other column a strategy's net log return; sorted by instrument
-    as written. A one-line error names what is wrong."""
+    """``returns.csv`` at ``path``, its rows as written: timestamps parsed, ``fold`` (0 where
+    absent), ``instrument`` ("" where absent) and ``position`` (NaN where absent), every other
+    column a strategy's net log return. A one-line error names what is wrong."""
     if not path.is_file():
         raise TearsheetError(f"{path}: no such file; give a run folder that holds returns.csv")
     try:
@@ -206,7 +213,7 @@ def read_returns(path: Path) -> pd.DataFrame:
             f"{path}: row {row + 2} has timestamp {frame['timestamp'].iloc[row]!r}, not a date"
         )
     frame["timestamp"] = stamps
-    frame["fold"] = frame["fold"] if "fold" in frame.columns else 0
+    frame["fold"] = frame["fold"].fillna(0) if "fold" in frame.columns else 0
     frame["instrument"] = frame["instrument"] if "instrument" in frame.columns else ""
     for name in [c for c in frame.columns if c not in ("timestamp", "instrument")]:
         values = pd.to_numeric(frame[name], errors="coerce")
@@ -454,7 +461,9 @@ def monthly_table_html(table: pd.DataFrame) -> str:
     def cell(value: float) -> str:
         if not np.isfinite(value):
             return ""
-        css = "gain" if value > 0 else "loss" if value < 0 else ""
+        if round(value, 1) == 0:  # no "-0.0"
+            return '<span class="">0.0</span>'
+        css = "gain" if value > 0 else "loss"
         return f'<span class="{css}">{value:+.1f}</span>'
 
     shown = table.apply(lambda col: col.map(cell))
@@ -572,6 +581,14 @@ def log_ticks(low: float, high: float) -> list[float]:
     return inside if len(inside) >= 2 else []
 
 
+def duration(years: float) -> str:
+    """A span of time in words: days, months or years."""
+    days = years * 365.25
+    if days < 60:
+        return f"about {days:.0f} days" if days >= 2 else f"about {days * 24:.0f} hours"
+    return f"about {years * 12:.0f} months" if years < 2 else f"about {years:.1f} years"
+
+
 def _colour(name: str, index: int) -> str:
     return COLOURS.get(name, SPARE_COLOURS[index % len(SPARE_COLOURS)])
 
@@ -584,8 +601,7 @@ def build_figure(frame: pd.DataFrame, periods_per_year: float, title: str):
     names = strategies(frame)
     n = len(frame)
     window = rolling_window(periods_per_year, n)
-    years = window / periods_per_year
-    span = f"{window} bars, about {years * 12:.1f} months" if years < 1.5 else f"{window} bars"
+    span = f"{window} bars, {duration(window / periods_per_year)}"
     fig = make_subplots(
         rows=5,
         cols=1,
@@ -654,6 +670,9 @@ def build_figure(frame: pd.DataFrame, periods_per_year: float, title: str):
     fig.update_yaxes(title_text="Sharpe", row=3, col=1)
     fig.update_yaxes(title_text="IR", row=4, col=1)
     fig.update_yaxes(title_text="position", row=5, col=1)
+    reach = np.nanmax(np.abs(position), initial=0.0)
+    if reach <= 1.0:  # the whole range of positions, so a constant one reads as such
+        fig.update_yaxes(range=[-1.08, 1.08], row=5, col=1)
     fig.update_xaxes(title_text="date", row=5, col=1)
     fig.update_xaxes(showgrid=True, gridcolor="#eee")
     fig.update_yaxes(showgrid=True, gridcolor="#eee", zeroline=False)
@@ -842,5 +861,5 @@ def write_tearsheet(run_dir: Path) -> Path:
     if not run_dir.is_dir():
         raise TearsheetError(f"{run_dir}: no such folder; give a run's output folder")
     view = read_report(run_dir / REPORT_JSON)
-    returns = read_returns(run_dir / RETURNS_CSV)
+    returns = read_returns(run_dir / view.returns_csv)
     return atomic_write_text(run_dir / REPORT_HTML, render_tearsheet(view, returns))
