@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decide": ("marl_jax.decide", "a trained policy's decision at the latest bar of a file"),
     "export": ("marl_jax.export", "a model's joint decision as a jax.export artifact"),
     "plant": ("marl_jax.plant", "plant a known edge into a bar file, with its oracle"),
+    "report": ("marl_jax.tearsheet", "(re)build a run folder's report.html tearsheet"),
     "diagnose": ("marl_jax.diagnose", "why a walk-forward's policy learned or not"),
     "compare": ("marl_jax.compare", "runs, sweeps, walk-forwards: one table by config"),
     "data": ("marl_jax.data", "the public bar files the benchmarks use: list, fetch"),
