@@ -2,7 +2,7 @@
 
 Each subcommand runs the ``python -m`` module that does the work with the remaining arguments,
 as ``python -m`` would; those forms keep working. The modules are named here and imported when
-their subcommand runs (the command line is the top layer; ``docs/layers.md``), so ``marl-jax
+their subcommand runs (the command line is the top layer; ``docs/architecture.md``), so ``marl-jax
 --help`` starts without loading JAX.
 """
 

@@ -2,7 +2,7 @@
 and model directories, model sources and :func:`~marl_jax.run.deploy.load_policy`,
 ``metrics.jsonl``, reports, plots, backtests, the ``jax.export`` artifact, the training loop).
 
-Who else touches the disk (``docs/layers.md``): ``config`` and ``sweep.spec`` read YAML,
+Who else touches the disk (``docs/architecture.md``): ``config`` and ``sweep.spec`` read YAML,
 ``env.data`` reads bar files, ``exported`` reads the ``jax.export`` artifact, ``bridge`` reads
 and writes ``.pt`` files, ``sweep`` and ``walkforward`` write their ``--out`` folders and
 ``compat`` its checkpoints; all writes go through :mod:`marl_jax.files` or Orbax. The
