@@ -21,7 +21,10 @@ from marl_jax.run import provenance
 from marl_jax.run.report import (
     REPORT_SCHEMA,
     SplitPart,
+    build_report,
+    fold_entry,
     format_report,
+    write_report_json,
     write_split_report,
 )
 from marl_jax.run.setup import env_params_for
@@ -163,3 +166,29 @@ def test_a_walk_forward_over_instruments_follows_the_contract(market, tmp_path):
     assert report["checks"]["one_sign_folds"] == 2
     assert set(report["instruments"]) == set(markets)
     assert max(map(len, format_table(report).splitlines())) <= 100
+
+
+def test_a_non_finite_metric_is_null_in_the_report_and_n_a_in_the_table(market, tmp_path):
+    _, bars, cfg = market
+    params = env_params_for(cfg, bars, "test", None)
+    by_name = {k: dict(r.metrics) for k, r in _runs(cfg, params, "flat").items()}
+    by_name["flat"]["sharpe"] = float("nan")
+    stamps = bars.timestamp[:3]
+    prov = provenance.provenance(
+        cfg=cfg,
+        config="tiny",
+        data=None,
+        stamps=stamps,
+        calendar=provenance.bar_calendar(bars),
+        cost_bps=1.0,
+    )
+    checks = {"folds": 1, "one_sign_folds": 1, "capture": None}
+    report = build_report("train", prov, by_name, checks, [fold_entry(0, stamps, by_name)])
+    assert report["metrics"]["flat"]["sharpe"] is None
+    write_report_json(tmp_path / "report.json", report)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    jsonschema.validate(report, json.loads(REPORT_SCHEMA.read_text()))
+    sharpe = next(line for line in format_report(report).splitlines() if line.startswith("sharpe"))
+    assert sharpe.split()[3] == "n/a"  # policy, buy-and-hold, flat
+    with pytest.raises(ValueError, match="core keys"):
+        build_report("train", prov, by_name, checks, [], metrics={})

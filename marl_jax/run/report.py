@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -63,6 +64,7 @@ __all__ = [
     "fold_entry",
     "format_report",
     "greedy_policy",
+    "json_safe",
     "metrics_block",
     "metrics_of",
     "metrics_table",
@@ -258,7 +260,7 @@ def build_report(
     if clash:
         raise ValueError(f"extra report keys {clash} would replace core keys")
     names = sorted(by_name, key=lambda k: k != "policy")
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "provenance": dict(prov),
@@ -268,11 +270,28 @@ def build_report(
         "returns_csv": RETURNS_CSV,
         **extras,
     }
+    return json_safe(report)
+
+
+def json_safe(x):
+    """``x`` (dicts, lists, numbers) as strict JSON holds it: tuples as lists, NumPy scalars as
+    Python numbers, non-finite floats as None."""
+    if isinstance(x, Mapping):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def write_report_json(path: Path, report: Mapping) -> Path:
-    """Writes ``report`` as ``report.json`` at ``path`` (atomically)."""
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    """Writes ``report`` as ``report.json`` at ``path`` (atomically), as strict JSON
+    (:func:`json_safe`)."""
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False)
+    atomic_write_text(path, text + "\n")
     return path
 
 
@@ -442,7 +461,10 @@ def metrics_table(by_name: Mapping[str, Mapping[str, float]], title: str) -> lis
         f"{'':{label}s}" + "".join(f"{h:>{TABLE_COLUMN}s}" for h in heads),
     ]
     for k in REPORT_METRICS:
-        cells = "".join(f"{by_name[n][k]:>{TABLE_COLUMN}.4f}" for n in names)
+        values = [by_name[n][k] for n in names]
+        cells = "".join(
+            f"{'n/a':>{TABLE_COLUMN}s}" if v is None else f"{v:>{TABLE_COLUMN}.4f}" for v in values
+        )
         lines.append(f"{k:{label}s}" + cells)
     return lines
 
