@@ -8,12 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import tomllib
+from pathlib import Path
 
 import jsonschema
 import pytest
 from report_contract import check_report
 from tiny_config import tiny
 
+import marl_jax
 from marl_jax import metrics
 from marl_jax.config import config_from_dict
 from marl_jax.env import data, evaluate
@@ -53,6 +56,9 @@ def _runs(cfg, params, policy: str) -> dict[str, evaluate.EvalRun]:
 
 
 def test_the_schema_requires_every_summary_key_of_every_agent():
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    shipped = project["tool"]["setuptools"]["package-data"]["marl_jax"]
+    assert REPORT_SCHEMA.relative_to(Path(marl_jax.__file__).parent).as_posix() in shipped
     schema = json.loads(REPORT_SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$defs"]["summary"]["required"] == list(metrics.SUMMARY_KEYS)
