@@ -44,8 +44,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from marl_jax.run.datasets import (  # the public bar files (fetched, never committed)
     DEFAULT_CACHE,
     SOURCES,
@@ -230,7 +228,7 @@ def _wall(seconds: float | None) -> str:
 
 def row_of(report: Mapping) -> dict[str, float]:
     """The table's numbers of one finished walk-forward's ``report.json``."""
-    policy, linear = report["pooled"]["policy"], report["pooled"]["linear"]
+    policy, linear = report["metrics"]["policy"], report["metrics"]["linear"]
     row = {key: policy[key] for _, key in COLUMNS}
     row["linear_active_ir"] = linear["active_ir"]
     row.update({k: policy.get(k) for k in COSTS})
@@ -239,17 +237,16 @@ def row_of(report: Mapping) -> dict[str, float]:
 
 def one_sign_folds(out: Path) -> tuple[int, int] | None:
     """How many test folds of a finished walk-forward hold one sign of position (long, short
-    or flat) at every bar, and how many folds there are; None without ``returns.csv``.
+    or flat) at every bar, and how many folds there are (its report's ``checks``); None
+    without ``report.json``.
 
     Such a fold is buy-and-hold scaled (or its short): within it the policy times nothing, so
     a positive pooled active IR then comes from which sign each fold chose."""
-    path = out / "returns.csv"
+    path = out / "report.json"
     if not path.is_file():
         return None
-    frame = pd.read_csv(path, usecols=["fold", "position"])
-    signs = frame["position"].gt(0).astype(int) - frame["position"].lt(0).astype(int)
-    per_fold = signs.groupby(frame["fold"]).nunique()
-    return int((per_fold == 1).sum()), int(per_fold.size)
+    checks = json.loads(path.read_text())["checks"]
+    return int(checks["one_sign_folds"]), int(checks["folds"])
 
 
 def goal(rows: Sequence[Mapping[str, float]]) -> tuple[bool, dict[str, float]]:

@@ -104,7 +104,7 @@ UNPLANTED = "unplanted"  # the signal label of the strength-0 rows
 # The calibration's scan: 0, then SCAN_LO * SCAN_FACTOR**k up to SCAN_HI.
 SCAN_LO, SCAN_HI, SCAN_FACTOR = 1e-3, 2.0, 1.5
 MAX_BISECTIONS = 60
-# The table's columns, in order: (heading, name in report.json's pooled metrics).
+# The table's columns, in order: (heading, name in report.json's metrics).
 AGENTS = (
     ("oracle", "oracle"),
     ("linear", "linear"),
@@ -373,7 +373,7 @@ def run_numbers(out: Path, data: str | None = None) -> dict | None:
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    pooled = report["pooled"]
+    pooled = report["metrics"]
     agents = {
         name: (
             {"active_ir": pooled[name]["active_ir"], "turnover": pooled[name]["turnover"]}
@@ -385,7 +385,7 @@ def run_numbers(out: Path, data: str | None = None) -> dict | None:
     return {
         "agents": agents,
         "policy_sharpe": pooled["policy"]["sharpe"],
-        "capture": report.get("capture"),
+        "capture": report["checks"]["capture"],
         "timing": timing(out, data),
         "one_sign": learning.one_sign_folds(out),
     }

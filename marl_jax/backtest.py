@@ -1,10 +1,10 @@
 """``python -m marl_jax.backtest``: any model on any bar file, with the training run's report.
 
-Writes ``report.json`` and ``equity_curve.png`` into ``--out`` and prints the table of the
-policy (greedy) against the baselines, ``linear`` among them when there are bars to fit it on
-before the evaluated ones (else a one-line note says why not), and ``oracle`` with the policy's
-capture where the bar file has a plant's sidecar (``python -m marl_jax.plant``); the work is
-done by :mod:`marl_jax.run.backtesting`.
+Writes ``report.json``, ``returns.csv`` and ``equity_curve.png`` into ``--out`` and prints the
+table of the policy (greedy) against the baselines, ``linear`` among them when there are bars
+to fit it on before the evaluated ones (else a one-line note says why not), and ``oracle`` with
+the policy's capture where the bar file has a plant's sidecar (``python -m marl_jax.plant``);
+the work is done by :mod:`marl_jax.run.backtesting`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> None:
-        from marl_jax.run.backtesting import BacktestSpec, backtest, write_backtest
+        from marl_jax.run.backtesting import BacktestSpec, backtest
         from marl_jax.run.deploy import load_policy
         from marl_jax.run.planted import read_oracle
         from marl_jax.run.report import format_report
@@ -55,13 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bars = policy.load_bars(args.data)
         spec = BacktestSpec(args.split, args.start, args.end, args.cost_bps)
         oracle = read_oracle(args.data, bars)
-        report, curves = backtest(policy, bars, spec, source=args.data, oracle=oracle)
-        out = write_backtest(report, curves, args.out)
+        report = backtest(policy, bars, spec, out=args.out, source=args.data, oracle=oracle)
         print(format_report(report))
         if report["linear"] is None:
             print(f"linear baseline left out: {report['linear_left_out']}")
-        first, last, count = (report["bars"][k] for k in ("first", "last", "count"))
-        print(f"{count} bars from {first} to {last}; report in {out}")
+        prov = report["provenance"]
+        first, last, count = (prov[k] for k in ("first_timestamp", "last_timestamp", "bars"))
+        print(f"{count} bars from {first} to {last}; report in {args.out}")
 
     return run_command(body)
 

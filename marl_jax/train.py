@@ -3,8 +3,8 @@
 The work is done by :mod:`marl_jax.run`: training runs one jitted update at a time; a checkpoint is
 written every ``checkpoint.save_every`` updates, so ``--resume`` continues bit-identically from
 the latest one. At the end the run directory holds ``config.yaml``, the checkpoints,
-``metrics.jsonl``, ``learning_curve.png``, ``report.json``, ``equity_curve.png`` and
-``strategic_marl.pt``.
+``metrics.jsonl``, ``learning_curve.png``, ``report.json`` (:mod:`marl_jax.run.report`),
+``returns.csv``, ``equity_curve.png`` and ``strategic_marl.pt``.
 """
 
 from __future__ import annotations

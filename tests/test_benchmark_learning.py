@@ -96,8 +96,10 @@ def _fake_walkforward(out: Path, folds: int, val: list[float], test_ir: float, f
         policy = {"sharpe": 1.5, "active_ir": test_ir, "alpha_t": 2.25, "turnover": 0.0125}
         policy.update(active_ir_0x_cost=0.9, active_ir_1x_cost=test_ir, active_ir_2x_cost=-0.4)
         pooled = {"policy": policy, "linear": {"active_ir": -3.7}, "buy_and_hold": {}}
-        report = {"options": {"folds": folds}, "folds": summaries, "pooled": pooled}
-        (out / "report.json").write_text(json.dumps(report))
+        # Fold 0 changes sign, every later fold holds one (as returns.csv below).
+        checks = {"folds": folds, "one_sign_folds": folds - 1, "capture": None}
+        report = {"options": {"folds": folds}, "folds": summaries, "metrics": pooled}
+        (out / "report.json").write_text(json.dumps({**report, "checks": checks}))
         # Fold 0 changes sign (long, flat, short); every later fold stays long, at varying size.
         rows = ["fold,timestamp,position,policy"]
         for k in range(folds):
@@ -206,8 +208,7 @@ def test_table_rows_choice_and_goal(tmp_path):
     ]
     assert rows[0].startswith("| pnl (chosen)") and len(rows) == 2
     assert learning.one_sign_folds(out / file / "excess" / "seed_0") == (1, 2)
-    (out / file / "excess" / "seed_0" / "returns.csv").unlink()
-    assert learning.one_sign_folds(out / file / "excess" / "seed_0") is None
+    assert learning.one_sign_folds(out / file / "missing") is None
     assert "**pnl**" in table
     assert "Goal: **met**: mean over 2 seeds, active IR 0.60 vs linear -3.70" in table
     assert "Goal on every file: **met**" in table

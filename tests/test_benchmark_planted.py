@@ -92,14 +92,14 @@ def _data(tmp_path, files):
 
 def _fake_walkforward(out: Path, folds: int, ir: dict, capture=None, one_sign_folds=0):
     """A walk-forward folder: report.json with pooled net active IR and turnover per agent in
-    ``ir`` ({name: (active_ir, turnover)}; the policy's Sharpe 0.5), ``capture`` where given,
-    and returns.csv whose first ``one_sign_folds`` folds keep one sign."""
+    ``ir`` ({name: (active_ir, turnover)}; the policy's Sharpe 0.5), ``capture`` and
+    ``one_sign_folds`` in its checks, and returns.csv whose first ``one_sign_folds`` folds keep
+    one sign."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "walkforward.json").write_text(json.dumps({"options": {"folds": folds}}))
     pooled = {k: {"active_ir": a, "turnover": t, "sharpe": 0.5} for k, (a, t) in ir.items()}
-    report = {"options": {"folds": folds}, "folds": [], "pooled": pooled}
-    if capture is not None:
-        report["capture"] = capture
+    checks = {"folds": folds, "one_sign_folds": one_sign_folds, "capture": capture}
+    report = {"options": {"folds": folds}, "folds": [], "metrics": pooled, "checks": checks}
     (out / "report.json").write_text(json.dumps(report))
     rows = ["fold,timestamp,position,policy"]
     for k in range(folds):
@@ -196,7 +196,7 @@ def test_table_means_spreads_capture_one_sign_and_missing(tmp_path):
     # unplanted: one seed, no oracle row and no capture, losing money and to buy-and-hold.
     _fake_walkforward(out / file / "unplanted" / "seed_0", 2, {**base, "policy": (-0.3, 0.02)})
     report = json.loads((out / file / "unplanted" / "seed_0" / "report.json").read_text())
-    report["pooled"]["policy"]["sharpe"] = -0.2
+    report["metrics"]["policy"]["sharpe"] = -0.2
     (out / file / "unplanted" / "seed_0" / "report.json").write_text(json.dumps(report))
 
     # The planted file's sidecar: s at the three bars each fake fold holds.

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from report_contract import check_report
 from tiny_config import TINY, tiny
 
 from marl_jax import train
@@ -153,22 +154,20 @@ def test_both_instruments_are_drawn_in_training(multi_run):
 def test_the_report_gives_each_instrument_and_pooled(multi_run):
     run, report = multi_run.run, multi_run.report
     assert set(report["instruments"]) == set(FILES)
-    on_disk = json.loads(run.dir.report.read_text())
+    on_disk = check_report(run.out, "train")
     assert on_disk["instruments"].keys() == report["instruments"].keys()
+    assert list(pd.read_csv(run.out / "returns.csv")["instrument"].unique()) == list(FILES)
     for name, part in report["instruments"].items():
-        assert set(part["baselines"]) == set(evaluate.BASELINES)
+        assert set(part["metrics"]) == {"policy", *evaluate.BASELINES}
         inst = run.instruments[name]
         test = env_params_for(run.cfg, inst.bars, "test", inst.norm)
         linear = evaluate.LinearBaseline.fit(inst.train_params)
         own = evaluate.run_baseline("linear", test, linear=linear)
-        assert part["baselines"]["linear"] == pytest.approx(own.metrics)
+        assert part["metrics"]["linear"] == pytest.approx(own.metrics)
     # Pooled: the instruments' per-bar net returns concatenated.
     for key in ("policy", *evaluate.BASELINES):
-        parts = [
-            p["policy"] if key == "policy" else p["baselines"][key]
-            for p in report["instruments"].values()
-        ]
-        pooled = report["policy"] if key == "policy" else report["baselines"][key]
+        parts = [p["metrics"][key] for p in report["instruments"].values()]
+        pooled = report["metrics"][key]
         assert pooled["total_log_return"] == pytest.approx(
             sum(p["total_log_return"] for p in parts), rel=1e-6, abs=1e-9
         )
@@ -231,9 +230,10 @@ def multi_walk_forward(tmp_path_factory, files):
 @pytest.mark.slow
 def test_walk_forward_reports_each_instrument_and_pooled(multi_walk_forward, files, capsys):
     out = multi_walk_forward
-    report = json.loads((out / "report.json").read_text())
+    report = check_report(out, "walkforward")
     frame = pd.read_csv(out / "returns.csv")
-    assert list(frame.columns[:3]) == ["fold", "instrument", "timestamp"]
+    assert list(frame.columns[:3]) == ["timestamp", "fold", "instrument"]
+    assert report["provenance"]["data"] == [str(p) for p in files.values()]
     assert list(dict.fromkeys(frame["instrument"])) == list(FILES)
     names = ("policy", *evaluate.BASELINES)
     for name, path in files.items():
@@ -243,7 +243,7 @@ def test_walk_forward_reports_each_instrument_and_pooled(multi_walk_forward, fil
         assert len(rows) == sum(f.test[1] - f.test[0] - 1 for f in folds)
         assert rows["timestamp"].iloc[0] == str(pd.Timestamp(bars.timestamp[folds[0].test[0]]))
         for key in names:
-            stitched = report["instruments"][name][key]["total_log_return"]
+            stitched = report["instruments"][name]["metrics"][key]["total_log_return"]
             assert rows[key].sum() == pytest.approx(stitched, rel=1e-5, abs=1e-7)
         for fold, summary in zip(folds, report["folds"], strict=True):
             part = summary["instruments"][name]
@@ -258,11 +258,12 @@ def test_walk_forward_reports_each_instrument_and_pooled(multi_walk_forward, fil
             own = market.fit_normalisation(bars[: fold.val[1]], bounds=fold.train)
             assert np.array_equal(saved.center, own.center.astype(np.float32))
     for key in names:
-        pooled = report["pooled"][key]["total_log_return"]
+        pooled = report["metrics"][key]["total_log_return"]
         assert frame[key].sum() == pytest.approx(pooled, rel=1e-5, abs=1e-7)
         for summary in report["folds"]:
             in_fold = frame.loc[frame["fold"] == summary["fold"], key].sum()
-            assert in_fold == pytest.approx(summary["test"][key]["total_log_return"], abs=1e-6)
+            total = summary["metrics"][key]["total_log_return"]
+            assert in_fold == pytest.approx(total, abs=1e-6)
     table = format_table(report)
     assert all(name in table for name in FILES) and "pooled" in table
 
@@ -278,7 +279,9 @@ def test_walk_forward_over_instruments_resumes(multi_walk_forward):
     assert walkforward_main(["--resume", "--out", str(out), "--no-progress"]) == 0
     assert (out / "fold_0" / "fold.json").stat().st_mtime_ns == done0
     assert pd.read_csv(out / "returns.csv").equals(frame)
-    assert json.loads((out / "report.json").read_text()) == report
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["provenance"].pop("created") and report["provenance"].pop("created")
+    assert resumed == report
 
 
 @pytest.mark.slow
@@ -303,12 +306,13 @@ def test_walk_forward_over_a_planted_and_a_plain_instrument(files, tmp_path, cap
     rows = frame[frame["instrument"] == "ppp.csv"]
     assert rows["oracle"].notna().all()
     assert frame.loc[frame["instrument"] == "bbb.csv", "oracle"].isna().all()
-    by_name = report["instruments"]["ppp.csv"]
+    by_name = report["instruments"]["ppp.csv"]["metrics"]
     assert rows["oracle"].sum() == pytest.approx(by_name["oracle"]["total_log_return"], rel=1e-5)
-    assert "oracle" not in report["instruments"]["bbb.csv"] and "oracle" not in report["pooled"]
-    assert "capture" not in report and list(report["capture_by_instrument"]) == ["ppp.csv"]
+    plain = report["instruments"]["bbb.csv"]
+    assert "oracle" not in plain["metrics"] and "oracle" not in report["metrics"]
+    assert report["checks"]["capture"] is None and "capture" not in plain
     capture = by_name["policy"]["active_ir"] / by_name["oracle"]["active_ir"]
-    assert report["capture_by_instrument"]["ppp.csv"] == pytest.approx(capture)
+    assert report["instruments"]["ppp.csv"]["capture"] == pytest.approx(capture)
     for summary in report["folds"]:
         part, plain = summary["instruments"]["ppp.csv"], summary["instruments"]["bbb.csv"]
         assert "oracle" in part["test"] and "capture" in part

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from report_contract import check_report
 
 from marl_jax import metrics
 from marl_jax.env import evaluate, market
@@ -314,7 +315,8 @@ def test_walk_forward_reports_the_oracle_and_capture(tmp_path, capsys):
     table = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     frame = pd.read_csv(out / "returns.csv")
-    assert "oracle" in frame.columns and "oracle" in report["pooled"]
+    assert "oracle" in frame.columns and "oracle" in report["metrics"]
+    check_report(out, "walkforward")
     assert "capture (policy active IR / oracle active IR)" in table
 
     # The oracle's returns, recomputed from the sidecar's s and the planted closes.
@@ -334,35 +336,31 @@ def test_walk_forward_reports_the_oracle_and_capture(tmp_path, capsys):
     pos = np.sign(s[t])
     bench = frame["buy_and_hold"].to_numpy()
     ppy = market.bars_per_year(planted)  # the bar file's own calendar
-    pooled = report["pooled"]
+    pooled = report["metrics"]
     assert pooled["oracle"]["sharpe"] == pytest.approx(metrics.sharpe_ratio(net, ppy), rel=1e-5)
     ab = metrics.alpha_beta(frame["oracle"].to_numpy(), bench, ppy)
     assert pooled["oracle"]["active_ir"] == pytest.approx(ab["active_ir"], rel=1e-4)
     assert pooled["oracle"]["turnover"] == pytest.approx(metrics.turnover(pos), rel=1e-6)
     assert pooled["oracle"]["active_ir"] > 1  # a planted edge the oracle does find
-    assert report["capture"] == pytest.approx(
-        pooled["policy"]["active_ir"] / pooled["oracle"]["active_ir"]
-    )
+    capture = report["checks"]["capture"]
+    assert capture == pytest.approx(pooled["policy"]["active_ir"] / pooled["oracle"]["active_ir"])
     for fold in report["folds"]:
-        test = fold["test"]
+        test = fold["metrics"]
         assert fold["capture"] == pytest.approx(
             test["policy"]["active_ir"] / test["oracle"]["active_ir"]
         )
-    assert math.isfinite(report["capture"])
+    assert math.isfinite(capture)
 
     # The honesty checks: one-sign folds, and the correlation with the oracle's position
     # (sign of the sidecar's s), from returns.csv.
     signs = np.sign(frame["position"]).groupby(frame["fold"]).nunique()
-    one = report["one_sign_folds"]
-    assert one == {
-        "count": int((signs == 1).sum()),
-        "of": 2,
-        "folds": list(signs.index[signs == 1]),
-    }
+    checks = report["checks"]
+    assert checks["folds"] == 2 and checks["one_sign_folds"] == int((signs == 1).sum())
+    assert checks["one_sign_fold_numbers"] == list(signs.index[signs == 1])
     position = frame["position"].to_numpy(np.float64)
     if position.std() > 0:
         expected = np.corrcoef(position, pos)[0, 1]
-        assert report["oracle_correlation"] == pytest.approx(expected, rel=1e-6)
+        assert checks["oracle_correlation"] == pytest.approx(expected, rel=1e-6)
     else:
-        assert report["oracle_correlation"] is None
-    assert f"one-sign test folds: {one['count']} of 2" in table
+        assert checks["oracle_correlation"] is None
+    assert f"one-sign test folds: {checks['one_sign_folds']} of 2" in table

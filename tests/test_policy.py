@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 import tiny_config
+from report_contract import check_report
 from tiny_config import TINY
 
 from marl_jax import policy as policy_module
@@ -324,23 +325,26 @@ def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path
     out = tmp_path / "bt"
     assert main(["--model", str(model_dir), "--data", str(bar_file), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
+    report = check_report(out, "backtest")
     assert (out / "equity_curve.png").stat().st_size > 0
     params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
     # The training report's linear baseline: fitted on the train split.
     train = market.make_env_params(bars, "train", window=policy.window, norm=policy.norm)
     linear = evaluate.LinearBaseline.fit(train)
     metrics, baselines, _ = evaluate.evaluate_split(policy.policy_fn(), params, linear=linear)
-    for k, v in report["policy"].items():
+    # Every metric of the summary, Sortino, Calmar, alpha and the DSR among them.
+    assert report["metrics"]["policy"].keys() == metrics.keys() >= {"sortino", "calmar", "dsr"}
+    for k, v in report["metrics"]["policy"].items():
         assert v == pytest.approx(metrics[k], abs=1e-12), k
-    assert set(report["baselines"]) == set(baselines) == set(evaluate.BASELINES)
-    for k, v in report["baselines"]["linear"].items():
+    assert list(report["metrics"]) == ["policy", *baselines] == ["policy", *evaluate.BASELINES]
+    for k, v in report["metrics"]["linear"].items():
         assert v == pytest.approx(baselines["linear"][k], abs=1e-12), k
     assert report["linear"]["on"] == "the train split"
     assert report["linear"]["count"] == int(train.last_bar) - int(train.start_lo)
     assert "policy (greedy)" in printed and all(name in printed for name in baselines)
     assert "left out" not in printed
-    assert report["bars"]["count"] == int(params.last_bar) - int(params.start_lo)
+    assert report["provenance"]["bars"] == int(params.last_bar) - int(params.start_lo)
+    assert report["provenance"]["data"] == str(bar_file) and report["split"] == "test"
 
     # --cost-bps acts; --split all and --from/--to choose the bars.
     t0, t1 = (str(np.datetime_as_string(bars.timestamp[i], unit="s")) for i in (400, 700))
@@ -351,17 +355,19 @@ def test_backtest_cli_writes_the_training_reports_numbers(tiny, policy, tmp_path
     capsys.readouterr()
     a = json.loads((tmp_path / "a" / "report.json").read_text())
     b = json.loads((tmp_path / "b" / "report.json").read_text())
-    assert a["cost_bps"] == 50 and a["bars"]["count"] == len(bars) - policy.history
-    assert a["policy"]["total_log_return"] < report["policy"]["total_log_return"] - 1e-3
-    assert (b["bars"]["first"], b["bars"]["count"]) == (t0, 300)
+    a_prov, b_prov = a["provenance"], b["provenance"]
+    assert a_prov["cost_bps"] == 50 and a_prov["bars"] == len(bars) - policy.history
+    policy_return = report["metrics"]["policy"]["total_log_return"]
+    assert a["metrics"]["policy"]["total_log_return"] < policy_return - 1e-3
+    assert (b_prov["first_timestamp"], b_prov["bars"]) == (t0, 300)
     # --split all: the linear baseline is fitted on the bars before the range, if enough.
     need = policy.history + LINEAR_MIN_FIT
-    assert a["linear"] is None and "linear" not in a["baselines"]
+    assert a["linear"] is None and "linear" not in a["metrics"]
     why = f"the bars before the evaluated range holds {policy.history - 1} bars; fitting it needs"
     assert a["linear_left_out"].startswith(f"{why} {need}")
     note = [line for line in printed.splitlines() if "linear" in line]
     assert note == [f"linear baseline left out: {a['linear_left_out']}"]
-    assert "linear" in b["baselines"] and b["linear"]["count"] == 400 - policy.history
+    assert "linear" in b["metrics"] and b["linear"]["count"] == 400 - policy.history
     assert b["linear"]["last"] == str(np.datetime_as_string(bars.timestamp[398], unit="s"))
 
 
@@ -446,7 +452,7 @@ def test_a_planted_files_reports_hold_the_oracle_row_and_capture(tiny, policy, t
     from marl_jax.backtest import main
     from marl_jax.plant import main as plant_main
     from marl_jax.run.planted import read_oracle
-    from marl_jax.run.report import REPORT_METRICS, format_report, test_split_report
+    from marl_jax.run.report import format_report, metrics_of, test_split_runs
 
     model_dir, bar_file, _, modules, variables, cfg = tiny
     planted = tmp_path / "planted.csv"
@@ -457,27 +463,26 @@ def test_a_planted_files_reports_hold_the_oracle_row_and_capture(tiny, policy, t
     capsys.readouterr()
     assert main(["--model", str(model_dir), "--data", str(planted), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    report = json.loads((out / "report.json").read_text())
+    report = check_report(out, "backtest")
     params = market.make_env_params(bars, "test", window=policy.window, norm=policy.norm)
     oracle = evaluate.run_baseline(evaluate.ORACLE, params, oracle=s).metrics
-    assert report["baselines"]["oracle"] == pytest.approx({k: oracle[k] for k in REPORT_METRICS})
+    assert report["metrics"]["oracle"] == pytest.approx(oracle)
     assert oracle["active_ir"] > 1
-    assert report["capture"] == pytest.approx(report["policy"]["active_ir"] / oracle["active_ir"])
-    assert f"capture (policy active IR / oracle active IR): {report['capture']:.4f}" in printed
-    assert "oracle" in printed
+    capture = report["checks"]["capture"]
+    assert capture == pytest.approx(report["metrics"]["policy"]["active_ir"] / oracle["active_ir"])
+    assert f"capture (policy active IR / oracle active IR): {capture:.4f}" in printed
+    assert "oracle" in printed and "one-sign test folds: " in printed
 
-    # The train report: the same row through test_split_report.
+    # The train report: the same row through test_split_runs.
     params_, constants = {}, {}
     for name, v in variables.items():
         params_[name], constants[name] = split_variables(v)
     state = TrainState(params_, constants, None, None, None, None, None, None)
     algo = MAPPO(cfg, market.MARKET, modules)
     test = market.make_env_params(bars, "test", window=cfg.env.window, norm=policy.norm)
-    train_report, curves = test_split_report(cfg, algo, state, test, oracle=s)
+    runs = test_split_runs(cfg, algo, state, test, oracle=s)
     row = evaluate.run_baseline(evaluate.ORACLE, test, oracle=s).metrics
-    assert train_report["baselines"]["oracle"] == row and "oracle" in curves
-    capture = train_report["policy"]["active_ir"] / row["active_ir"]
-    assert train_report["capture"] == pytest.approx(capture)
-    assert "capture" in format_report(train_report)
-    plain, _ = test_split_report(cfg, algo, state, test)
-    assert "oracle" not in plain["baselines"] and "capture" not in plain
+    assert runs["oracle"].metrics == row and list(runs)[0] == "policy"
+    table = format_report({"metrics": metrics_of(runs), "checks": report["checks"]})
+    assert "capture" in table and "oracle" in table
+    assert "oracle" not in test_split_runs(cfg, algo, state, test)

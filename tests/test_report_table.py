@@ -26,12 +26,14 @@ def test_a_block_reads_metric_by_agent_within_100_columns():
 
 
 def test_train_and_walk_forward_tables_fit_100_columns():
-    report = {"policy": _scores(1), "baselines": {n: _scores(2) for n in NAMES}, "capture": 0.5}
-    table = format_report(report)
-    assert max(map(len, table.splitlines())) <= 100 and "policy (greedy)" in table
     by_name = {"policy": _scores(1), **{n: _scores(2) for n in NAMES}}
-    folds = [{"fold": k, "test": by_name} for k in range(5)]
-    wf = {"folds": folds, "pooled": by_name, "one_sign_folds": {"count": 1, "of": 5}}
+    checks = {"folds": 1, "one_sign_folds": 0, "capture": 0.5}
+    table = format_report({"metrics": by_name, "checks": checks})
+    assert max(map(len, table.splitlines())) <= 100 and "policy (greedy)" in table
+    assert "capture (policy active IR / oracle active IR)" in table
+    folds = [{"fold": k, "metrics": by_name} for k in range(5)]
+    checks = {"folds": 5, "one_sign_folds": 1, "capture": 0.5}
+    wf = {"folds": folds, "metrics": by_name, "checks": checks}
     text = format_table(wf)
     assert max(map(len, text.splitlines())) <= 100
     assert [line.split(":")[0] for line in text.splitlines() if ": policy, " in line] == [

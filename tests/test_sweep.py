@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from report_contract import check_report
 from tiny_config import tiny
 
 from marl_jax.config import config_from_dict
@@ -141,8 +142,11 @@ def test_sharded_population_writes_every_output_and_each_member_matches_its_solo
     for name in ("sweep.yaml", "sweep_curves.png", "best/report.json", "best/equity_curve.png"):
         assert (out / name).is_file(), name
     assert (out / "best" / "strategic_marl.pt").stat().st_size > 0
-    best = json.loads((out / "best" / "report.json").read_text())
+    best = check_report(out / "best", "sweep")
     assert best["member"]["member"] == board[0]["member"]
+    # The best member's report: every metric of the summary; the leaderboard's are a part.
+    assert best["metrics"]["policy"]["sharpe"] == pytest.approx(board[0]["test"]["sharpe"])
+    assert {"sortino", "calmar", "dsr"} <= set(best["metrics"]["policy"])
 
     # Each member against its own solo run (one device, no vmap): the same seed and
     # hyperparameters give the same training to float32 rounding.

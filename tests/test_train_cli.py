@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from report_contract import check_report
 from tiny_config import tiny
 
 from marl_jax import train as train_cli
@@ -137,14 +138,19 @@ def test_report_has_policy_and_baselines(tmp_path):
         "strategic_marl.pt",
     ):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o644, name
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    report = check_report(tmp_path / "r", "train")
+    assert (tmp_path / "r" / "returns.csv").stat().st_mode & 0o777 == 0o644
     keys = {"sharpe", "total_log_return", "max_drawdown", "hit_rate", "turnover"}
-    keys |= {"sortino", "beta", "alpha_t", "active_ir", "psr", "active_ir_2x_cost"}
-    assert set(report["policy"]) >= keys
-    assert set(report["baselines"]) == {"buy_and_hold", "flat", "random", "momentum", "linear"}
-    assert all(set(m) == set(report["policy"]) for m in report["baselines"].values())
-    assert report["baselines"]["buy_and_hold"]["beta"] == pytest.approx(1.0)
-    assert report["baselines"]["flat"]["total_log_return"] == 0.0
+    keys |= {"sortino", "calmar", "beta", "alpha_t", "active_ir", "psr", "dsr"}
+    by_name = report["metrics"]
+    assert set(by_name["policy"]) >= keys | {"active_ir_2x_cost"}
+    assert list(by_name) == ["policy", "buy_and_hold", "flat", "random", "momentum", "linear"]
+    assert all(set(m) == set(by_name["policy"]) for m in by_name.values())
+    assert by_name["buy_and_hold"]["beta"] == pytest.approx(1.0)
+    assert by_name["flat"]["total_log_return"] == 0.0
+    prov = report["provenance"]
+    assert prov["data"] is None and prov["config"].endswith(".yaml")  # the synthetic market
+    assert prov["cost_bps"] == 1.0 and report["split"] == "test" and report["training"]
     resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert resolved["training"]["total_timesteps"] == 64
     assert resolved["agents"]["mlmi"]["hidden_dims"] == [8, 8, 8]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from report_contract import check_report
 
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars, synthetic_bars
@@ -186,25 +187,27 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
             assert scores_of(f)[f["selection"]["step"]] > best
         else:
             assert gate["validation"][held] == best >= scores_of(f)[f["selection"]["step"]]
-            assert f["test"]["policy"] == f["test"][held]
+            assert f["metrics"]["policy"] == f["metrics"][held]
     assert "gate: the folds held" in table
-    assert r1["folds"][0]["test"] != r2["folds"][0]["test"]
+    assert r1["folds"][0]["metrics"] != r2["folds"][0]["metrics"]
     v1, v2 = (jax_leaves(_weights(o / "fold_1")) for o in (out1, out2))
     assert any(not np.array_equal(x, y) for x, y in zip(v1, v2, strict=True))
 
     # returns.csv: one row per test bar, the policy and every baseline; the report from it.
     frame = pd.read_csv(out1 / "returns.csv")
-    assert list(frame.columns) == ["fold", "instrument", "timestamp", "position", "policy",
+    assert list(frame.columns) == ["timestamp", "fold", "instrument", "position", "policy",
                                    *evaluate.BASELINES]  # fmt: skip
+    assert check_report(out1, "walkforward") == r1
+    assert r1["provenance"]["config"] == str(cfg) and r1["provenance"]["data"].endswith("a.csv")
     assert set(frame["instrument"]) == {"a.csv"}
     assert len(frame) == sum(f.test[1] - f.test[0] - 1 for f in folds)
     assert frame["timestamp"].iloc[0] == str(pd.Timestamp(bars.timestamp[folds[0].test[0]]))
     for name in ("policy", *evaluate.BASELINES):
-        pooled = r1["pooled"][name]["total_log_return"]
+        pooled = r1["metrics"][name]["total_log_return"]
         assert frame[name].sum() == pytest.approx(pooled, rel=1e-5, abs=1e-7)
         for f in r1["folds"]:
             part = frame.loc[frame["fold"] == f["fold"], name]
-            assert part.sum() == pytest.approx(f["test"][name]["total_log_return"], abs=1e-6)
+            assert part.sum() == pytest.approx(f["metrics"][name]["total_log_return"], abs=1e-6)
     assert (out1 / "equity_curve.png").stat().st_size > 0
     assert "pooled" in table and "buy_and_hold" in table
     assert r1["folds"][0]["normalisation_fitted_on"] == list(folds[0].train)
@@ -216,7 +219,9 @@ def test_walk_forward_outputs_no_test_leak_and_resume(tmp_path, capsys):
     assert main(["--resume", "--out", str(out1), "--no-progress"]) == 0
     assert (out1 / "fold_0" / "fold.json").stat().st_mtime_ns == done0
     assert pd.read_csv(out1 / "returns.csv").equals(frame)
-    assert json.loads((out1 / "report.json").read_text()) == r1
+    resumed = json.loads((out1 / "report.json").read_text())
+    assert resumed["provenance"].pop("created") and r1["provenance"].pop("created")
+    assert resumed == r1  # the config as given recorded in walkforward.json
 
     # Starting again in the same folder, or resuming with a changed layout, is refused.
     assert main(_args(cfg, str(tmp_path / "a.csv"), out1)) == 2

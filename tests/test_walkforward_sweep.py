@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from report_contract import check_report
 
 from marl_jax import metrics
 from marl_jax.env.data import Bars, synthetic_bars
@@ -63,7 +64,7 @@ def walk(tmp_path_factory):
 
 
 def _report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())
+    return check_report(out, "walkforward")
 
 
 @pytest.mark.slow
@@ -103,12 +104,12 @@ def test_the_chosen_members_dsr_deflates_for_the_members_validation_sharpes(walk
         want = metrics.summary(
             rows["policy"], rows["position"], rows["buy_and_hold"], ppy, trial_sharpes=trials
         )
-        test = fold["test"]["policy"]
+        test = fold["metrics"]["policy"]
         assert test["n_trials"] == 2
         assert test["dsr"] == pytest.approx(want["dsr"], rel=1e-4, abs=1e-6)
         assert test["dsr"] < test["psr"] or trials[0] == trials[1]
-    pooled = report["pooled"]["policy"]
-    assert pooled["n_trials"] == 2 and report["pooled"]["buy_and_hold"]["n_trials"] == 1
+    pooled = report["metrics"]["policy"]
+    assert pooled["n_trials"] == 2 and report["metrics"]["buy_and_hold"]["n_trials"] == 1
     mean_trials = np.mean(trials_by_fold, axis=0)
     want = metrics.summary(
         frame["policy"], frame["position"], frame["buy_and_hold"], ppy, trial_sharpes=mean_trials
@@ -127,7 +128,7 @@ def test_no_test_bar_reaches_training_normalisation_or_selection(walk):
     assert w1.keys() == w2.keys() and len(w1) > 0
     for key in w1:
         np.testing.assert_array_equal(w1[key], w2[key])
-    assert f1["test"]["buy_and_hold"] != f2["test"]["buy_and_hold"]
+    assert f1["metrics"]["buy_and_hold"] != f2["test"]["buy_and_hold"]
 
 
 @pytest.mark.slow
@@ -144,7 +145,9 @@ def test_resume_skips_finished_folds_and_continues_the_sweep(walk, capsys):
     assert main(["--resume", "--out", str(out), "--no-progress"]) == 0
     assert (out / "fold_0" / "fold.json").stat().st_mtime_ns == done0
     assert pd.read_csv(out / "returns.csv").equals(frame)
-    assert _report(out) == report
+    resumed = _report(out)
+    assert resumed["provenance"].pop("created") and report["provenance"].pop("created")
+    assert resumed == report
     assert main(["--resume", "--out", str(out), "--sweep", walk["sweep"]]) == 2
     assert "drop --sweep" in capsys.readouterr().err
 

@@ -1,10 +1,11 @@
 """A backtest of any model on any bar file: the training run's test report, for a chosen range.
 
-The evaluation is the training report's (:func:`marl_jax.env.evaluate.evaluate_split`, the
-same baselines and metrics); the outputs are those of a run's end: ``report.json``,
-``equity_curve.png`` and the printed table (:func:`marl_jax.run.report.format_report`). The
-environment is the model's run config's (:func:`marl_jax.run.setup.env_params_for`; the
-defaults for a model without one) with the model's window and normalisation.
+The evaluation is the training report's (the same baselines and metrics); the outputs are
+those of a run's end: ``report.json`` (:func:`marl_jax.run.report.write_split_report`),
+``returns.csv``, ``equity_curve.png`` and the printed table
+(:func:`marl_jax.run.report.format_report`). The environment is the model's run config's
+(:func:`marl_jax.run.setup.env_params_for`; the defaults for a model without one) with the
+model's window and normalisation.
 
 The ``linear`` baseline is fitted on bars before the evaluated ones, with the model's
 normalisation: on the file's train split (the run's fractions, else 70/15/15) under ``--split
@@ -13,15 +14,18 @@ test``; under ``--split all`` on the bars before the evaluated range, when there
 fit on). Otherwise it is left out: ``report["linear"]`` is None and
 ``report["linear_left_out"]`` says why.
 
+The report's ``provenance`` holds the bar file, the evaluated bars' first and last timestamps
+and count, and the cost; its extras: ``split``, ``model``, ``linear`` (where and on which bars
+it was fitted), ``normalisation``.
+
 Given the planted signal of the bars (``oracle``, from the bar file's sidecar:
-:func:`marl_jax.run.planted.read_oracle`), the ``oracle`` baseline is among them and the report
-holds the policy's ``capture``.
+:func:`marl_jax.run.planted.read_oracle`), the ``oracle`` baseline is among them and the report's
+``checks`` hold the policy's ``capture``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +34,14 @@ import numpy as np
 
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars, split_bounds
-from marl_jax.files import atomic_write_text
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.plots import plot_equity_curves
-from marl_jax.run.report import REPORT_METRICS, with_capture
-from marl_jax.run.rundir import EQUITY_CURVE, REPORT
+from marl_jax.run.provenance import BarCalendar
+from marl_jax.run.report import SplitPart, write_split_report
+from marl_jax.run.rundir import EQUITY_CURVE
 from marl_jax.run.setup import env_params_for, periods_per_year_for
 
-__all__ = ["LINEAR_MIN_FIT", "BacktestSpec", "backtest", "write_backtest"]
+__all__ = ["LINEAR_MIN_FIT", "BacktestSpec", "backtest"]
 
 SPLITS = ("test", "all")
 # Bars the linear baseline is fitted at, at least (a ridge regression of 13 weights and an
@@ -148,49 +152,46 @@ def backtest(
     bars: Bars,
     spec: BacktestSpec = BacktestSpec(),
     *,
+    out: str | Path,
     source: str = "bars",
     oracle: np.ndarray | None = None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(report, equity curves)`` of the policy (greedy) and the baselines over ``spec``
-    (``oracle``: the bars' planted signal, see the module docstring)."""
-    params = _env_params(policy, bars, spec, source)
-    linear, linear_entries = _linear(policy, bars, spec, params, source)
-    policy_metrics, baselines, curves = evaluate.evaluate_split(
-        policy.policy_fn(),
-        params,
-        seed=policy.run_config.seed,
-        batch_size=2048,
-        linear=linear,
-        oracle=oracle,
-    )
-    lo, last = int(params.start_lo), int(params.last_bar)
-    report = {
-        "split": spec.split,
-        "model": policy.description,
-        "data": source,
-        "bars": {
-            "first": _stamp_of(bars, lo),
-            "last": _stamp_of(bars, last - 1),
-            "count": last - lo,
-        },
-        "cost_bps": params.cost_bps,
-        "interval_minutes": params.interval_minutes,
-        "policy": {k: policy_metrics[k] for k in REPORT_METRICS},
-        "baselines": {name: {k: m[k] for k in REPORT_METRICS} for name, m in baselines.items()},
-        **linear_entries,
-        **with_capture(policy_metrics, baselines),
-        "normalisation": policy.norm.to_dict(),
-    }
-    return report, curves
-
-
-def write_backtest(report: dict, curves: dict, out: str | Path) -> Path:
-    """Writes ``report.json`` and ``equity_curve.png`` into ``out`` (each atomically)."""
+) -> dict[str, Any]:
+    """Runs the policy (greedy) and the baselines over ``spec`` (``oracle``: the bars' planted
+    signal, see the module docstring) and writes ``report.json``, ``returns.csv`` and
+    ``equity_curve.png`` into ``out`` (each atomically); returns the report."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PolicyError(f"--out {out}: exists and is not a folder; choose another --out")
-    plot_equity_curves(
-        curves, out / EQUITY_CURVE, title=f"{report['split']}: policy (greedy) vs baselines"
+    params = _env_params(policy, bars, spec, source)
+    linear, linear_entries = _linear(policy, bars, spec, params, source)
+    runs = {"policy": evaluate.run_policy(policy.policy_fn(), params, batch_size=2048)}
+    runs.update(
+        evaluate.evaluate_baselines(
+            params, seed=policy.run_config.seed, linear=linear, oracle=oracle
+        )
     )
-    atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
-    return out
+    plot_equity_curves(
+        {k: r.equity for k, r in runs.items()},
+        out / EQUITY_CURVE,
+        title=f"{spec.split}: policy (greedy) vs baselines",
+    )
+    part = SplitPart(
+        Path(source).name,
+        bars.timestamp,
+        BarCalendar(float(params.interval_minutes), float(params.periods_per_year)),
+        runs,
+    )
+    config = f"the run config of {policy.description}" if policy.config else "the defaults"
+    return write_split_report(
+        out,
+        "backtest",
+        [part],
+        cfg=policy.run_config,
+        config=config,
+        data=source,
+        cost_bps=float(params.cost_bps),
+        split=spec.split,
+        model=policy.description,
+        **linear_entries,
+        normalisation=policy.norm.to_dict(),
+    )

@@ -1,17 +1,29 @@
-"""The end of a run: the test-split report, its plots, and the ``.pt`` export.
+"""The end of a run: the report every command writes, its plots, and the ``.pt`` export.
 
-:func:`test_split_report` and :func:`export_pt` work on any trained state (a run's, a sweep
-member's, a checkpoint's); :func:`write_report` is a run's use of them.
+Every command's output folder holds ``report.json`` (:func:`build_report`: schema version 1,
+``marl_jax/run/report.schema.json``) and ``returns.csv`` (:mod:`marl_jax.run.returns`). The
+core keys are the same for train, backtest, walk-forward and a sweep's best: ``schema_version``,
+``command``, ``provenance`` (:func:`marl_jax.run.provenance.provenance`), ``metrics`` (every key
+of :func:`marl_jax.metrics.summary` for ``policy`` and each baseline, over the test split or
+the pooled test folds), ``checks`` (:func:`report_checks`), ``folds`` (one entry for a single
+split) and ``returns_csv``; a command adds its own keys after them.
+
+:func:`test_split_runs` and :func:`export_pt` work on any trained state (a run's, a sweep
+member's, a checkpoint's); :func:`write_report` is a run's use of them, and
+:func:`write_split_report` writes the report and ``returns.csv`` of any single split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 
 from marl_jax import metrics
 from marl_jax.agents import AGENT_NAMES
@@ -22,25 +34,65 @@ from marl_jax.files import atomic_write_text
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.metrics_log import read_metrics_log, tenth_mean
 from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
-from marl_jax.run.setup import Instrument, Run, env_params_for
+from marl_jax.run.provenance import (
+    BarCalendar,
+    bar_calendar,
+    iso_timestamp,
+    mean_calendar,
+    provenance,
+)
+from marl_jax.run.returns import (
+    RETURNS_CSV,
+    eval_arrays,
+    returns_frame,
+    write_returns_csv,
+)
+from marl_jax.run.rundir import REPORT
+from marl_jax.run.setup import SYNTHETIC, Instrument, Run, env_params_for
 from marl_jax.run.steps import Normalisations, model_metadata
 
 __all__ = [
+    "COMMANDS",
     "REPORT_METRICS",
-    "metrics_table",
+    "REPORT_SCHEMA",
+    "SCHEMA_VERSION",
+    "SplitPart",
+    "build_report",
     "capture_line",
+    "config_data",
     "export_pt",
+    "fold_entry",
     "format_report",
     "greedy_policy",
-    "instruments_report",
-    "run_arrays",
+    "json_safe",
+    "metrics_block",
+    "metrics_of",
+    "metrics_table",
+    "one_sign_line",
+    "report_checks",
     "stitched_summary",
-    "test_split_report",
+    "test_split_runs",
     "with_capture",
     "write_report",
+    "write_report_json",
+    "write_split_report",
 ]
 
-# The printed table's columns; report.json holds every key of marl_jax.metrics.summary.
+SCHEMA_VERSION = 1
+# The JSON Schema of report.json (installed with the package).
+REPORT_SCHEMA = Path(__file__).with_name("report.schema.json")
+COMMANDS = ("train", "backtest", "walkforward", "sweep")
+CORE_KEYS = (
+    "schema_version",
+    "command",
+    "provenance",
+    "metrics",
+    "checks",
+    "folds",
+    "returns_csv",
+)
+
+# The printed table's rows; report.json holds every key of marl_jax.metrics.summary.
 REPORT_METRICS = (
     "sharpe",
     "total_log_return",
@@ -66,34 +118,26 @@ def greedy_policy(algo: MAPPO, state: TrainState):
     return lambda obs: np.asarray(act(state, obs))
 
 
-def test_split_report(
+def test_split_runs(
     cfg: Config,
     algo: MAPPO,
     state: TrainState,
     test_params: market.EnvParams,
     linear: evaluate.LinearBaseline | None = None,
     oracle: np.ndarray | None = None,
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """The greedy policy of ``state`` and the baselines (``linear`` among them when given, and
-    ``oracle`` with the planted signal) on the test split: the report's ``split``, ``policy``
-    and ``baselines`` entries (every metric of :func:`marl_jax.metrics.summary`), ``capture``
-    where there is an oracle, and the equity curves by name."""
-    policy_metrics, baselines, curves = evaluate.evaluate_split(
-        greedy_policy(algo, state),
-        test_params,
-        "test",
-        seed=cfg.seed,
-        batch_size=2048,
-        linear=linear,
-        oracle=oracle,
+) -> dict[str, evaluate.EvalRun]:
+    """The greedy policy of ``state`` (``policy``, first) and the baselines (``linear`` among
+    them when given, and ``oracle`` with the planted signal) run over the test split."""
+    runs = {"policy": evaluate.run_policy(greedy_policy(algo, state), test_params, batch_size=2048)}
+    runs.update(
+        evaluate.evaluate_baselines(test_params, seed=cfg.seed, linear=linear, oracle=oracle)
     )
-    report = {
-        "split": "test",
-        "policy": policy_metrics,
-        "baselines": baselines,
-        **with_capture(policy_metrics, baselines),
-    }
-    return report, curves
+    return runs
+
+
+def metrics_of(runs: Mapping[str, evaluate.EvalRun]) -> dict[str, dict]:
+    """Every metric of :func:`marl_jax.metrics.summary` of each run, by name."""
+    return {name: dict(r.metrics) for name, r in runs.items()}
 
 
 def with_capture(policy: Mapping, baselines: Mapping[str, Mapping]) -> dict:
@@ -146,9 +190,191 @@ def stitched_summary(
     }
 
 
-def run_arrays(r: evaluate.EvalRun) -> dict[str, np.ndarray]:
-    """The per-bar arrays of an evaluation that :func:`stitched_summary` pools."""
-    return {"rewards": r.rewards, "positions": r.positions, "pnl": r.pnl}
+# ---------------------------------------------------------------------------- the report
+
+
+def _holds_one_sign(positions: np.ndarray) -> bool:
+    return np.unique(np.sign(np.asarray(positions))).size == 1
+
+
+def report_checks(
+    folds: Sequence[tuple[int, Sequence[Mapping]]], by_name: Mapping[str, Mapping]
+) -> dict:
+    """The report's ``checks``: ``folds`` (how many), ``one_sign_folds`` (how many folds'
+    test positions hold one sign only, flat counting as a sign, in every instrument: there the
+    policy is buy-and-hold scaled, or its short, and a positive IR is which sign it held, not
+    timing; ``one_sign_fold_numbers`` lists them), and ``capture`` (the policy's net active
+    IR over the oracle's in ``by_name``, the pooled metrics; None without an oracle). Where
+    the oracle ran in every part, ``oracle_correlation``: the correlation of the stitched
+    positions with the oracle's (None where either is constant).
+
+    ``folds``: ``(fold number, parts)`` pairs, a part per instrument holding
+    ``{name: {positions, ...}}`` (``policy`` among them)."""
+    one_sign = [
+        int(k)
+        for k, parts in folds
+        if all(_holds_one_sign(p["policy"]["positions"]) for p in parts)
+    ]
+    checks: dict = {
+        "folds": len(folds),
+        "one_sign_folds": len(one_sign),
+        "capture": with_capture(by_name["policy"], by_name).get("capture"),
+        "one_sign_fold_numbers": one_sign,
+    }
+    parts = [p for _, ps in folds for p in ps]
+    if parts and all(evaluate.ORACLE in p for p in parts):
+        policy = np.concatenate([p["policy"]["positions"] for p in parts]).astype(np.float64)
+        oracle = np.concatenate([p[evaluate.ORACLE]["positions"] for p in parts])
+        oracle = oracle.astype(np.float64)
+        varies = policy.std() > 0 and oracle.std() > 0
+        checks["oracle_correlation"] = float(np.corrcoef(policy, oracle)[0, 1]) if varies else None
+    return checks
+
+
+def fold_entry(fold: int, stamps: np.ndarray, by_name: Mapping, **extra) -> dict:
+    """One entry of the report's ``folds``: its number, the first and last timestamp of its
+    evaluated bars ``stamps``, its ``metrics`` by name, then ``extra``."""
+    stamps = np.sort(np.asarray(stamps, dtype="datetime64[ns]"))
+    return {
+        "fold": int(fold),
+        "first_timestamp": iso_timestamp(stamps[0]),
+        "last_timestamp": iso_timestamp(stamps[-1]),
+        "metrics": dict(by_name),
+        **extra,
+    }
+
+
+def build_report(
+    command: str,
+    prov: Mapping,
+    by_name: Mapping[str, Mapping],
+    checks: Mapping,
+    folds: Sequence[Mapping],
+    **extras,
+) -> dict:
+    """A ``report.json`` (see the module docstring): the core keys, then the command's
+    ``extras`` (which may not reuse a core key)."""
+    if command not in COMMANDS:
+        raise ValueError(f"command {command!r}: expected one of {', '.join(COMMANDS)}")
+    clash = sorted(set(extras) & set(CORE_KEYS))
+    if clash:
+        raise ValueError(f"extra report keys {clash} would replace core keys")
+    names = sorted(by_name, key=lambda k: k != "policy")
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "provenance": dict(prov),
+        "metrics": {name: dict(by_name[name]) for name in names},
+        "checks": dict(checks),
+        "folds": list(folds),
+        "returns_csv": RETURNS_CSV,
+        **extras,
+    }
+    return json_safe(report)
+
+
+def json_safe(x):
+    """``x`` (dicts, lists, numbers) as strict JSON holds it: tuples as lists, NumPy scalars as
+    Python numbers, non-finite floats as None."""
+    if isinstance(x, Mapping):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_report_json(path: Path, report: Mapping) -> Path:
+    """Writes ``report`` as ``report.json`` at ``path`` (atomically), as strict JSON
+    (:func:`json_safe`)."""
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def config_data(cfg: Config) -> str | list[str] | None:
+    """The report's ``data`` of a config: its bar file, its files (several instruments), or
+    None (the synthetic market)."""
+    if cfg.env.data_paths:
+        return list(cfg.env.data_paths)
+    return cfg.env.data_path
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPart:
+    """One instrument's evaluation over one split: its name, its bars' timestamps, its
+    calendar and the runs by name (``policy`` first)."""
+
+    instrument: str
+    timestamps: np.ndarray
+    calendar: BarCalendar
+    runs: Mapping[str, evaluate.EvalRun]
+
+
+def write_split_report(
+    out: Path,
+    command: str,
+    parts: Sequence[SplitPart],
+    *,
+    cfg: Config,
+    config: str,
+    data: str | Sequence[str] | None,
+    cost_bps: float,
+    **extras,
+) -> dict:
+    """Writes ``returns.csv`` (fold 0) and ``report.json`` of a single split into ``out``;
+    returns the report. One part: its runs' metrics; several (instruments): every metric of
+    their per-bar returns concatenated (:func:`stitched_summary`, at their mean calendar), and
+    ``extras["instruments"]`` should hold each one's."""
+    arrays = [eval_arrays(p.runs) for p in parts]
+    frames = [
+        returns_frame([(0, a)], p.timestamps, p.instrument)
+        for p, a in zip(parts, arrays, strict=True)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    write_returns_csv(out / RETURNS_CSV, frame)
+    calendar = mean_calendar([p.calendar for p in parts])
+    if len(parts) == 1:
+        by_name = metrics_of(parts[0].runs)
+    else:
+        by_name = stitched_summary(arrays, calendar.periods_per_year, cost_bps)
+    stamps = np.concatenate(
+        [p.timestamps[a["bar_index"]] for p, a in zip(parts, arrays, strict=True)]
+    )
+    prov = provenance(
+        cfg=cfg, config=config, data=data, stamps=stamps, calendar=calendar, cost_bps=cost_bps
+    )
+    report = build_report(
+        command,
+        prov,
+        by_name,
+        report_checks([(0, arrays)], by_name),
+        [fold_entry(0, stamps, by_name)],
+        **extras,
+    )
+    write_report_json(out / REPORT, report)
+    return report
+
+
+def _instrument_runs(
+    cfg: Config, algo: MAPPO, state: TrainState, instruments: Mapping[str, Instrument]
+) -> list[SplitPart]:
+    """Each instrument's test split: the greedy policy and the baselines (the linear one
+    fitted on its own train split, the oracle where it was planted)."""
+    greedy = greedy_policy(algo, state)
+    parts = []
+    for name, inst in instruments.items():
+        test = env_params_for(cfg, inst.bars, "test", inst.norm, where=name)
+        runs = {"policy": evaluate.run_policy(greedy, test, batch_size=2048)}
+        linear = evaluate.LinearBaseline.fit(inst.train_params)
+        runs.update(
+            evaluate.evaluate_baselines(test, seed=cfg.seed, linear=linear, oracle=inst.oracle)
+        )
+        parts.append(SplitPart(name, inst.bars.timestamp, bar_calendar(cfg, inst.bars), runs))
+    return parts
 
 
 POOLED = (
@@ -158,67 +384,42 @@ POOLED = (
 )
 
 
-def instruments_report(
-    cfg: Config, algo: MAPPO, state: TrainState, instruments: Mapping[str, Instrument]
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """The test-split report of a multi-instrument run: each instrument's ``policy`` and
-    ``baselines`` (the linear one fitted on its own train split) under ``instruments``, and the
-    pooled ones (:data:`POOLED`) as the report's ``policy`` and ``baselines``; the pooled
-    equity curves by name."""
-    greedy = greedy_policy(algo, state)
-    per, arrays, per_year = {}, [], []
-    for name, inst in instruments.items():
-        test = env_params_for(cfg, inst.bars, "test", inst.norm, where=name)
-        runs = {"policy": evaluate.run_policy(greedy, test, batch_size=2048)}
-        linear = evaluate.LinearBaseline.fit(inst.train_params)
-        runs.update(
-            evaluate.evaluate_baselines(test, seed=cfg.seed, linear=linear, oracle=inst.oracle)
-        )
-        baselines = {k: r.metrics for k, r in runs.items() if k != "policy"}
-        per[name] = {
-            "policy": runs["policy"].metrics,
-            "baselines": baselines,
-            **with_capture(runs["policy"].metrics, baselines),
-        }
-        arrays.append({k: run_arrays(r) for k, r in runs.items()})
-        per_year.append(test.periods_per_year)
-    pooled = stitched_summary(arrays, float(np.mean(per_year)), cfg.env.cost_bps)
-    policy = pooled.pop("policy")
-    report = {
-        "split": "test",
-        "policy": policy,
-        "baselines": pooled,
-        **with_capture(policy, pooled),
-        "pooled": POOLED,
-        "instruments": per,
-    }
-    curves = {
-        name: np.exp(np.r_[0.0, np.cumsum(np.concatenate([a[name]["rewards"] for a in arrays]))])
-        for name in arrays[0]
-    }
-    return report, curves
-
-
-def write_report(run: Run, state: TrainState) -> dict:
+def write_report(run: Run, state: TrainState, config: str | None = None) -> dict:
     """Evaluates the greedy policy and the baselines (the linear one fitted on the train split)
     on the test split (of each instrument, and pooled, for several); writes ``report.json``,
-    ``equity_curve.png`` and ``learning_curve.png`` of the run."""
+    ``returns.csv``, ``equity_curve.png`` and ``learning_curve.png`` of the run. ``config``:
+    the config's name or path as given (default: the run's ``config.yaml``)."""
     cfg = run.cfg
+    extras: dict = {"split": "test"}
     if run.instruments is None:
         test_params = env_params_for(cfg, run.bars, "test", run.norm)
         linear = evaluate.LinearBaseline.fit(run.train_params)
-        report, curves = test_split_report(
-            cfg, run.algo, state, test_params, linear, oracle=run.oracle
-        )
+        runs = test_split_runs(cfg, run.algo, state, test_params, linear, oracle=run.oracle)
+        name = Path(cfg.env.data_path).name if cfg.env.data_path else SYNTHETIC
+        parts = [SplitPart(name, run.bars.timestamp, bar_calendar(cfg, run.bars), runs)]
+        curves = {k: r.equity for k, r in runs.items()}
         title = "test split: trained policy (greedy) vs baselines"
     else:
-        report, curves = instruments_report(cfg, run.algo, state, run.instruments)
-        title = f"test splits of {len(run.instruments)} instruments pooled: greedy vs baselines"
+        parts = _instrument_runs(cfg, run.algo, state, run.instruments)
+        extras["instruments"] = {
+            p.instrument: {
+                "metrics": metrics_of(p.runs),
+                **with_capture(p.runs["policy"].metrics, metrics_of(p.runs)),
+            }
+            for p in parts
+        }
+        extras["pooled_over"] = POOLED
+        curves = {
+            k: np.exp(np.r_[0.0, np.cumsum(np.concatenate([p.runs[k].rewards for p in parts]))])
+            for k in parts[0].runs
+            if all(k in p.runs for p in parts)
+        }
+        title = f"test splits of {len(parts)} instruments pooled: greedy vs baselines"
     plot_equity_curves(curves, run.dir.equity_curve, title=title)
     rows = read_metrics_log(run.dir.metrics)
     rewards = [r["average_reward"] for r in rows]
     updates = int(state.update_step)
-    report["training"] = {
+    extras["training"] = {
         "updates": updates,
         "env_steps": updates * cfg.training.batch_size,
         "first_10pct_reward": tenth_mean(rewards, first=True) if rows else None,
@@ -226,10 +427,19 @@ def write_report(run: Run, state: TrainState) -> dict:
     }
     norms = run.norms
     if isinstance(norms, FeatureNorm):
-        report["normalisation"] = norms.to_dict()
+        extras["normalisation"] = norms.to_dict()
     else:
-        report["normalisation"] = {name: n.to_dict() for name, n in norms.items()}
-    atomic_write_text(run.dir.report, json.dumps(report, indent=2) + "\n")
+        extras["normalisation"] = {name: n.to_dict() for name, n in norms.items()}
+    report = write_split_report(
+        run.dir.root,
+        "train",
+        parts,
+        cfg=cfg,
+        config=config if config is not None else str(run.dir.config),
+        data=config_data(cfg),
+        cost_bps=cfg.env.cost_bps,
+        **extras,
+    )
     if rows:
         plot_learning_curve(rows, run.dir.learning_curve)
     return report
@@ -251,25 +461,47 @@ def metrics_table(by_name: Mapping[str, Mapping[str, float]], title: str) -> lis
         f"{'':{label}s}" + "".join(f"{h:>{TABLE_COLUMN}s}" for h in heads),
     ]
     for k in REPORT_METRICS:
-        cells = "".join(f"{by_name[n][k]:>{TABLE_COLUMN}.4f}" for n in names)
+        values = [by_name[n][k] for n in names]
+        cells = "".join(
+            f"{'n/a':>{TABLE_COLUMN}s}" if v is None else f"{v:>{TABLE_COLUMN}.4f}" for v in values
+        )
         lines.append(f"{k:{label}s}" + cells)
     return lines
 
 
+def one_sign_line(checks: Mapping) -> str:
+    """The one-sign check as printed (see :func:`report_checks`)."""
+    return (
+        f"one-sign test folds: {checks['one_sign_folds']} of {checks['folds']} (the position "
+        "never changes sign there: no timing)"
+    )
+
+
+def metrics_block(by_name: Mapping[str, Mapping], title: str, policy: str = "policy") -> list[str]:
+    """:func:`metrics_table` of metrics by name (``policy`` shown as ``policy``), with the
+    capture line under it where the oracle is among them."""
+    shown = {(policy if k == "policy" else k): v for k, v in by_name.items()}
+    lines = metrics_table(shown, title)
+    capture = with_capture(by_name["policy"], by_name)
+    if capture:
+        lines.append(capture_line(capture["capture"]))
+    return lines
+
+
 def format_report(report: Mapping) -> str:
-    """The report as a text table (a block per instrument, then the pooled one, for several),
-    metrics down and agents across."""
-    blocks = [(f"{name}:", part) for name, part in report.get("instruments", {}).items()]
+    """A single split's report (train, backtest, a sweep member) as a text table: a block per
+    instrument, then the pooled one, for several; metrics down and agents across; then the
+    one-sign check."""
+    title = f"{report.get('split', 'test')} split"
+    blocks = [(f"{name}:", part["metrics"]) for name, part in report.get("instruments", {}).items()]
     if blocks:
-        blocks.append(("pooled:", report))
+        blocks.append(("pooled:", report["metrics"]))
     lines: list[str] = []
-    for title, part in blocks or [(None, report)]:
-        if title is not None:
-            lines.append(title)
-        by_name = {"policy (greedy)": part["policy"], **part["baselines"]}
-        lines += metrics_table(by_name, "test split")
-        if "capture" in part:
-            lines.append(capture_line(part["capture"]))
+    for label, by_name in blocks or [(None, report["metrics"])]:
+        if label is not None:
+            lines.append(label)
+        lines += metrics_block(by_name, title, policy="policy (greedy)")
+    lines.append(one_sign_line(report["checks"]))
     return "\n".join(lines)
 
 

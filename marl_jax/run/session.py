@@ -31,7 +31,8 @@ def train_run(spec: RunSpec, *, progress: bool = True, tensorboard: bool = False
     run = prepare(spec)
     try:
         state = loop.train_loop(run, spec.resume, progress, tensorboard)
-        result = report.write_report(run, state)
+        config = str(run.dir.config) if spec.resume else spec.config
+        result = report.write_report(run, state, config)
         exported = report.export_pt(run.dir.export_pt, run.algo, state, run.norms)
     finally:
         run.lock.release()

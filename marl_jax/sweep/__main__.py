@@ -141,7 +141,7 @@ def _sweep(args: argparse.Namespace) -> int:
         export_top=args.export_top,
         members_per_device=args.members_per_device,
     )
-    run_sweep(cfg, spec, options)
+    run_sweep(cfg, spec, options, args.config)
     print(f"sweep folder: {args.out}")
     return 0
 

@@ -8,7 +8,8 @@ Layout of ``--out``::
     leaderboard.csv     per member: seed, hyperparameters (final; lineage for PBT), final
     leaderboard.json    reward, the greedy policy's test-split metrics, baselines, rank, status
     sweep_curves.png    every member's learning curve, the best highlighted
-    best/               report.json, equity_curve.png, strategic_marl.pt of the best member
+    best/               report.json, returns.csv, equity_curve.png, strategic_marl.pt of the
+                        best member
     top/RANK-mMEMBER/   the same for the top ``export_top`` members (when more than one)
     checkpoints/gG/     Orbax steps of group G's population (the latest ``max_to_keep``)
 
@@ -59,8 +60,11 @@ def _sweep_record(cfg: Config, spec: SweepSpec, groups: Sequence[Group]) -> str:
     return yaml.safe_dump(record, sort_keys=False)
 
 
-def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]:
-    """Runs the sweep of ``spec`` over ``cfg`` into ``options.out``; returns the leaderboard."""
+def run_sweep(
+    cfg: Config, spec: SweepSpec, options: SweepOptions, config: str = "<dict>"
+) -> list[dict]:
+    """Runs the sweep of ``spec`` over ``cfg`` into ``options.out``; returns the leaderboard.
+    ``config``: the config's name or path as given (recorded in the best members' reports)."""
     out = options.out
     groups = expand(cfg, spec)
     record = _sweep_record(cfg, spec, groups)
@@ -102,7 +106,7 @@ def run_sweep(cfg: Config, spec: SweepSpec, options: SweepOptions) -> list[dict]
         rows: list[dict] = []
         with process_0_writes():  # the others wait here for process 0's outputs
             if is_writer():
-                rows = write_outputs(results, bars, spec, options)
+                rows = write_outputs(results, bars, spec, options, config)
         return rows
     except OSError as err:  # a folder that cannot be made, locked or written
         where = err.filename or out

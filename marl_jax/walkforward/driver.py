@@ -10,7 +10,6 @@ and the policy's ``capture`` to every fold and to the pooled outputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,14 +20,9 @@ from marl_jax.config import Config, config_from_dict, config_to_dict, load_confi
 from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
 from marl_jax.run.planted import sidecar_path
+from marl_jax.run.provenance import file_sha256
 from marl_jax.run.rundir import RunLock
-from marl_jax.run.setup import (
-    data_label,
-    data_overrides,
-    load_markets,
-    load_oracles,
-    periods_per_year_for,
-)
+from marl_jax.run.setup import data_label, data_overrides, load_markets, load_oracles
 from marl_jax.walkforward.fold_run import DEFAULT_SELECT, SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
@@ -88,23 +82,13 @@ def fold_dir(out: str | Path, index: int) -> Path:
     return Path(out) / f"fold_{index}"
 
 
-def _sha256(path: str | None) -> str | None:
-    if not path:
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _digest(cfg, of=lambda path: path) -> str | dict[str, str | None] | None:
     """The data file's SHA-256, or each instrument's by name for several; ``of`` maps a data
     path to the file hashed (its plant sidecar: None where there is none)."""
 
     def sha(path: str | None) -> str | None:
         target = None if not path else Path(of(path))
-        return _sha256(str(target)) if target is not None and target.is_file() else None
+        return file_sha256(target) if target is not None and target.is_file() else None
 
     if cfg.env.data_paths:
         return {Path(p).name: sha(p) for p in cfg.env.data_paths}
@@ -160,12 +144,22 @@ def _sweep_for(spec: WalkForwardSpec, cfg) -> FoldSweep | None:
     return None if spec.sweep is None else FoldSweep.load(spec.sweep, cfg)
 
 
-def _header(cfg, options: dict, markets: dict, sweep: FoldSweep | None) -> dict:
-    """What ``walkforward.json`` and ``report.json`` record first: the config, the data and
-    its SHA-256, the options and how a fold chooses."""
+def _config_name(spec: WalkForwardSpec) -> str:
+    """The config's name or path as given (``--config``; for ``--resume``, as the walk-forward
+    recorded it, else its ``walkforward.json``)."""
+    if not spec.resume:
+        return str(spec.config)
+    manifest = Path(spec.out) / MANIFEST
+    return json.loads(manifest.read_text()).get("config_name", str(manifest))
+
+
+def _header(cfg, options: dict, markets: dict, sweep: FoldSweep | None, config_name: str) -> dict:
+    """What ``walkforward.json`` and ``report.json`` record first: the config (as given, and
+    resolved), the data and its SHA-256, the options and how a fold chooses."""
     several = len(markets) > 1
     n_bars = {n: len(b) for n, b in markets.items()}
     header = {
+        "config_name": config_name,
         "config": config_to_dict(cfg),
         "data": list(cfg.env.data_paths) if several else _single_file(cfg),
         "data_sha256": _digest(cfg),
@@ -221,7 +215,7 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
             "--gate with several --data files: not supported; give one --data, or drop --gate"
         )
     with RunLock(out):
-        header = _header(cfg, options, markets, sweep)
+        header = _header(cfg, options, markets, sweep, _config_name(spec))
         _record_layout(out, header, by_instrument, spec.resume)
         if several:
             return _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress)
@@ -254,10 +248,9 @@ def _run_single(
         root = fold_dir(out, fold.index)
         choice = {"select_by": select_by(header["options"]), "gate": gated(header["options"])}
         results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle, **choice))
-    ppy = periods_per_year_for(cfg, bars)
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(
-        out, results, bars.timestamp, ppy, header, cfg.env.cost_bps, trial_sharpes=trials
+        out, results, bars, header, cfg, header["config_name"], trial_sharpes=trials
     )
 
 
@@ -282,5 +275,4 @@ def _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress
                 select_by=select_by(header["options"]),
             )
         )
-    per_year = {name: periods_per_year_for(cfg, bars) for name, bars in markets.items()}
-    return write_instruments_outputs(out, results, markets, header, cfg.env.cost_bps, per_year)
+    return write_instruments_outputs(out, results, markets, header, cfg, header["config_name"])

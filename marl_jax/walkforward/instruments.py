@@ -11,17 +11,17 @@ baselines (the linear one fitted on that instrument's train span). Leakage is as
 
 ``fold.json`` holds, per instrument, its fold's bars, dates and test metrics, and as ``test`` the
 fold's instruments pooled; ``test_runs.npz`` holds ``INSTRUMENT/NAME/FIELD`` arrays. The report
-gives each fold (pooled over instruments), each instrument (its folds stitched) and ``pooled``:
-every instrument's test bars of every fold concatenated as one series (fold by fold, instrument
-by instrument; each part starts flat), annualised at the instruments' mean bars per year.
-An instrument whose bar file was planted adds the ``oracle`` baseline and the policy's
-``capture`` to its entries (``capture_by_instrument`` in the report); the pooled rows hold the
-oracle only where every instrument was planted.
+gives each fold (pooled over instruments), each instrument (``instruments``: its folds
+stitched) and as ``metrics`` every instrument's test bars of every fold concatenated as one
+series (fold by fold, instrument by instrument; each part starts flat), annualised at the
+instruments' mean bars per year. An instrument whose bar file was planted adds the ``oracle``
+baseline and the policy's ``capture`` to its entry; the pooled metrics hold the oracle only
+where every instrument was planted. A fold is one-sign (``checks``) where the position holds
+one sign in every instrument.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,16 +31,18 @@ import pandas as pd
 
 from marl_jax.config import Config
 from marl_jax.env import data as bar_data
-from marl_jax.env import evaluate, market
+from marl_jax.env import market
 from marl_jax.env.features import WARMUP_BARS
 from marl_jax.files import atomic_write_text, atomic_write_with
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run import loop
 from marl_jax.run.metrics_log import read_metrics_log
-from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
-from marl_jax.run.report import run_arrays, with_capture
+from marl_jax.run.plots import plot_learning_curve
+from marl_jax.run.provenance import bar_calendar, mean_calendar, provenance
+from marl_jax.run.report import build_report, report_checks, with_capture
+from marl_jax.run.returns import eval_arrays, returns_frame
 from marl_jax.run.rundir import RunDir, RunLock
-from marl_jax.run.setup import Instrument, Run, periods_per_year_for
+from marl_jax.run.setup import Instrument, Run
 from marl_jax.walkforward.fold_run import (
     DEFAULT_SELECT,
     FOLD_RESULT,
@@ -53,11 +55,10 @@ from marl_jax.walkforward.fold_run import (
 )
 from marl_jax.walkforward.folds import Fold, WalkForwardError, make_folds
 from marl_jax.walkforward.pooled import (
-    EQUITY_PNG,
-    REPORT_JSON,
-    RETURNS_CSV,
+    fold_report_entry,
+    header_extras,
     pooled_metrics,
-    returns_frame,
+    write_report_files,
 )
 
 __all__ = [
@@ -185,8 +186,7 @@ def _test_instruments(
     for name, e in envs.items():
         runs = run_test_fold(policy_fn, e, cfg.seed)
         per[name] = _instrument_entry(folds[name], markets[name].timestamp, runs)
-        arrays[name] = {"bar_index": runs["policy"].bar_index}
-        arrays[name].update({k: run_arrays(r) for k, r in runs.items()})
+        arrays[name] = eval_arrays(runs)
     return per, arrays
 
 
@@ -231,7 +231,7 @@ def run_instruments_fold(
         rows = read_metrics_log(run.dir.metrics)
         if rows:
             plot_learning_curve(rows, run.dir.learning_curve)
-        per_year = float(np.mean([periods_per_year_for(cfg, b) for b in markets.values()]))
+        per_year = mean_calendar([bar_calendar(cfg, b) for b in markets.values()]).periods_per_year
         summary = {
             "fold": next(iter(folds.values())).index,
             "instruments": per,
@@ -256,60 +256,61 @@ def write_instruments_outputs(
     results: Sequence[tuple[dict, dict[str, dict]]],
     markets: Mapping[str, bar_data.Bars],
     header: Mapping,
-    cost_bps: float,
-    periods_per_year: Mapping[str, float],
+    cfg: Config,
+    config: str,
 ) -> dict:
     """Writes ``returns.csv`` (with each row's ``instrument``), ``equity_curve.png`` and
-    ``report.json`` under ``out`` (atomically); returns the report. ``periods_per_year``:
-    each instrument's bars per year (the pooled metrics take their mean)."""
-    per_year = float(np.mean([periods_per_year[name] for name in markets]))
+    ``report.json`` under ``out`` (atomically); returns the report. ``config``: the config's
+    name or path as given."""
+    cost_bps = cfg.env.cost_bps
+    calendars = {name: bar_calendar(cfg, bars) for name, bars in markets.items()}
+    calendar = mean_calendar(list(calendars.values()))
     parts = [(summary, arrays[name]) for summary, arrays in results for name in markets]
     frame = pd.concat(
         [
-            returns_frame([(summary, arrays[name])], markets[name].timestamp, name)
+            returns_frame([(summary["fold"], arrays[name])], markets[name].timestamp, name)
             for summary, arrays in results
             for name in markets
         ],
         ignore_index=True,
     )
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, float_format="%.10g")
-    atomic_write_text(out / RETURNS_CSV, buffer.getvalue())
-    names = [
-        c
-        for c in frame.columns
-        if c not in ("fold", "instrument", "timestamp", "position") and frame[c].notna().all()
-    ]
-    curves = {n: np.exp(np.r_[0.0, np.cumsum(frame[n].to_numpy(np.float64))]) for n in names}
-    plot_equity_curves(
-        curves,
-        out / EQUITY_PNG,
-        title=f"walk-forward: {len(results)} folds of {len(markets)} instruments stitched, "
-        "greedy policy vs baselines",
-    )
-    instruments = {
-        name: pooled_metrics(
-            [(s, a[name]) for s, a in results],
-            periods_per_year[name],
-            cost_bps,
+    instruments = {}
+    for name in markets:
+        by_name = pooled_metrics(
+            [(s, a[name]) for s, a in results], calendars[name].periods_per_year, cost_bps
         )
-        for name in markets
-    }
-    pooled = pooled_metrics(parts, per_year, cost_bps)
-    captures = {
-        name: with_capture(by_name["policy"], by_name)["capture"]
-        for name, by_name in instruments.items()
-        if evaluate.ORACLE in by_name
-    }
-    report = {
-        **header,
-        "folds": [summary for summary, _ in results],
-        "instruments": instruments,
-        "pooled": pooled,
-        **with_capture(pooled["policy"], pooled),
-        **({"capture_by_instrument": captures} if captures else {}),
-        "pooled_over": POOLED,
-        "returns_csv": RETURNS_CSV,
-    }
-    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    return report
+        instruments[name] = {
+            "metrics": by_name,
+            **with_capture(by_name["policy"], by_name),
+        }
+    pooled = pooled_metrics(parts, calendar.periods_per_year, cost_bps)
+    stamps = [
+        np.concatenate([markets[n].timestamp[arrays[n]["bar_index"]] for n in markets])
+        for _, arrays in results
+    ]
+    prov = provenance(
+        cfg=cfg,
+        config=config,
+        data=header.get("data"),
+        stamps=np.concatenate(stamps),
+        calendar=calendar,
+        cost_bps=cost_bps,
+    )
+    checks = report_checks(
+        [(s["fold"], [arrays[n] for n in markets]) for s, arrays in results], pooled
+    )
+    report = build_report(
+        "walkforward",
+        prov,
+        pooled,
+        checks,
+        [fold_report_entry(s, t) for (s, _), t in zip(results, stamps, strict=True)],
+        **header_extras(header),
+        instruments=instruments,
+        pooled_over=POOLED,
+    )
+    title = (
+        f"walk-forward: {len(results)} folds of {len(markets)} instruments stitched, "
+        "greedy policy vs baselines"
+    )
+    return write_report_files(out, frame, title, report)

@@ -1,79 +1,66 @@
 """The walk-forward's pooled outputs: ``returns.csv``, ``report.json``, ``equity_curve.png`` and
 the printed table, all from the finished folds' per-bar test arrays.
 
-``returns.csv`` has one row per test bar: ``fold``, ``instrument`` (the bar file's name, or
-``synthetic``), ``timestamp`` (the bar the position is set at; its return is earned over the
-next bar), ``position`` (the policy's), then the net return
-(log, after costs) of ``policy`` and of each baseline at that bar (``oracle`` among them where
-the bar file was planted: ``python -m marl_jax.plant``; empty for the rows of an instrument
-that was not). The pooled metrics are those of the stitched rows; each fold starts flat, as the
-environment does. With an oracle, ``report.json`` holds the policy's ``capture`` (its net active
-IR over the oracle's), pooled and per fold, and the printed table a capture line under each.
+``returns.csv`` has one row per test bar (:mod:`marl_jax.run.returns`): ``timestamp``,
+``fold``, ``instrument``, ``position``, then the net return of ``policy`` and of each baseline
+(``oracle`` among them where the bar file was planted: ``python -m marl_jax.plant``). The
+report (:func:`marl_jax.run.report.build_report`) holds as ``metrics`` those of the stitched
+rows (each fold starts flat, as the environment does), as ``folds`` each fold's test metrics
+with its choice, and as ``checks`` the one-sign test folds and, with an oracle, the policy's
+``capture`` (its net active IR over the oracle's) and the correlation of its position with the
+oracle's. Its extras: the resolved ``config``, ``sidecar_sha256``, ``n_bars``, ``options``,
+``selection`` (and ``sweep``, ``gate_held`` where they apply), as ``walkforward.json``
+records them.
 """
 
 from __future__ import annotations
 
-import io
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from marl_jax.env.evaluate import ORACLE
-from marl_jax.files import atomic_write_text
+from marl_jax.config import Config
+from marl_jax.env.data import Bars
 from marl_jax.run.plots import plot_equity_curves
-from marl_jax.run.report import capture_line, metrics_table, stitched_summary, with_capture
-from marl_jax.run.setup import SYNTHETIC
+from marl_jax.run.provenance import BarCalendar, bar_calendar, provenance
+from marl_jax.run.report import (
+    build_report,
+    fold_entry,
+    metrics_block,
+    one_sign_line,
+    report_checks,
+    stitched_summary,
+    write_report_json,
+)
+from marl_jax.run.returns import (
+    RETURNS_CSV,
+    instrument_name,
+    returns_frame,
+    write_returns_csv,
+)
 
 __all__ = [
-    "RETURNS_CSV",
+    "EQUITY_PNG",
+    "REPORT_JSON",
+    "fold_report_entry",
     "format_table",
     "gate_record",
-    "position_checks",
-    "instrument_name",
+    "header_extras",
     "pooled_metrics",
-    "returns_frame",
     "write_outputs",
+    "write_report_files",
 ]
 
-RETURNS_CSV = "returns.csv"
 REPORT_JSON = "report.json"
 EQUITY_PNG = "equity_curve.png"
-
-
-def _names(arrays: Mapping) -> list[str]:
-    """``policy`` first, then the baselines in the order the evaluator gave them."""
-    names = [k for k in arrays if k != "bar_index"]
-    return ["policy"] + [k for k in names if k != "policy"]
-
-
-def instrument_name(data: str | None) -> str:
-    """The instrument name of a bar file (its file name), or of the synthetic market."""
-    return Path(data).name if data else SYNTHETIC
-
-
-def returns_frame(
-    folds: Sequence[tuple[dict, dict]], timestamps: np.ndarray, instrument: str = SYNTHETIC
-) -> pd.DataFrame:
-    """One row per test bar of every fold (see the module docstring) of ``instrument``."""
-    frames = []
-    for summary, arrays in folds:
-        idx = arrays["bar_index"]
-        cols = {
-            "fold": np.full(len(idx), summary["fold"]),
-            "instrument": instrument,
-            "timestamp": pd.to_datetime(timestamps[idx]),
-            "position": arrays["policy"]["positions"],
-        }
-        cols.update({name: arrays[name]["rewards"] for name in _names(arrays)})
-        frames.append(pd.DataFrame(cols))
-    return pd.concat(frames, ignore_index=True)
+# What walkforward.json records that the report's provenance holds instead.
+IN_PROVENANCE = ("data", "data_sha256", "config_name")
 
 
 def pooled_metrics(
-    folds: Sequence[tuple[dict, dict]],
+    folds: Sequence[tuple[dict | None, dict]],
     periods_per_year: float,
     cost_bps: float,
     trial_sharpes: Sequence[float] | None = None,
@@ -86,27 +73,6 @@ def pooled_metrics(
     )
 
 
-def position_checks(folds: Sequence[tuple[dict, dict]]) -> dict:
-    """The honesty checks of a policy's test positions: ``one_sign_folds`` (the folds in which
-    the position never changes sign, counting flat as a sign: buy-and-hold scaled, or its
-    short, there; a positive pooled IR from such folds is which sign each held, not timing),
-    and where the oracle ran, ``oracle_correlation``: the correlation of the stitched positions
-    with the oracle's (``sign(s)`` of the planted signal; None where either is constant).
-    ``benchmarks/planted.py``'s "timing" correlates them with ``s`` itself instead."""
-    one_sign = [
-        int(f["fold"])
-        for f, arrays in folds
-        if np.unique(np.sign(arrays["policy"]["positions"])).size == 1
-    ]
-    out: dict = {"one_sign_folds": {"count": len(one_sign), "of": len(folds), "folds": one_sign}}
-    if all(ORACLE in arrays for _, arrays in folds):
-        policy = np.concatenate([a["policy"]["positions"] for _, a in folds]).astype(np.float64)
-        oracle = np.concatenate([a[ORACLE]["positions"] for _, a in folds]).astype(np.float64)
-        varies = policy.std() > 0 and oracle.std() > 0
-        out["oracle_correlation"] = float(np.corrcoef(policy, oracle)[0, 1]) if varies else None
-    return out
-
-
 def gate_record(folds: Sequence[Mapping]) -> dict:
     """``{"gate_held": [what each fold held]}`` where the folds were gated (``--gate``: a
     baseline's name, or ``"checkpoint"``), else ``{}``."""
@@ -115,65 +81,95 @@ def gate_record(folds: Sequence[Mapping]) -> dict:
     return {"gate_held": [f["selection"].get("gate", {}).get("held") for f in folds]}
 
 
+def fold_report_entry(summary: Mapping, stamps: np.ndarray) -> dict:
+    """A fold's entry in the report: its number, the first and last timestamp of its test
+    bars, its test ``metrics``, then the rest of its ``fold.json`` (its spans, dates and
+    choice)."""
+    rest = {k: v for k, v in summary.items() if k not in ("fold", "test")}
+    return fold_entry(summary["fold"], stamps, summary["test"], **rest)
+
+
+def header_extras(header: Mapping) -> dict:
+    """The report's extras from the walk-forward's header (what ``walkforward.json``
+    records, less what the provenance holds)."""
+    return {k: v for k, v in header.items() if k not in IN_PROVENANCE}
+
+
 def format_table(report: Mapping) -> str:
     """Each fold's and the pooled test metrics as a text table (with several instruments, each
-    instrument's folds stitched too, before the pooled rows)."""
-    blocks = [(f"fold {f['fold']}", f["test"]) for f in report["folds"]]
-    blocks += list(report.get("instruments", {}).items())
-    blocks.append(("pooled", report["pooled"]))
+    instrument's folds stitched too, before the pooled rows), then the checks."""
+    blocks = [(f"fold {f['fold']}", f["metrics"]) for f in report["folds"]]
+    blocks += [(name, part["metrics"]) for name, part in report.get("instruments", {}).items()]
+    blocks.append(("pooled", report["metrics"]))
     lines: list[str] = []
     for label, by_name in blocks:
-        lines += [*([""] if lines else []), *metrics_table(by_name, label)]
-        capture = with_capture(by_name["policy"], by_name)
-        if capture:
-            lines.append(capture_line(capture["capture"]))
-    if "one_sign_folds" in report:
-        one = report["one_sign_folds"]
-        lines.append(
-            f"one-sign test folds: {one['count']} of {one['of']} (the position never changes "
-            "sign there: no timing)"
-        )
-    if report.get("oracle_correlation") is not None:
-        corr = report["oracle_correlation"]
+        lines += [*([""] if lines else []), *metrics_block(by_name, label)]
+    checks = report["checks"]
+    lines.append(one_sign_line(checks))
+    if checks.get("oracle_correlation") is not None:
+        corr = checks["oracle_correlation"]
         lines.append(f"correlation of the position with the oracle's: {corr:.4f}")
     if "gate_held" in report:
         lines.append("gate: the folds held " + ", ".join(map(str, report["gate_held"])))
     return "\n".join(lines)
 
 
+def write_report_files(
+    out: Path,
+    frame: pd.DataFrame,
+    title: str,
+    command_report: dict,
+) -> dict:
+    """Writes ``returns.csv`` (``frame``), ``equity_curve.png`` (of the agents with a return
+    at every row) and ``report.json`` under ``out`` (atomically); returns the report."""
+    write_returns_csv(out / RETURNS_CSV, frame)
+    names = [
+        c
+        for c in frame.columns
+        if c not in ("timestamp", "fold", "instrument", "position") and frame[c].notna().all()
+    ]
+    curves = {n: np.exp(np.r_[0.0, np.cumsum(frame[n].to_numpy(np.float64))]) for n in names}
+    plot_equity_curves(curves, out / EQUITY_PNG, title=title)
+    write_report_json(out / REPORT_JSON, command_report)
+    return command_report
+
+
 def write_outputs(
     out: Path,
     folds: Sequence[tuple[dict, dict]],
-    timestamps: np.ndarray,
-    periods_per_year: float,
+    bars: Bars,
     header: Mapping,
-    cost_bps: float,
+    cfg: Config,
+    config: str,
     trial_sharpes: Sequence[float] | None = None,
+    calendar: BarCalendar | None = None,
 ) -> dict:
-    """Writes ``returns.csv``, ``equity_curve.png`` and ``report.json`` under ``out``
-    (atomically); returns the report."""
-    frame = returns_frame(folds, timestamps, instrument_name(header.get("data")))
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, float_format="%.10g")
-    atomic_write_text(out / RETURNS_CSV, buffer.getvalue())
-    names = _names(folds[0][1])
-    curves = {
-        name: np.exp(np.r_[0.0, np.cumsum(frame[name].to_numpy(np.float64))]) for name in names
-    }
-    plot_equity_curves(
-        curves,
-        out / EQUITY_PNG,
-        title=f"walk-forward: {len(folds)} test folds stitched, greedy policy vs baselines",
+    """Writes ``returns.csv``, ``equity_curve.png`` and ``report.json`` of the finished
+    ``folds`` (``(fold.json, arrays)`` pairs) of ``bars`` under ``out``; returns the report.
+    ``config``: the config's name or path as given; ``calendar``: the bars' (default
+    :func:`~marl_jax.run.provenance.bar_calendar`)."""
+    calendar = calendar or bar_calendar(cfg, bars)
+    data = header.get("data")
+    frame = returns_frame([(s["fold"], a) for s, a in folds], bars.timestamp, instrument_name(data))
+    pooled = pooled_metrics(folds, calendar.periods_per_year, cfg.env.cost_bps, trial_sharpes)
+    stamps = [bars.timestamp[a["bar_index"]] for _, a in folds]
+    prov = provenance(
+        cfg=cfg,
+        config=config,
+        data=data,
+        stamps=np.concatenate(stamps),
+        calendar=calendar,
+        cost_bps=cfg.env.cost_bps,
     )
-    pooled = pooled_metrics(folds, periods_per_year, cost_bps, trial_sharpes)
-    report = {
-        **header,
-        "folds": [summary for summary, _ in folds],
-        "pooled": pooled,
-        **with_capture(pooled["policy"], pooled),
-        **position_checks(folds),
-        **gate_record([summary for summary, _ in folds]),
-        "returns_csv": RETURNS_CSV,
-    }
-    atomic_write_text(out / REPORT_JSON, json.dumps(report, indent=2) + "\n")
-    return report
+    summaries = [s for s, _ in folds]
+    report = build_report(
+        "walkforward",
+        prov,
+        pooled,
+        report_checks([(s["fold"], [a]) for s, a in folds], pooled),
+        [fold_report_entry(s, t) for s, t in zip(summaries, stamps, strict=True)],
+        **header_extras(header),
+        **gate_record(summaries),
+    )
+    title = f"walk-forward: {len(folds)} test folds stitched, greedy policy vs baselines"
+    return write_report_files(out, frame, title, report)
