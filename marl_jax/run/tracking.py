@@ -392,8 +392,12 @@ def final_metrics(report: Mapping[str, Any], prefix: str = "test") -> dict[str, 
     checks = report.get("checks")
     if isinstance(checks, Mapping):
         found.update(_numbers(flatten(checks, "checks.")))
-    elif isinstance(report.get("capture"), int | float):
-        found["checks.capture"] = float(report["capture"])
+    else:  # before the report's checks: a walk-forward's one-sign folds, the capture
+        one = report.get("one_sign_folds")
+        if isinstance(one, Mapping):
+            found.update({"checks.one_sign_folds": one["count"], "checks.folds": one["of"]})
+        if isinstance(report.get("capture"), int | float):
+            found["checks.capture"] = float(report["capture"])
     return {k: v for k, v in found.items() if not math.isnan(v)}
 
 
