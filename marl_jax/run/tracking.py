@@ -70,6 +70,9 @@ OUTPUT_FILES = (
     "leaderboard.json",
     "leaderboard.csv",
 )
+# An MLflow run's per-update metrics are written in batches: when this many seconds passed since
+# the last write (a write costs tens of milliseconds, whatever its size), and at the end.
+FLUSH_SECONDS = 5.0
 # Keys of a metrics row that say which update (or member) it is, not how it went.
 ROW_KEYS = ("update", "group", "member")
 
@@ -90,8 +93,8 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Logs ``metrics`` at ``step`` (an update), or as final values when None."""
 
-    def log_artifacts(self, paths: Iterable[Path]) -> None:
-        """Copies the files ``paths`` into the run's artifacts."""
+    def log_artifacts(self, paths: Iterable[Path], under: str | None = None) -> None:
+        """Copies the files ``paths`` into the run's artifacts (into their folder ``under``)."""
 
     def end(self, failed: bool = False) -> None:
         """Closes the run, marked failed when ``failed``."""
@@ -112,7 +115,7 @@ class NoTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         pass
 
-    def log_artifacts(self, paths: Iterable[Path]) -> None:
+    def log_artifacts(self, paths: Iterable[Path], under: str | None = None) -> None:
         pass
 
     def end(self, failed: bool = False) -> None:
@@ -160,7 +163,7 @@ class TensorBoardTracker:
         for key, value in metrics.items():
             self._writer.add_scalar(key, value, step)
 
-    def log_artifacts(self, paths: Iterable[Path]) -> None:
+    def log_artifacts(self, paths: Iterable[Path], under: str | None = None) -> None:
         pass
 
     def end(self, failed: bool = False) -> None:
@@ -190,10 +193,10 @@ class Trackers:
         for t in self.trackers:
             t.log_metrics(metrics, step)
 
-    def log_artifacts(self, paths: Iterable[Path]) -> None:
+    def log_artifacts(self, paths: Iterable[Path], under: str | None = None) -> None:
         paths = list(paths)
         for t in self.trackers:
-            t.log_artifacts(paths)
+            t.log_artifacts(paths, under)
 
     def end(self, failed: bool = False) -> None:
         for t in self.trackers:
@@ -264,11 +267,14 @@ def mlflow_tracker(uri: str | None = None, experiment: str = MLFLOW_EXPERIMENT) 
 
 class MlflowTracker:
     """One MLflow run (a nested one for a :meth:`child`), written through ``MlflowClient``,
-    not MLflow's process-wide active run."""
+    not MLflow's process-wide active run. Per-update metrics are written every
+    :data:`FLUSH_SECONDS` and at the end; final metrics at once."""
 
     def __init__(self, client: Any, uri: str, experiment_id: str, parent: str | None = None):
         self.client, self.uri, self.experiment_id, self.parent = client, uri, experiment_id, parent
         self.run_id: str | None = None
+        self._pending: list[Any] = []
+        self._flushed = time.monotonic()
 
     def start(self, name: str, folder: Path) -> None:
         tags = {"mlflow.parentRunId": self.parent} if self.parent else {}
@@ -288,23 +294,32 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
-        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self._pending += [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if step is None or time.monotonic() - self._flushed >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the metrics logged since the last write."""
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+        items, self._pending = self._pending, []
+        self._flushed = time.monotonic()
         with _quiet_mlflow(self.uri):
             for i in range(0, len(items), MAX_METRICS_PER_BATCH):
                 batch = items[i : i + MAX_METRICS_PER_BATCH]
                 self.client.log_batch(self._id(), metrics=batch)
 
-    def log_artifacts(self, paths: Iterable[Path]) -> None:
+    def log_artifacts(self, paths: Iterable[Path], under: str | None = None) -> None:
         with _quiet_mlflow(self.uri):
             for path in paths:
-                self.client.log_artifact(self._id(), str(path))
+                self.client.log_artifact(self._id(), str(path), under)
 
     def end(self, failed: bool = False) -> None:
         if self.run_id is None:
             return
+        self.flush()
         with _quiet_mlflow(self.uri):
             self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
         self.run_id = None
