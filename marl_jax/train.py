@@ -88,7 +88,8 @@ def _train(args: argparse.Namespace) -> int:
         print(format_report(result.report))
         exported = f" (exported {result.exported.name})" if result.exported else ""
         print(f"run directory: {result.run.out}{exported}")
-        log_outcome(tracker, result.run.out, result.report, config_to_dict(result.run.cfg))
+        config = config_to_dict(result.run.cfg)
+        log_outcome(tracker, result.run.out, result.report, config, {"command": "train"})
     return 0
 
 

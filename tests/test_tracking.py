@@ -176,6 +176,14 @@ def test_log_outcome_logs_params_final_metrics_and_the_output_files(tmp_path):
     ]
 
 
+def test_a_plain_folder_store_is_refused_in_one_line(monkeypatch):
+    _mlflow()
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in ("./mlruns", "file:///tmp/mlruns"):
+        with pytest.raises(tracking.TrackingError, match="give a database such as sqlite"):
+            tracking.mlflow_tracker(uri)
+
+
 # ------------------------------------------------------------------------- the missing extra
 
 
@@ -223,7 +231,7 @@ def test_mlflow_tracker_on_a_tiny_train_run(tmp_path, monkeypatch):
     params = run.data.params
     assert params["training.total_timesteps"] == str(32 * UPDATES)
     assert params["agents.mlmi.hidden_dims"] == "[8, 8, 8]"
-    assert params["checkpoint.save_every"] == "2"
+    assert params["checkpoint.save_every"] == "2" and params["command"] == "train"
     # Each update's metrics at its update, as metrics.jsonl has them.
     client = mlflow_tracking.MlflowClient(tracking_uri=uri)
     rows = read_metrics_log(out / "metrics.jsonl")

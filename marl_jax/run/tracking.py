@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 from marl_jax.errors import MarlJaxError, one_line
 from marl_jax.run.metrics_log import read_metrics_log
@@ -242,6 +243,18 @@ def _quiet_mlflow(uri: str) -> Iterator[None]:
         ) from None
 
 
+def _refuse_a_file_store(uri: str) -> None:
+    """A one-line :class:`TrackingError` for a plain-folder store (a path or ``file:``), which
+    MLflow refuses unless ``MLFLOW_ALLOW_FILE_STORE`` is true."""
+    folder = urlparse(uri).scheme in ("", "file") and uri not in ("databricks", "uc")
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true")
+    if folder and not allowed:
+        raise TrackingError(
+            f"MLflow store {uri}: MLflow keeps a plain-folder store only in maintenance mode; "
+            "give a database such as sqlite:///mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+
+
 def mlflow_tracker(uri: str | None = None, experiment: str = MLFLOW_EXPERIMENT) -> MlflowTracker:
     """An :class:`MlflowTracker` on the store ``uri`` (default :func:`default_tracking_uri`),
     in ``experiment`` (made when missing); a one-line :class:`TrackingError` when MLflow is not
@@ -253,6 +266,7 @@ def mlflow_tracker(uri: str | None = None, experiment: str = MLFLOW_EXPERIMENT) 
             "--tracker mlflow needs MLflow: pip install 'marl-jax[mlflow]'"
         ) from None
     uri = uri or default_tracking_uri()
+    _refuse_a_file_store(uri)
     with _quiet_mlflow(uri):
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)

@@ -100,7 +100,7 @@ def log_sweep(tracker: Tracker, cfg: Config, spec: SweepSpec, out: Path) -> None
     """Logs a finished sweep to ``tracker``: the base config and the sweep (``sweep.*``) as
     parameters, the best member's test metrics, and the output files (the best member's under
     ``best``)."""
-    params = flatten(spec.model_dump(mode="json"), "sweep.")
+    params = {"command": "sweep", **flatten(spec.model_dump(mode="json"), "sweep.")}
     tracker.log_params({**flatten(config_to_dict(cfg)), **params})
     best = out / "best"
     report = next((p for p in (out / "report.json", best / "report.json") if p.is_file()), None)

@@ -126,7 +126,8 @@ def log_walk_forward(tracker, out: Path, report: dict) -> None:
 
     manifest = json.loads((out / MANIFEST).read_text())
     options = flatten(manifest.get("options", {}), "walkforward.")
-    log_outcome(tracker, out, report, manifest.get("config"), options)
+    extra = {"command": "walkforward", **options}
+    log_outcome(tracker, out, report, manifest.get("config"), extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
