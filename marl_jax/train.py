@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from marl_jax.cli import add_data_argument
+from marl_jax.cli import add_data_argument, add_tracker_arguments
 
 DEFAULT_CONFIG = "quickstart"  # minutes on a laptop; strategic_marl_v1 is the full size
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (overrides the config)")
     p.add_argument("--total-timesteps", type=int, help="environment steps to train for")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--tensorboard", action="store_true", help="also log to DIR/tensorboard")
+    add_tracker_arguments(p)
     return p
 
 
@@ -59,12 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from marl_jax.cli import tracker_from_args
     from marl_jax.run.cache import enable_compilation_cache
 
+    tracker = tracker_from_args(args)  # a missing package fails before training
     enable_compilation_cache()
+    from marl_jax.config import config_to_dict
     from marl_jax.run.report import format_report
+    from marl_jax.run.rundir import TENSORBOARD
     from marl_jax.run.session import train_run
     from marl_jax.run.setup import RunSpec
+    from marl_jax.run.tracking import log_outcome, tracked
 
     spec = RunSpec(
         out=args.out,
@@ -76,10 +82,14 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         total_timesteps=args.total_timesteps,
     )
-    result = train_run(spec, progress=not args.no_progress, tensorboard=args.tensorboard)
-    print(format_report(result.report))
-    exported = result.exported
-    print(f"run directory: {result.run.out}" + (f" (exported {exported.name})" if exported else ""))
+    out = Path(args.out)
+    with tracked(tracker, out.resolve().name, out / TENSORBOARD):
+        result = train_run(spec, progress=not args.no_progress, tracker=tracker)
+        print(format_report(result.report))
+        exported = f" (exported {result.exported.name})" if result.exported else ""
+        print(f"run directory: {result.run.out}{exported}")
+        config = config_to_dict(result.run.cfg)
+        log_outcome(tracker, result.run.out, result.report, config, {"command": "train"})
     return 0
 
 

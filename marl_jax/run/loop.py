@@ -1,5 +1,6 @@
 """The training loop: one jitted update at a time, checkpoints, ``metrics.jsonl``, the progress
-bar, TensorBoard, and the stop on a non-finite metric.
+bar, the trackers (:mod:`marl_jax.run.tracking`: TensorBoard, MLflow), and the stop on a
+non-finite metric.
 
 Updates are dispatched one by one rather than as a ``lax.scan`` over updates: on the CPU an
 XLA while loop around a full-size update costs about half an update again, while the dispatch
@@ -28,6 +29,14 @@ from marl_jax.run.steps import (
     save_step,
     saved_normalisation,
 )
+from marl_jax.run.tracking import (
+    NO_TRACKER,
+    TensorBoardTracker,
+    Tracker,
+    Trackers,
+    log_metrics_log,
+    update_metrics,
+)
 
 __all__ = ["train_loop"]
 
@@ -39,17 +48,6 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="update", dynamic_ncols=True)
-
-
-def _tensorboard_writer(path: Path):
-    """A TensorBoard writer into ``path``; RunError when tensorboardX is not installed."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        raise RunError(
-            "--tensorboard needs tensorboardX: pip install 'marl-jax[tensorboard]'"
-        ) from None
-    return SummaryWriter(str(path))
 
 
 def _checkpointer(run: Run) -> TrainCheckpointer:
@@ -119,13 +117,11 @@ def _check_finite(row: dict[str, float], last_good: int | None, checkpoints: Pat
     )
 
 
-def _log_row(metrics_path: Path, writer, row: dict[str, float]) -> None:
-    """Append one update's ``row`` to ``metrics.jsonl`` and, if open, to TensorBoard."""
+def _log_row(metrics_path: Path, tracker: Tracker, row: dict[str, float]) -> None:
+    """Append one update's ``row`` to ``metrics.jsonl`` and log it to ``tracker``."""
     with metrics_path.open("a") as fh:
         fh.write(metrics_lines([row]))
-    if writer is not None:
-        for key, value in row.items():
-            writer.add_scalar(key, value, row["update"])
+    tracker.log_metrics(update_metrics(row), step=int(row["update"]))
 
 
 def _save(
@@ -149,25 +145,38 @@ def _show_progress(bar, row: dict[str, float], steps_per_update: int, elapsed: f
     )
 
 
-def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> TrainState:
+def train_loop(
+    run: Run,
+    resume: bool,
+    progress: bool,
+    tensorboard: bool = False,
+    tracker: Tracker = NO_TRACKER,
+) -> TrainState:
     """Trains ``run`` to its configured number of updates (continuing the latest checkpoint
-    when ``resume``); checkpoints every ``checkpoint.save_every`` updates and at the end."""
+    when ``resume``); checkpoints every ``checkpoint.save_every`` updates and at the end.
+
+    Each update's metrics go to ``tracker`` (started by the caller), which first gets those
+    of the updates a resume starts after, and, with ``tensorboard``, to ``RUN/tensorboard``.
+    """
     cfg = run.cfg
     save_every = cfg.checkpoint.save_every
     total = run.algo.num_updates
     steps_per_update = cfg.training.batch_size
+    board = TensorBoardTracker() if tensorboard else NO_TRACKER  # tensorboardX is there
     checkpointer = _checkpointer(run)
     state = _start_or_resume(run, resume, checkpointer)
     atomic_write_text(run.dir.config, config_yaml(cfg))
 
     update = jax.jit(run.algo.update)
-    writer = _tensorboard_writer(run.dir.tensorboard) if tensorboard else None
+    board.start(run.dir.root.name, run.dir.tensorboard)
+    sink = Trackers([tracker, board])
     bar = _progress(total, int(state.update_step), progress)
     last_good = checkpointer.latest_step()
     since_save: list[dict] = []
     if progress and int(state.update_step) < total:
         print("compiling the update (or loading it from the compilation cache)...", flush=True)
     try:
+        log_metrics_log(tracker, run.dir.metrics)  # the updates before a resume's checkpoint
         while int(state.update_step) < total:
             new_state, metrics, elapsed = _timed_update(update, state, run.train_params)
             step = int(new_state.update_step)
@@ -175,7 +184,7 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
             _check_finite(row, last_good, run.dir.checkpoints)
             state = new_state
             row["env_steps"] = step * steps_per_update
-            _log_row(run.dir.metrics, writer, row)
+            _log_row(run.dir.metrics, sink, row)
             since_save.append(row)
             if step % save_every == 0 or step == total:
                 _save(run, checkpointer, state, since_save, step)
@@ -184,7 +193,6 @@ def train_loop(run: Run, resume: bool, progress: bool, tensorboard: bool) -> Tra
     finally:
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()
+        board.end()
         checkpointer.close()
     return state

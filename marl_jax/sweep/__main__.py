@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from marl_jax.cli import add_tracker_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address")
     p.add_argument("--num-processes", type=int, metavar="N", help="multi-host: processes")
     p.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process")
+    add_tracker_arguments(p)
     return p
 
 
@@ -118,12 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     init_distributed(args)
+    from marl_jax.cli import tracker_from_args
     from marl_jax.config import load_config
     from marl_jax.run.cache import enable_compilation_cache
-    from marl_jax.sweep.coordination import SweepRunError
+    from marl_jax.run.rundir import TENSORBOARD
+    from marl_jax.run.tracking import NO_TRACKER, tracked
+    from marl_jax.sweep.coordination import SweepRunError, is_writer
     from marl_jax.sweep.options import SweepOptions
     from marl_jax.sweep.spec import load_sweep
-    from marl_jax.sweep.sweeper import run_sweep
+    from marl_jax.sweep.sweeper import log_sweep, run_sweep
 
     enable_compilation_cache()
     if args.export_top < 1:
@@ -141,8 +147,13 @@ def _sweep(args: argparse.Namespace) -> int:
         export_top=args.export_top,
         members_per_device=args.members_per_device,
     )
-    run_sweep(cfg, spec, options, args.config)
-    print(f"sweep folder: {args.out}")
+    # Process 0 logs the sweep; a missing package fails before training.
+    tracker = tracker_from_args(args) if is_writer() else NO_TRACKER
+    out = Path(args.out)
+    with tracked(tracker, out.resolve().name, out / TENSORBOARD):
+        run_sweep(cfg, spec, options, args.config, tracker)
+        print(f"sweep folder: {args.out}")
+        log_sweep(tracker, cfg, spec, out)
     return 0
 
 

@@ -18,6 +18,7 @@ from marl_jax.env import market
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.metrics_log import metrics_lines, tenth_mean, trim_metrics_log
 from marl_jax.run.setup import env_params_for
+from marl_jax.run.tracking import Tracker, update_metrics
 from marl_jax.sweep import pbt as pbt_lib
 from marl_jax.sweep.coordination import (
     disk_error,
@@ -108,8 +109,11 @@ class GroupTrainer:
         bars: Any,
         metrics_path: Path,
         train_params: market.EnvParams | None = None,
+        trackers: Mapping[int, Tracker] | None = None,
     ):
         self.index, self.group, self.spec, self.options = index, group, spec, options
+        # Each member's tracker (started), by global member index: its per-update metrics.
+        self.trackers = dict(trackers or {})
         self.cfg = group.config
         self.members = group.members
         self.metrics_path = metrics_path
@@ -188,6 +192,8 @@ class GroupTrainer:
         failed = {int(k): v for k, v in host["failed"].items()}
         lineage = pbt_lib.Lineage.from_json(host["lineage"])
         rows = self._rows(start)
+        for member in members:  # the updates before a resume's checkpoint
+            self._track(rows[member.index])
         bar = self._bar(start)
         alive = np.asarray(program.gather(pop.alive))
         try:
@@ -201,6 +207,7 @@ class GroupTrainer:
                 alive = now_alive
                 with process_0_writes():
                     self._append(records)
+                self._track(records)
                 if self.pbt is not None and update % self.pbt.interval == 0:
                     if update < self.num_updates:
                         pop = self._exploit(program, pop, rows, alive, update, lineage)
@@ -303,6 +310,13 @@ class GroupTrainer:
             raise disk_error(
                 self.metrics_path, f"cannot write ({err.strerror or err})", self._last_good()
             ) from None
+
+    def _track(self, records: list[dict]) -> None:
+        """Logs each record to its member's tracker, at its update."""
+        for record in records:
+            tracker = self.trackers.get(record["member"])
+            if tracker is not None:
+                tracker.log_metrics(update_metrics(record), step=int(record["update"]))
 
     def _bar(self, start: int):
         if not self.options.progress or not is_writer():

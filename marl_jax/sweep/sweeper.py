@@ -23,15 +23,18 @@ shared files; checkpoints are written by every process (Orbax, multi-host safe).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
 import yaml
 
 from marl_jax.config import Config, config_to_dict
-from marl_jax.run.rundir import RunLock
+from marl_jax.run.rundir import TENSORBOARD, RunLock
 from marl_jax.run.setup import load_market
+from marl_jax.run.tracking import NO_TRACKER, Tracker, final_metrics, flatten, output_files
 from marl_jax.sweep.coordination import (
     SweepRunError,
     is_writer,
@@ -45,7 +48,7 @@ from marl_jax.sweep.options import SweepOptions
 from marl_jax.sweep.outputs import write_outputs
 from marl_jax.sweep.spec import SweepSpec
 
-__all__ = ["SweepRunError", "run_sweep"]
+__all__ = ["SweepRunError", "finish_members", "log_sweep", "member_trackers", "run_sweep"]
 
 
 def _sweep_record(cfg: Config, spec: SweepSpec, groups: Sequence[Group]) -> str:
@@ -60,11 +63,64 @@ def _sweep_record(cfg: Config, spec: SweepSpec, groups: Sequence[Group]) -> str:
     return yaml.safe_dump(record, sort_keys=False)
 
 
+def member_trackers(tracker: Tracker, groups: Sequence[Group], out) -> dict[int, Tracker]:
+    """A started nested run of ``tracker`` per member, by member index, with the member's
+    config as parameters (TensorBoard's in ``OUT/tensorboard/mM``); none for
+    :data:`~marl_jax.run.tracking.NO_TRACKER` or on a process other than 0."""
+    if tracker is NO_TRACKER or not is_writer():
+        return {}
+    children: dict[int, Tracker] = {}
+    for g_index, group in enumerate(groups):
+        for member in group.members:
+            child = tracker.child()
+            child.start(f"member {member.index}", out / TENSORBOARD / f"m{member.index}")
+            children[member.index] = child
+            params = {"sweep.member": member.index, "sweep.group": g_index}
+            child.log_params({**flatten(config_to_dict(member.config)), **params})
+    return children
+
+
+def finish_members(children: dict[int, Tracker], rows: Sequence[dict]) -> None:
+    """Logs each member's leaderboard entry (its test metrics and baselines, score, rank) to
+    its tracker and ends it (failed for a member that failed)."""
+    for row in rows:
+        child = children.pop(row["member"], None)
+        if child is None:
+            continue
+        found = final_metrics({"policy": row["test"], "baselines": row["baselines"]})
+        for key in ("rank", "score", "final_reward"):
+            if isinstance(row.get(key), int | float) and np.isfinite(row[key]):
+                found[f"sweep.{key}"] = float(row[key])
+        child.log_metrics(found)
+        child.end(failed=row["status"] != "ok")
+    for child in children.values():
+        child.end(failed=True)
+
+
+def log_sweep(tracker: Tracker, cfg: Config, spec: SweepSpec, out: Path) -> None:
+    """Logs a finished sweep to ``tracker``: the base config and the sweep (``sweep.*``) as
+    parameters, the best member's test metrics, and the output files (the best member's under
+    ``best``)."""
+    params = {"command": "sweep", **flatten(spec.model_dump(mode="json"), "sweep.")}
+    tracker.log_params({**flatten(config_to_dict(cfg)), **params})
+    best = out / "best"
+    report = next((p for p in (out / "report.json", best / "report.json") if p.is_file()), None)
+    if report is not None:
+        tracker.log_metrics(final_metrics(json.loads(report.read_text())))
+    tracker.log_artifacts(output_files(out))
+    tracker.log_artifacts(output_files(best), "best")
+
+
 def run_sweep(
-    cfg: Config, spec: SweepSpec, options: SweepOptions, config: str = "<dict>"
+    cfg: Config,
+    spec: SweepSpec,
+    options: SweepOptions,
+    config: str = "<dict>",
+    tracker: Tracker = NO_TRACKER,
 ) -> list[dict]:
     """Runs the sweep of ``spec`` over ``cfg`` into ``options.out``; returns the leaderboard.
-    ``config``: the config's name or path as given (recorded in the best members' reports)."""
+    ``config``: the config's name or path as given (recorded in the best members' reports).
+    Each member is a nested run of ``tracker`` (started and ended by the caller)."""
     out = options.out
     groups = expand(cfg, spec)
     record = _sweep_record(cfg, spec, groups)
@@ -99,14 +155,23 @@ def run_sweep(
             if is_writer() and not metrics_path.exists():
                 write(metrics_path, "", "nothing was trained yet")
         bars = load_market(cfg)
-        results = [
-            GroupTrainer(g_index, group, spec, options, bars, metrics_path).train()
-            for g_index, group in enumerate(groups)
-        ]
-        rows: list[dict] = []
-        with process_0_writes():  # the others wait here for process 0's outputs
-            if is_writer():
-                rows = write_outputs(results, bars, spec, options, config)
+        children = member_trackers(tracker, groups, out)
+        try:
+            results = [
+                GroupTrainer(
+                    g_index, group, spec, options, bars, metrics_path, trackers=children
+                ).train()
+                for g_index, group in enumerate(groups)
+            ]
+            rows: list[dict] = []
+            with process_0_writes():  # the others wait here for process 0's outputs
+                if is_writer():
+                    rows = write_outputs(results, bars, spec, options, config)
+        except BaseException:
+            for child in children.values():
+                child.end(failed=True)
+            raise
+        finish_members(children, rows)
         return rows
     except OSError as err:  # a folder that cannot be made, locked or written
         where = err.filename or out

@@ -13,11 +13,13 @@ stitched test folds against the baselines). A killed walk-forward continues with
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from marl_jax.cli import add_data_argument
+from marl_jax.cli import add_data_argument, add_tracker_arguments
 from marl_jax.walkforward.folds import DEFAULT_SELECT, SELECT_METRICS
 
 DEFAULT_CONFIG = "quickstart"
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/walkforward", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the walk-forward in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
+    add_tracker_arguments(p)
     return p
 
 
@@ -114,6 +117,19 @@ def spec_from_args(args: argparse.Namespace):
     )
 
 
+def log_walk_forward(tracker, out: Path, report: dict) -> None:
+    """Logs a finished walk-forward to ``tracker``: the resolved config and the options
+    (``walkforward.*``) of ``walkforward.json`` as parameters, the pooled test metrics and the
+    output files."""
+    from marl_jax.run.tracking import flatten, log_outcome
+    from marl_jax.walkforward.driver import MANIFEST
+
+    manifest = json.loads((out / MANIFEST).read_text())
+    options = flatten(manifest.get("options", {}), "walkforward.")
+    extra = {"command": "walkforward", **options}
+    log_outcome(tracker, out, report, manifest.get("config"), extra)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notices are not for users
@@ -121,13 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from marl_jax.run.cache import enable_compilation_cache
 
     def body() -> int:
+        from marl_jax.cli import tracker_from_args
+
+        spec = spec_from_args(args)
+        tracker = tracker_from_args(args)  # a missing package fails before training
         enable_compilation_cache()
+        from marl_jax.run.rundir import TENSORBOARD
+        from marl_jax.run.tracking import tracked
         from marl_jax.walkforward.driver import walk_forward
         from marl_jax.walkforward.pooled import format_table
 
-        report = walk_forward(spec_from_args(args), progress=not args.no_progress)
-        print(format_table(report))
-        print(f"walk-forward folder: {args.out} (report.json, returns.csv, equity_curve.png)")
+        out = Path(args.out)
+        with tracked(tracker, out.resolve().name, out / TENSORBOARD):
+            report = walk_forward(spec, progress=not args.no_progress, tracker=tracker)
+            print(format_table(report))
+            print(f"walk-forward folder: {args.out} (report.json, returns.csv, equity_curve.png)")
+            log_walk_forward(tracker, out, report)
         return 0
 
     return cli_main(body)

@@ -5,13 +5,17 @@ SHA-256, the options and the folds; ``--resume`` reads everything from it, refus
 data file, skips finished folds and continues an unfinished one from its latest checkpoint.
 A data file with a plant's sidecar (:mod:`marl_jax.run.planted`) adds the ``oracle`` baseline
 and the policy's ``capture`` to every fold and to the pooled outputs.
+
+A tracker (:mod:`marl_jax.run.tracking`) gets a nested run per fold: its config, each update's
+metrics (not for a fold that trains a sweep), its test metrics and files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +25,17 @@ from marl_jax.env.data import Bars
 from marl_jax.files import atomic_write_text
 from marl_jax.run.planted import sidecar_path
 from marl_jax.run.provenance import file_sha256
-from marl_jax.run.rundir import RunLock
+from marl_jax.run.rundir import METRICS, TENSORBOARD, RunLock
 from marl_jax.run.setup import data_label, data_overrides, load_markets, load_oracles
-from marl_jax.walkforward.fold_run import DEFAULT_SELECT, SELECT_METRIC, run_fold
+from marl_jax.run.tracking import (
+    NO_TRACKER,
+    Tracker,
+    flatten,
+    log_metrics_log,
+    log_outcome,
+    tracked,
+)
+from marl_jax.walkforward.fold_run import DEFAULT_SELECT, FOLD_RESULT, SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
     instrument_folds,
@@ -191,8 +203,35 @@ def _record_layout(out: Path, header: dict, by_instrument: dict, resume: bool) -
         )
 
 
-def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
+def _tracked_fold(
+    tracker: Tracker,
+    root: Path,
+    index: int,
+    cfg: Config,
+    live: bool,
+    train: Callable[..., tuple[dict, dict]],
+) -> tuple[dict, dict]:
+    """Fold ``index``'s run ``train`` (called with ``tracker=`` a nested run of ``tracker``
+    where ``live``): the nested run gets each update's metrics where ``live`` (read from
+    ``metrics.jsonl`` for a fold finished before), then the config, the fold's dates and test
+    metrics (of its ``fold.json``) and its files."""
+    child = tracker.child()
+    finished = (root / FOLD_RESULT).is_file()
+    with tracked(child, f"fold {index}", root / TENSORBOARD):
+        if live and finished:
+            log_metrics_log(child, root / METRICS)
+        result = train(tracker=child) if live else train()
+        summary = result[0]
+        dates = flatten({"dates": summary.get("dates", {})})
+        log_outcome(child, root, summary, config_to_dict(cfg), {"fold": index, **dates})
+    return result
+
+
+def walk_forward(
+    spec: WalkForwardSpec, *, progress: bool = True, tracker: Tracker = NO_TRACKER
+) -> dict:
     """Runs the walk-forward ``spec`` asks for and writes its outputs; returns the report.
+    Each fold is a nested run of ``tracker`` (started and ended by the caller).
 
     Errors are :class:`~marl_jax.errors.MarlJaxError` with one-line messages; ``OUT`` is
     locked for the duration.
@@ -218,10 +257,12 @@ def walk_forward(spec: WalkForwardSpec, *, progress: bool = True) -> dict:
         header = _header(cfg, options, markets, sweep, _config_name(spec))
         _record_layout(out, header, by_instrument, spec.resume)
         if several:
-            return _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress)
+            return _run_instruments(
+                out, cfg, markets, oracles, by_instrument, header, progress, tracker
+            )
         bars, folds = next(iter(markets.values())), next(iter(by_instrument.values()))
         oracle = next(iter(oracles.values()))
-        return _run_single(out, cfg, bars, oracle, folds, sweep, header, progress)
+        return _run_single(out, cfg, bars, oracle, folds, sweep, header, progress, tracker)
 
 
 def _run_single(
@@ -233,9 +274,11 @@ def _run_single(
     sweep: FoldSweep | None,
     header: dict,
     progress: bool,
+    tracker: Tracker = NO_TRACKER,
 ) -> dict:
     """Every fold of one instrument, each a run or a sweep (with the oracle baseline where
-    ``oracle``, the planted signal, is given), then the pooled outputs."""
+    ``oracle``, the planted signal, is given) and a nested run of ``tracker``, then the pooled
+    outputs."""
     results = []
     for fold in folds:
         if progress:
@@ -244,19 +287,30 @@ def _run_single(
                 f"test {fold.test}",
                 flush=True,
             )
-        train = run_fold if sweep is None else sweep.run_fold
         root = fold_dir(out, fold.index)
-        choice = {"select_by": select_by(header["options"]), "gate": gated(header["options"])}
-        results.append(train(cfg, bars, fold, root, progress=progress, oracle=oracle, **choice))
+        train = functools.partial(
+            run_fold if sweep is None else sweep.run_fold,
+            cfg,
+            bars,
+            fold,
+            root,
+            progress=progress,
+            oracle=oracle,
+            select_by=select_by(header["options"]),
+            gate=gated(header["options"]),
+        )
+        results.append(_tracked_fold(tracker, root, fold.index, cfg, sweep is None, train))
     trials = None if sweep is None else pooled_trials([s for s, _ in results])
     return write_outputs(
         out, results, bars, header, cfg, header["config_name"], trial_sharpes=trials
     )
 
 
-def _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress: bool) -> dict:
+def _run_instruments(
+    out, cfg, markets, oracles, by_instrument, header, progress: bool, tracker: Tracker
+) -> dict:
     """Every fold over all instruments (:mod:`marl_jax.walkforward.instruments`), each
-    instrument with its oracle where it was planted."""
+    instrument with its oracle where it was planted, and a nested run of ``tracker``."""
     count = len(next(iter(by_instrument.values())))
     results = []
     for k in range(count):
@@ -264,15 +318,15 @@ def _run_instruments(out, cfg, markets, oracles, by_instrument, header, progress
         if progress:
             print(f"fold {k + 1}/{count}: {len(folds)} instruments", flush=True)
         root = fold_dir(out, k)
-        results.append(
-            run_instruments_fold(
-                cfg,
-                markets,
-                folds,
-                root,
-                progress=progress,
-                oracles=oracles,
-                select_by=select_by(header["options"]),
-            )
+        train = functools.partial(
+            run_instruments_fold,
+            cfg,
+            markets,
+            folds,
+            root,
+            progress=progress,
+            oracles=oracles,
+            select_by=select_by(header["options"]),
         )
+        results.append(_tracked_fold(tracker, root, k, cfg, True, train))
     return write_instruments_outputs(out, results, markets, header, cfg, header["config_name"])

@@ -41,6 +41,7 @@ from marl_jax.run.report import with_capture
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.setup import Run, env_params_for
 from marl_jax.run.steps import restore_state
+from marl_jax.run.tracking import NO_TRACKER, Tracker
 from marl_jax.walkforward.folds import DEFAULT_SELECT, SELECT_METRICS, Fold, WalkForwardError
 
 __all__ = [
@@ -128,15 +129,21 @@ def greedy_policy_of(algo: MAPPO) -> Callable[[TrainState], Callable]:
 
 
 def train_fold(
-    cfg: Config, root: Path, envs: FoldEnvs, bars: bar_data.Bars, *, progress: bool = False
+    cfg: Config,
+    root: Path,
+    envs: FoldEnvs,
+    bars: bar_data.Bars,
+    *,
+    progress: bool = False,
+    tracker: Tracker = NO_TRACKER,
 ) -> tuple[Run, TrainState]:
-    """Trains (or continues) the run in ``root`` on ``envs.train``; the caller releases
-    ``run.lock``."""
+    """Trains (or continues) the run in ``root`` on ``envs.train``, each update's metrics also
+    to ``tracker``; the caller releases ``run.lock``."""
     lock = RunLock(root).acquire()
     try:
         run_dir = RunDir(root, cfg.checkpoint.dir)
         run = Run(cfg, run_dir, lock, bars, envs.norm, envs.train, MAPPO(cfg, market.MARKET), None)
-        state = loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
+        state = loop.train_loop(run, resume=True, progress=progress, tracker=tracker)
     except BaseException:
         lock.release()
         raise
@@ -278,15 +285,19 @@ def run_fold(
     oracle: np.ndarray | None = None,
     select_by: str = DEFAULT_SELECT,
     gate: bool = False,
+    tracker: Tracker = NO_TRACKER,
 ) -> tuple[dict, dict]:
     """Trains, selects on validation by ``select_by`` (then :func:`apply_gate` where ``gate``)
     and tests one fold (skipped when already finished), with the oracle baseline where
-    ``oracle`` (the planted signal of ``bars``) is given; returns :func:`load_fold`'s pair."""
+    ``oracle`` (the planted signal of ``bars``) is given, each update's metrics also to
+    ``tracker``; returns :func:`load_fold`'s pair."""
     done = load_fold(root)
     if done is not None:
         return done
     envs = fold_envs(cfg, bars, fold, oracle)  # a WalkForwardError "fold K: ..." when it cannot
-    run, state = train_fold(cfg, root, envs, bars[: fold.val[1]], progress=progress)
+    run, state = train_fold(
+        cfg, root, envs, bars[: fold.val[1]], progress=progress, tracker=tracker
+    )
     try:
         policy_of = greedy_policy_of(run.algo)
         step, chosen, scores = select_checkpoint(run, state, envs.val, policy_of, select_by)

@@ -43,6 +43,7 @@ from marl_jax.run.report import build_report, report_checks, with_capture
 from marl_jax.run.returns import eval_arrays, returns_frame
 from marl_jax.run.rundir import RunDir, RunLock
 from marl_jax.run.setup import Instrument, Run
+from marl_jax.run.tracking import NO_TRACKER, Tracker
 from marl_jax.walkforward.fold_run import (
     DEFAULT_SELECT,
     FOLD_RESULT,
@@ -143,6 +144,7 @@ def _train_instruments(
     run_dir: RunDir,
     lock: RunLock,
     progress: bool,
+    tracker: Tracker = NO_TRACKER,
 ) -> tuple[Run, TrainState]:
     """Trains (or continues) the fold's run on one environment over every instrument's train
     span, each with its own normalisation."""
@@ -154,7 +156,7 @@ def _train_instruments(
     first = next(iter(instruments.values()))
     algo = MAPPO(cfg, market.MARKET)
     run = Run(cfg, run_dir, lock, first.bars, first.norm, train, algo, None, instruments)
-    return run, loop.train_loop(run, resume=True, progress=progress, tensorboard=False)
+    return run, loop.train_loop(run, resume=True, progress=progress, tracker=tracker)
 
 
 def _instrument_entry(fold: Fold, timestamps: np.ndarray, runs: Mapping) -> dict:
@@ -212,10 +214,12 @@ def run_instruments_fold(
     progress: bool = False,
     oracles: Mapping[str, np.ndarray | None] | None = None,
     select_by: str = DEFAULT_SELECT,
+    tracker: Tracker = NO_TRACKER,
 ) -> tuple[dict, dict[str, dict]]:
     """Trains, selects on validation and tests fold ``K`` of every instrument (``folds``: each
-    instrument's fold K; ``oracles``: each one's planted signal, where it has one); skipped
-    when already finished. Returns :func:`load_instruments_fold`'s pair."""
+    instrument's fold K; ``oracles``: each one's planted signal, where it has one), each
+    update's metrics also to ``tracker``; skipped when already finished. Returns
+    :func:`load_instruments_fold`'s pair."""
     done = load_instruments_fold(root)
     if done is not None:
         return done
@@ -223,7 +227,7 @@ def run_instruments_fold(
     lock = RunLock(root).acquire()
     try:
         run_dir = RunDir(root, cfg.checkpoint.dir)
-        run, state = _train_instruments(cfg, markets, folds, envs, run_dir, lock, progress)
+        run, state = _train_instruments(cfg, markets, folds, envs, run_dir, lock, progress, tracker)
         policy_of = greedy_policy_of(run.algo)
         vals = {n: e.val for n, e in envs.items()}
         step, chosen, scores = select_checkpoint(run, state, vals, policy_of, select_by)
