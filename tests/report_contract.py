@@ -17,7 +17,8 @@ RETURNS_COLUMNS = ["timestamp", "fold", "instrument", "position", "policy"]
 
 def check_report(folder: Path, command: str) -> dict:
     """``folder/report.json`` valid under the schema, of ``command``, with ``returns.csv``
-    holding a row per evaluated bar, the report's folds and agents; returns the report."""
+    holding a row per evaluated bar, the report's folds and agents, and ``report.html``;
+    returns the report."""
     report = json.loads((folder / "report.json").read_text())
     jsonschema.validate(report, json.loads(REPORT_SCHEMA.read_text()))
     assert report["command"] == command
@@ -38,4 +39,8 @@ def check_report(folder: Path, command: str) -> dict:
         if all(np.unique(np.sign(g["position"])).size == 1 for _, g in rows.groupby("instrument"))
     ]
     assert report["checks"]["one_sign_folds"] == len(one_sign)
+    # The tearsheet beside it, built from these two files, with its verdict in words.
+    page = (folder / "report.html").read_text()
+    majority = len(one_sign) * 2 > len(report["folds"])
+    assert ("holds one sign" in page) if majority else ("net active IR" in page)
     return report

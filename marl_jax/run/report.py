@@ -50,6 +50,7 @@ from marl_jax.run.returns import (
 from marl_jax.run.rundir import REPORT
 from marl_jax.run.setup import SYNTHETIC, Instrument, Run, env_params_for
 from marl_jax.run.steps import Normalisations, model_metadata
+from marl_jax.run.tearsheet import write_tearsheet
 
 __all__ = [
     "COMMANDS",
@@ -325,7 +326,8 @@ def write_split_report(
     cost_bps: float,
     **extras,
 ) -> dict:
-    """Writes ``returns.csv`` (fold 0) and ``report.json`` of a single split into ``out``;
+    """Writes ``returns.csv`` (fold 0), ``report.json`` and ``report.html`` (the tearsheet) of a
+    single split into ``out``;
     returns the report. One part: its runs' metrics; several (instruments): every metric of
     their per-bar returns concatenated (:func:`stitched_summary`, at their mean calendar), and
     ``extras["instruments"]`` should hold each one's."""
@@ -356,6 +358,7 @@ def write_split_report(
         **extras,
     )
     write_report_json(out / REPORT, report)
+    write_tearsheet(out)
     return report
 
 

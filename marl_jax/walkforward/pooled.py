@@ -40,6 +40,7 @@ from marl_jax.run.returns import (
     returns_frame,
     write_returns_csv,
 )
+from marl_jax.run.tearsheet import write_tearsheet
 
 __all__ = [
     "EQUITY_PNG",
@@ -121,7 +122,8 @@ def write_report_files(
     command_report: dict,
 ) -> dict:
     """Writes ``returns.csv`` (``frame``), ``equity_curve.png`` (of the agents with a return
-    at every row) and ``report.json`` under ``out`` (atomically); returns the report."""
+    at every row), ``report.json`` and ``report.html`` (the tearsheet) under ``out``
+    (atomically); returns the report."""
     write_returns_csv(out / RETURNS_CSV, frame)
     names = [
         c
@@ -131,6 +133,7 @@ def write_report_files(
     curves = {n: np.exp(np.r_[0.0, np.cumsum(frame[n].to_numpy(np.float64))]) for n in names}
     plot_equity_curves(curves, out / EQUITY_PNG, title=title)
     write_report_json(out / REPORT_JSON, command_report)
+    write_tearsheet(out)
     return command_report
 
 
