@@ -314,7 +314,8 @@ def write_planted_file(row: Row, source: Path) -> Path:
     that plant of that file, and refused when it is another."""
     from marl_jax.env.data import read_bar_table
     from marl_jax.env.plant import DEFAULT_SPANS, plant
-    from marl_jax.run.planted import sha256_of, sidecar_path, write_planted
+    from marl_jax.files import sha256_of
+    from marl_jax.run.planted import sidecar_path, write_planted
 
     out = Path(row.runs[0].data)
     recipe = {

@@ -1,8 +1,10 @@
-"""One atomic, durable file writer for every output of marl-jax and the bridge."""
+"""One atomic, durable file writer for every output of marl-jax and the bridge, and the
+files' SHA-256 that records and checks them."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_with",
     "fsync_dir",
+    "sha256_of",
     "umask_mode",
 ]
 
@@ -83,3 +86,12 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[IO], None]
     with atomic_write(path, "wb") as fh:
         writer(fh)
     return Path(path)
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

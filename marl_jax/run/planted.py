@@ -23,7 +23,6 @@ the run loaded, and the reports add the ``oracle`` baseline (``sign(s)``) and th
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from marl_jax import __version__
 from marl_jax.env.data import Bars, BarTable
 from marl_jax.env.plant import FORMULAS, SIGMA_SPAN, Planted, oracle_summary, warmup_bars
 from marl_jax.errors import MarlJaxError
-from marl_jax.files import atomic_write_text, atomic_write_with
+from marl_jax.files import atomic_write_text, atomic_write_with, sha256_of
 
 __all__ = [
     "FORMAT",
@@ -44,7 +43,6 @@ __all__ = [
     "PlantError",
     "check_output",
     "read_oracle",
-    "sha256_of",
     "sidecar_path",
     "write_planted",
 ]
@@ -64,15 +62,6 @@ def sidecar_path(data: str | Path) -> Path:
     """The sidecar of the bar file ``data``: ``data`` + ``.plant.json``."""
     data = Path(data)
     return data.with_name(data.name + SIDECAR_SUFFIX)
-
-
-def sha256_of(path: str | Path) -> str:
-    """The file's SHA-256 (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _suffix(path: Path) -> str:

@@ -19,6 +19,7 @@ from marl_jax import __version__
 from marl_jax.config import Config, config_to_dict
 from marl_jax.env import data as bar_data
 from marl_jax.env import market
+from marl_jax.files import sha256_of
 from marl_jax.run.setup import periods_per_year_for
 
 __all__ = [
@@ -62,11 +63,7 @@ def file_sha256(path: str | Path | None) -> str | None:
     """The SHA-256 of a file, or None for no path or a file that is not there."""
     if not path or not Path(path).is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def config_sha256(cfg: Config) -> str:
