@@ -6,6 +6,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from marl_jax import metrics
@@ -22,7 +23,7 @@ from marl_jax.env.evaluate import (
 )
 from marl_jax.env.features import AGENT_FEATURES, NUM_FEATURES, compute_features
 from marl_jax.env.market import make_env_params
-from marl_jax.run.plots import plot_equity_curves
+from marl_jax.run.plots import plot_returns
 
 BARS = synthetic_bars(2500, seed=4)
 
@@ -108,17 +109,27 @@ def test_evaluate_split_and_atomic_plot(tmp_path, params):
 
     png = tmp_path / "plots" / "equity.png"
     policy_metrics, base, curves = evaluate_split(policy, params)
-    plot_equity_curves(curves, png)
+    n = int(params.last_bar) - int(params.start_lo)
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2024-01-01", periods=n, freq="30min"),
+            "fold": np.repeat([0, 1], [n // 2, n - n // 2]),
+            "instrument": "synthetic",
+            "position": np.sign(np.sin(np.arange(n) / 7.0)),
+            **{k: np.diff(np.log(c)) for k, c in curves.items()},
+        }
+    )
+    plot_returns(frame, png, "test split")
     assert set(base) == set(BASELINES) - {"linear"}  # no fitted linear model given
     for m in (policy_metrics, *base.values()):
         assert {"total_log_return", "sharpe", "max_drawdown", "hit_rate", "turnover"} <= set(m)
-    n = int(params.last_bar) - int(params.start_lo)
     assert set(curves) == {"policy", *base} and all(len(c) == n + 1 for c in curves.values())
     assert base["flat"]["total_log_return"] == 0 and base["buy_and_hold"]["turnover"] == 1 / n
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(png.parent) == ["equity.png"]  # no temp file left behind
     before = png.stat().st_size
-    plot_equity_curves({"a": np.linspace(1, 2, 50)}, png)
+    # Two instruments stitched: drawn on the bar count, not on dates that go back.
+    plot_returns(pd.concat([frame, frame.assign(instrument="b")]), png, "two instruments")
     assert png.stat().st_size != before
 
 

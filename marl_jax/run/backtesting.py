@@ -35,10 +35,8 @@ import numpy as np
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars, split_bounds
 from marl_jax.policy import Policy, PolicyError
-from marl_jax.run.plots import plot_equity_curves
 from marl_jax.run.provenance import BarCalendar
 from marl_jax.run.report import SplitPart, write_split_report
-from marl_jax.run.rundir import EQUITY_CURVE
 from marl_jax.run.setup import env_params_for, periods_per_year_for
 
 __all__ = ["LINEAR_MIN_FIT", "BacktestSpec", "backtest"]
@@ -170,11 +168,6 @@ def backtest(
             params, seed=policy.run_config.seed, linear=linear, oracle=oracle
         )
     )
-    plot_equity_curves(
-        {k: r.equity for k, r in runs.items()},
-        out / EQUITY_CURVE,
-        title=f"{spec.split}: policy (greedy) vs baselines",
-    )
     part = SplitPart(
         Path(source).name,
         bars.timestamp,
@@ -190,6 +183,7 @@ def backtest(
         config=config,
         data=source,
         cost_bps=float(params.cost_bps),
+        title=f"{spec.split}: policy (greedy) vs baselines",
         split=spec.split,
         model=policy.description,
         **linear_entries,

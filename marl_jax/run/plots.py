@@ -14,7 +14,8 @@ from marl_jax.agents import AGENT_NAMES
 from marl_jax.files import atomic_write_bytes
 
 __all__ = [
-    "plot_equity_curves",
+    "RETURN_COLUMNS",
+    "plot_returns",
     "plot_learning_curve",
     "plot_sweep_curves",
     "save_png",
@@ -50,21 +51,59 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_equity_curves(
-    curves: Mapping[str, np.ndarray], path: str | os.PathLike, title: str | None = None
-) -> Path:
-    """PNG of equity curves (the policy drawn thicker than the baselines)."""
-    fig = _figure(9, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, curve in curves.items():
-        curve = np.asarray(curve, dtype=np.float64)
-        ax.plot(np.arange(len(curve)), curve, label=name, lw=2.0 if name == "policy" else 1.0)
-    ax.set_xlabel("bar")
-    ax.set_ylabel("equity")
-    ax.set_title(title or "equity curves")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
+# The columns of a returns frame (``returns.csv``) that are not an agent's net returns.
+RETURN_COLUMNS = ("timestamp", "fold", "instrument", "position")
+
+
+def plot_returns(frame, path: str | os.PathLike, title: str) -> Path:
+    """PNG of a returns frame (``returns.csv``: one row per bar, each agent's net log return):
+    equity on a log scale, drawdown and the policy's position, on the bars' dates (on the bar
+    count where several instruments are stitched), with the test folds' boundaries. Agents
+    without a return at every row are left out."""
+    import pandas as pd
+    from matplotlib.ticker import FuncFormatter
+
+    names = [c for c in frame.columns if c not in RETURN_COLUMNS and frame[c].notna().all()]
+    names = ["policy"] + [n for n in names if n != "policy"] if "policy" in names else names
+    stamps = pd.to_datetime(frame["timestamp"])
+    on_dates = stamps.is_monotonic_increasing and frame["instrument"].nunique() == 1
+    x = stamps.to_numpy() if on_dates else np.arange(1, len(frame) + 1)
+    fig = _figure(10, 7.5)
+    grid = fig.add_gridspec(3, 1, height_ratios=(3, 1.3, 1), hspace=0.12)
+    ax_eq = fig.add_subplot(grid[0])
+    ax_dd = fig.add_subplot(grid[1], sharex=ax_eq)
+    ax_pos = fig.add_subplot(grid[2], sharex=ax_eq)
+    for name in names:
+        log_equity = np.cumsum(frame[name].to_numpy(np.float64))
+        equity = np.exp(log_equity)
+        width = 2.0 if name == "policy" else 1.0
+        ax_eq.plot(x, equity, label=name, lw=width)
+        if name in ("policy", "buy_and_hold"):
+            drawdown = np.expm1(log_equity - np.maximum.accumulate(np.r_[0.0, log_equity])[1:])
+            ax_dd.plot(x, 100 * drawdown, label=name, lw=width)
+    ax_pos.step(x, frame["position"].to_numpy(np.float64), where="post", lw=0.8, color="C0")
+    folds = frame["fold"].to_numpy()
+    for edge in np.flatnonzero(np.diff(folds) != 0) + 1:
+        for ax in (ax_eq, ax_dd, ax_pos):
+            ax.axvline(x[edge], color="gray", ls=":", lw=0.8)
+    ax_eq.set_yscale("log")
+    # Plain numbers on the log axis (1.2, not 1.2 x 10^0), minor ticks labelled too.
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax_eq.yaxis.set_major_formatter(plain)
+    ax_eq.yaxis.set_minor_formatter(plain)
+    ax_eq.tick_params(axis="y", which="minor", labelsize=7)
+    ax_eq.set_ylabel("equity (net, log scale)")
+    ax_eq.set_title(title)
+    ax_eq.legend(loc="best", fontsize=8)
+    ax_dd.set_ylabel("drawdown (%)")
+    ax_pos.set_ylabel("position")
+    ax_pos.set_ylim(-1.1, 1.1)
+    ax_pos.set_xlabel("date" if on_dates else "test bar (instruments stitched)")
+    for ax in (ax_eq, ax_dd, ax_pos):
+        ax.grid(alpha=0.3)
+    for ax in (ax_eq, ax_dd):
+        ax.tick_params(labelbottom=False)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.95, bottom=0.08)
     return save_png(fig, path)
 
 

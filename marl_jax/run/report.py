@@ -33,7 +33,7 @@ from marl_jax.env.features import FeatureNorm
 from marl_jax.files import atomic_write_text
 from marl_jax.mappo import MAPPO, TrainState
 from marl_jax.run.metrics_log import read_metrics_log, tenth_mean
-from marl_jax.run.plots import plot_equity_curves, plot_learning_curve
+from marl_jax.run.plots import plot_learning_curve, plot_returns
 from marl_jax.run.provenance import (
     BarCalendar,
     bar_calendar,
@@ -47,7 +47,7 @@ from marl_jax.run.returns import (
     returns_frame,
     write_returns_csv,
 )
-from marl_jax.run.rundir import REPORT
+from marl_jax.run.rundir import EQUITY_CURVE, REPORT
 from marl_jax.run.setup import SYNTHETIC, Instrument, Run, env_params_for
 from marl_jax.run.steps import Normalisations, model_metadata
 from marl_jax.run.tearsheet import write_tearsheet
@@ -324,12 +324,13 @@ def write_split_report(
     config: str,
     data: str | Sequence[str] | None,
     cost_bps: float,
+    title: str,
     **extras,
 ) -> dict:
-    """Writes ``returns.csv`` (fold 0), ``report.json`` and ``report.html`` (the tearsheet) of a
-    single split into ``out``;
-    returns the report. One part: its runs' metrics; several (instruments): every metric of
-    their per-bar returns concatenated (:func:`stitched_summary`, at their mean calendar), and
+    """Writes ``returns.csv`` (fold 0), ``equity_curve.png`` (titled ``title``), ``report.json``
+    and ``report.html`` (the tearsheet) of a single split into ``out``; returns the report. One
+    part: its runs' metrics; several (instruments): every metric of their per-bar returns
+    concatenated (:func:`stitched_summary`, at their mean calendar), and
     ``extras["instruments"]`` should hold each one's."""
     arrays = [eval_arrays(p.runs) for p in parts]
     frames = [
@@ -338,6 +339,7 @@ def write_split_report(
     ]
     frame = pd.concat(frames, ignore_index=True)
     write_returns_csv(out / RETURNS_CSV, frame)
+    plot_returns(frame, out / EQUITY_CURVE, title)
     calendar = mean_calendar([p.calendar for p in parts])
     if len(parts) == 1:
         by_name = metrics_of(parts[0].runs)
@@ -400,7 +402,6 @@ def write_report(run: Run, state: TrainState, config: str | None = None) -> dict
         runs = test_split_runs(cfg, run.algo, state, test_params, linear, oracle=run.oracle)
         name = Path(cfg.env.data_path).name if cfg.env.data_path else SYNTHETIC
         parts = [SplitPart(name, run.bars.timestamp, bar_calendar(cfg, run.bars), runs)]
-        curves = {k: r.equity for k, r in runs.items()}
         title = "test split: trained policy (greedy) vs baselines"
     else:
         parts = _instrument_runs(cfg, run.algo, state, run.instruments)
@@ -412,13 +413,7 @@ def write_report(run: Run, state: TrainState, config: str | None = None) -> dict
             for p in parts
         }
         extras["pooled_over"] = POOLED
-        curves = {
-            k: np.exp(np.r_[0.0, np.cumsum(np.concatenate([p.runs[k].rewards for p in parts]))])
-            for k in parts[0].runs
-            if all(k in p.runs for p in parts)
-        }
         title = f"test splits of {len(parts)} instruments pooled: greedy vs baselines"
-    plot_equity_curves(curves, run.dir.equity_curve, title=title)
     rows = read_metrics_log(run.dir.metrics)
     rewards = [r["average_reward"] for r in rows]
     updates = int(state.update_step)
@@ -441,6 +436,7 @@ def write_report(run: Run, state: TrainState, config: str | None = None) -> dict
         config=config if config is not None else str(run.dir.config),
         data=config_data(cfg),
         cost_bps=cfg.env.cost_bps,
+        title=title,
         **extras,
     )
     if rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from marl_jax.env import market
 from marl_jax.env.data import Bars
-from marl_jax.run.plots import plot_equity_curves, plot_sweep_curves
+from marl_jax.run.plots import plot_sweep_curves
 from marl_jax.run.provenance import bar_calendar
 from marl_jax.run.report import SplitPart, config_data, export_pt, write_split_report
 from marl_jax.run.setup import SYNTHETIC
@@ -36,11 +36,6 @@ def export_member(folder: Path, row: dict, entry: Entry, bars: Bars, config: str
     norm = market.get_normalisation(entry.result.train_params)
     runs = {"policy": entry.run, **entry.baselines}
     folder.mkdir(parents=True, exist_ok=True)
-    plot_equity_curves(
-        {k: r.equity for k, r in runs.items()},
-        folder / "equity_curve.png",
-        title=f"test split: member {row['member']} (greedy)",
-    )
     name = Path(cfg.env.data_path).name if cfg.env.data_path else SYNTHETIC
     write_split_report(
         folder,
@@ -50,6 +45,7 @@ def export_member(folder: Path, row: dict, entry: Entry, bars: Bars, config: str
         config=config,
         data=config_data(cfg),
         cost_bps=cfg.env.cost_bps,
+        title=f"test split: member {row['member']} (greedy) vs baselines",
         split="test",
         member={k: row[k] for k in ("member", "group", "seed", "rank", "values", "hparams")},
         training={"updates": row["updates"], "final_reward": row["final_reward"]},

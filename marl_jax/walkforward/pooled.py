@@ -23,7 +23,7 @@ import pandas as pd
 
 from marl_jax.config import Config
 from marl_jax.env.data import Bars
-from marl_jax.run.plots import plot_equity_curves
+from marl_jax.run.plots import plot_returns
 from marl_jax.run.provenance import BarCalendar, bar_calendar, provenance
 from marl_jax.run.report import (
     build_report,
@@ -125,13 +125,7 @@ def write_report_files(
     at every row), ``report.json`` and ``report.html`` (the tearsheet) under ``out``
     (atomically); returns the report."""
     write_returns_csv(out / RETURNS_CSV, frame)
-    names = [
-        c
-        for c in frame.columns
-        if c not in ("timestamp", "fold", "instrument", "position") and frame[c].notna().all()
-    ]
-    curves = {n: np.exp(np.r_[0.0, np.cumsum(frame[n].to_numpy(np.float64))]) for n in names}
-    plot_equity_curves(curves, out / EQUITY_PNG, title=title)
+    plot_returns(frame, out / EQUITY_PNG, title)
     write_report_json(out / REPORT_JSON, command_report)
     write_tearsheet(out)
     return command_report
