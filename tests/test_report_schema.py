@@ -69,11 +69,19 @@ def test_a_single_split_report_follows_the_contract(market, tmp_path, monkeypatc
     params = env_params_for(cfg, bars, "test", None)
     runs = _runs(cfg, params, "momentum")
     part = SplitPart(path.name, bars.timestamp, provenance.bar_calendar(cfg, bars), runs)
-    monkeypatch.chdir(tmp_path)  # not a git checkout
+    monkeypatch.chdir(tmp_path)  # the working directory is not what the commit is read from
     report = write_split_report(
-        tmp_path, "backtest", [part], cfg=cfg, config="tiny", data=str(path), cost_bps=2.0
+        tmp_path,
+        "backtest",
+        [part],
+        cfg=cfg,
+        config="tiny",
+        data=str(path),
+        cost_bps=2.0,
+        title="test split",
     )
     assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert (tmp_path / "equity_curve.png").read_bytes()[:4] == b"\x89PNG"
     check_report(tmp_path, "backtest")
     # Every metric of the summary, for the policy and each baseline (not the table's 11).
     assert list(report["metrics"]) == ["policy", "buy_and_hold", "flat", "random", "momentum"]
@@ -81,7 +89,9 @@ def test_a_single_split_report_follows_the_contract(market, tmp_path, monkeypatc
         assert report["metrics"][name] == pytest.approx(run.metrics)
     prov = report["provenance"]
     assert prov["data_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert prov["git_commit"] is None and prov["cost_bps"] == 2.0 and prov["config"] == "tiny"
+    # The commit of the code that ran (this checkout's HEAD), not of the working directory.
+    assert prov["git_commit"] == provenance.git_commit(provenance.SOURCE_DIR)
+    assert prov["cost_bps"] == 2.0 and prov["config"] == "tiny"
     lo, last = int(params.start_lo), int(params.last_bar)
     assert prov["bars"] == last - lo
     assert prov["first_timestamp"] == provenance.iso_timestamp(bars.timestamp[lo])

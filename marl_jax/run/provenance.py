@@ -23,6 +23,7 @@ from marl_jax.files import sha256_of
 from marl_jax.run.setup import periods_per_year_for
 
 __all__ = [
+    "SOURCE_DIR",
     "BarCalendar",
     "bar_calendar",
     "config_sha256",
@@ -71,6 +72,11 @@ def config_sha256(cfg: Config) -> str:
     hashes, however they were written."""
     text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The package's own folder: in a clone (an editable install) its checkout's HEAD is the code a
+# run used; an installed wheel has none.
+SOURCE_DIR = Path(__file__).resolve().parents[1]
 
 
 def git_commit(where: str | Path | None = None) -> str | None:
@@ -127,6 +133,6 @@ def provenance(
         "config": str(config),
         "config_sha256": config_sha256(cfg),
         "version": __version__,
-        "git_commit": git_commit(),
+        "git_commit": git_commit(SOURCE_DIR),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
