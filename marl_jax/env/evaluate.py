@@ -42,8 +42,10 @@ run set, see :func:`marl_jax.env.market.make_env_params`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,8 @@ from .market import (
     EnvParams,
     make_env_params,
     net_returns,
+    next_signal,
+    observation_at,
     observations,
     periods_per_year_at,
     positions_from_actions,
@@ -70,6 +74,7 @@ __all__ = [
     "LINEAR_RIDGE",
     "MOMENTUM_LOOKBACK",
     "EvalRun",
+    "TracedPolicy",
     "LinearBaseline",
     "periods_per_year_at",
     "positions_for",
@@ -91,6 +96,27 @@ MOMENTUM_LOOKBACK = 20
 # noise, are. Fixed, so that choosing it reads no validation or test bar.
 LINEAR_RIDGE = 0.1
 _batched_observations = jax.jit(observations)
+_one_observation = jax.jit(
+    lambda params, t, held: jax.tree.map(lambda x: x[None], observation_at(params, t, held))
+)
+
+
+@dataclass(frozen=True, eq=False)
+class TracedPolicy:
+    """A ``policy_fn`` that JAX can trace: greedy actions ``act(args, obs)`` ``(N, 3)`` of an
+    observation dict batched over ``N``, ``args`` a pytree (the models' variables, a training
+    state). Called, it is a NumPy policy like any other; under ``observe_position`` the
+    evaluator runs it bar after bar inside one compiled ``lax.scan``."""
+
+    act: Callable[[Any, dict], jax.Array]
+    args: Any
+    _jitted: Callable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_jitted", jax.jit(self.act))
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        return np.asarray(self._jitted(self.args, obs))
 
 
 @dataclass(frozen=True)
@@ -190,8 +216,13 @@ def run_policy(
     periods_per_year: float | None = None,
     batch_size: int = 8192,
 ) -> EvalRun:
-    """``policy_fn`` run at every evaluation bar of ``params``, in padded chunks, and scored."""
+    """``policy_fn`` run at every evaluation bar of ``params``, in padded chunks, and scored.
+    Under ``params.observe_position`` each bar's observation holds the signal the policy's own
+    previous actions set (flat before the first bar), so the bars run one after another."""
     ts = _eval_bars(params)
+    if params.observe_position:
+        actions = _held_actions(policy_fn, params, ts)
+        return simulate(positions_for(actions, params), params, periods_per_year)
     chunks = []
     for a in range(0, len(ts), batch_size):
         idx = ts[a : a + batch_size]
@@ -208,6 +239,45 @@ def run_policy(
     if actions.min() < 0 or actions.max() > 2:
         raise ValueError("policy actions must be 0, 1 or 2")
     return simulate(positions_for(actions, params), params, periods_per_year)
+
+
+def _checked_actions(actions: np.ndarray, rows: int) -> np.ndarray:
+    actions = np.asarray(actions)
+    if actions.shape != (rows, 3):
+        raise ValueError(
+            f"policy_fn returned actions of shape {actions.shape}, expected ({rows}, 3)"
+        )
+    if actions.min() < 0 or actions.max() > 2:
+        raise ValueError("policy actions must be 0, 1 or 2")
+    return actions.astype(np.int64)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scan_held(act: Callable, args: Any, params: EnvParams, ts: jax.Array) -> jax.Array:
+    """The actions ``(N, 3)`` of ``act`` at the bars ``ts``, each bar observing the signal the
+    actions before it set."""
+
+    def one(held, t):
+        obs = jax.tree.map(lambda x: x[None], observation_at(params, t, held))
+        actions = act(args, obs)[0]
+        return next_signal(held, actions, params), actions
+
+    return jax.lax.scan(one, jnp.zeros((), jnp.float32), ts)[1]
+
+
+def _held_actions(policy_fn: Callable, params: EnvParams, ts: np.ndarray) -> np.ndarray:
+    """The actions at the consecutive bars ``ts`` from a flat start, each observing the signal
+    held there: in one ``lax.scan`` for a :class:`TracedPolicy`, else one call per bar."""
+    if isinstance(policy_fn, TracedPolicy):
+        actions = _scan_held(policy_fn.act, policy_fn.args, params, jnp.asarray(ts, jnp.int32))
+        return _checked_actions(np.asarray(actions), len(ts))
+    held = jnp.zeros((), jnp.float32)
+    rows = []
+    for t in ts:
+        actions = _checked_actions(policy_fn(_one_observation(params, int(t), held)), 1)
+        held = next_signal(held, jnp.asarray(actions[0]), params)
+        rows.append(actions[0])
+    return np.stack(rows) if rows else np.zeros((0, 3), np.int64)
 
 
 def run_baseline(
