@@ -250,12 +250,7 @@ class Policy:
             self.observe_position = observes_position(configs)
         except ValueError as err:
             raise PolicyError(f"{self.description}: {err}") from None
-        cfg = self.config or _DEFAULTS
-        if cfg.env.observe_position != self.observe_position:  # the models' inputs decide
-            data = config_to_dict(cfg)
-            data["env"]["observe_position"] = self.observe_position
-            cfg = config_from_dict(data, source=f"{self.description} (its models' inputs)")
-        self._run_config = cfg
+        self._run_config: tuple[Config | None, Config] | None = None
 
     def _compiled(self) -> tuple[Callable, TracedPolicy, Callable]:
         """The jitted decision ((windows, held signals or None) -> Decision), the greedy
@@ -335,7 +330,14 @@ class Policy:
         """The model's run config, else the default config (a model without one acts with
         its environment settings: ``target``, ``fixed``, 1 bp, 70/15/15 splits); its
         ``env.observe_position`` is always what the models' inputs say."""
-        return self._run_config
+        if self._run_config is None or self._run_config[0] is not self.config:
+            cfg = self.config or _DEFAULTS
+            if cfg.env.observe_position != self.observe_position:  # the models' inputs decide
+                data = config_to_dict(cfg)
+                data["env"]["observe_position"] = self.observe_position
+                cfg = config_from_dict(data, source=f"{self.description} (its models' inputs)")
+            self._run_config = (self.config, cfg)
+        return self._run_config[1]
 
     @property
     def modes(self) -> dict[str, Any]:

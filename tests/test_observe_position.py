@@ -291,3 +291,18 @@ def test_a_tiny_run_trains_with_the_key_and_exports_models_one_input_wider(tmp_p
         np.testing.assert_array_equal(
             back.decide(bars, position=0.5).probs, trained.decide(bars, position=0.5).probs
         )
+
+
+def test_a_backtest_holds_the_positions_the_policy_decides_bar_after_bar(held, policy, tmp_path):
+    import pandas as pd
+
+    from marl_jax.run.backtesting import backtest
+
+    bars = held[2]
+    report = backtest(policy, bars, out=tmp_path / "bt", source=str(held[1]))
+    assert np.isfinite(report["metrics"]["policy"]["total_log_return"])
+    frame = pd.read_csv(tmp_path / "bt" / "returns.csv")
+    start = int(np.searchsorted(bars.timestamp, np.datetime64(frame["timestamp"].iloc[0], "ns")))
+    many = policy.decide_many(bars, start, start + len(frame))
+    np.testing.assert_allclose(frame["position"].to_numpy(), many.position, atol=1e-6)
+    assert len(np.unique(many.position)) > 1
