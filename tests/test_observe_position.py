@@ -102,23 +102,39 @@ def test_each_observation_holds_the_environments_position(mode):
     assert isinstance(key, market.HeldBar) and market.MARKET.obs_key(state, plain) is state.t
 
 
-def test_the_evaluator_feeds_the_policys_own_running_position():
-    """A policy that goes long when flat or short and short when long alternates +1, -1, ...
-    only if each bar observes the position the bar before set, in the scan and the loop."""
+@pytest.mark.parametrize(
+    ("mode", "cycle"), [("target", (1.0, -1.0)), ("delta", (0.5, 0.0))], ids=["target", "delta"]
+)
+def test_the_evaluator_feeds_the_policys_own_running_position(mode, cycle):
+    """A policy that goes long when flat or short and short when long cycles through ``cycle``
+    only if each bar observes the position the bar before set: batched over the held signals
+    (target), in one scan (delta) and bar after bar (a plain function) alike."""
     bars = data.synthetic_bars(600, seed=2)
-    params = market.make_env_params(bars, "test", window=WINDOW, observe_position=True)
+    params = market.make_env_params(
+        bars, "test", window=WINDOW, observe_position=True, action_mode=mode
+    )
 
     def act(args, obs):
         held = obs["critic"][:, -1]
         return jnp.broadcast_to(jnp.where(held <= 0, 2, 0)[:, None], (held.shape[0], 3))
 
     n = int(params.last_bar) - int(params.start_lo)
-    want = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
-    traced = evaluate.run_policy(evaluate.TracedPolicy(act, None), params)
+    want = np.asarray(cycle * n, np.float32)[:n]
+    traced = evaluate.run_policy(evaluate.TracedPolicy(act, None), params, batch_size=64)
     looped = evaluate.run_policy(lambda obs: np.asarray(act(None, obs)), params)
     np.testing.assert_array_equal(traced.positions, want)
     np.testing.assert_array_equal(looped.positions, want)
     np.testing.assert_array_equal(traced.rewards, looped.rewards)
+
+
+def test_under_target_the_evaluation_holds_one_of_seven_signals():
+    params = market.make_env_params(
+        data.synthetic_bars(600, seed=2), "test", window=WINDOW, observe_position=True
+    )
+    signals, moves = evaluate.held_signals(params)
+    np.testing.assert_allclose(np.sort(signals), np.arange(-3, 4) / 3, atol=1e-7)
+    for total in range(7):  # a vote's signal is the vote, wherever it starts
+        np.testing.assert_allclose(signals[moves[:, total]], (total - 3) / 3, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------- the policy
