@@ -33,6 +33,13 @@ functions (:mod:`marl_jax.env.market`):
   1e-17``, so the scale is the environment's to float32 rounding (a test checks it is equal,
   bar by bar).
 
+A model trained with ``env.observe_position`` (its inputs one wider than the agent table's:
+:attr:`Policy.observe_position`; its :attr:`Policy.run_config` says so whatever the run config
+it came with) also reads the signal held at the decision bar, as one more actor channel and
+critic feature: ``decide`` needs ``position`` then, whatever the action mode, and
+``decide_many`` runs the bars one after another in a ``lax.scan``, each observing the signal
+the decisions before it set.
+
 The critic reads each window's mean, as the environment's critic observation. The critic's
 value is its raw output: in ValueNorm units when the model was trained with
 ``training.use_valuenorm``.
@@ -264,7 +271,9 @@ class Policy:
             decide = jax.jit(
                 lambda windows, held: decision_from_windows(modules, variables, windows, held)
             )
-            act = TracedPolicy(lambda v, obs: decision_from_obs(modules, v, obs).actions, variables)
+            act = TracedPolicy(
+                lambda _, obs: decision_from_obs(modules, variables, obs).actions, None
+            )
             held = jax.jit(
                 lambda windows, holding, mode, step: held_decisions(
                     modules, variables, windows, holding, mode, step
@@ -509,20 +518,21 @@ class Policy:
         return out.replace(bar_index=index, timestamp=bars.timestamp[start:stop])
 
     def policy_fn(self) -> TracedPolicy:
-        """A NumPy policy for :mod:`marl_jax.env.evaluate`: greedy actions ``(N, 3)`` (one
-        JAX can trace, so that the evaluator runs a model that observes its position bar after
-        bar in one compiled scan)."""
+        """A NumPy policy for :mod:`marl_jax.env.evaluate`: greedy actions ``(N, 3)``, a
+        :class:`~marl_jax.env.evaluate.TracedPolicy`, so that the evaluator runs a model that
+        observes its position batched over the signals it can hold, or in one compiled scan."""
         return self._compiled()[1]
 
     def metadata(self) -> dict[str, Any]:
-        """What a deployed decision needs beside the models: features, window, normalisation."""
+        """What a deployed decision needs beside the models: features, window, normalisation,
+        and ``observe_position: true`` for a model that observes its position."""
         return {
             "feature_names": list(FEATURE_NAMES),
             "agents": list(AGENT_NAMES),
             "action_names": list(ACTION_NAMES),
             "window": self.window,
             "warmup_bars": WARMUP_BARS,
-            "observe_position": self.observe_position,
             "normalisation": self.norm.to_dict(),
             "model": self.description,
+            **({"observe_position": True} if self.observe_position else {}),
         }

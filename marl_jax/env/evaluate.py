@@ -89,7 +89,8 @@ __all__ = [
 
 BASELINES = ("buy_and_hold", "flat", "random", "momentum", "linear")
 # Under observe_position a TracedPolicy is evaluated at every signal the evaluation can hold,
-# when there are at most this many (7 under target; 13 under delta with the default step).
+# when there are at most this many: 7 under target; under delta the float32 sums of steps
+# rarely meet again, so it runs in a scan.
 MAX_HELD_SIGNALS = 32
 ORACLE = "oracle"
 MOMENTUM_LOOKBACK = 20
@@ -110,7 +111,8 @@ class TracedPolicy:
     """A ``policy_fn`` that JAX can trace: greedy actions ``act(args, obs)`` ``(N, 3)`` of an
     observation dict batched over ``N``, ``args`` a pytree (the models' variables, a training
     state). Called, it is a NumPy policy like any other; under ``observe_position`` the
-    evaluator runs it bar after bar inside one compiled ``lax.scan``."""
+    evaluator runs it batched over the signals a policy can hold, or bar after bar inside one
+    compiled ``lax.scan`` (see :func:`run_policy`)."""
 
     act: Callable[[Any, dict], jax.Array]
     args: Any
@@ -222,7 +224,11 @@ def run_policy(
 ) -> EvalRun:
     """``policy_fn`` run at every evaluation bar of ``params``, in padded chunks, and scored.
     Under ``params.observe_position`` each bar's observation holds the signal the policy's own
-    previous actions set (flat before the first bar), so the bars run one after another."""
+    previous actions set (flat before the first bar): a :class:`TracedPolicy` is run at every
+    bar for each signal the evaluation can hold (:func:`held_signals`; seven under ``target``)
+    and the chain of signals is followed from flat, or, with more signals than
+    :data:`MAX_HELD_SIGNALS` (``delta``), run bar after bar in one ``lax.scan``; any other
+    ``policy_fn`` is called bar after bar."""
     ts = _eval_bars(params)
     if params.observe_position:
         actions = _held_actions(policy_fn, params, ts, batch_size)
@@ -242,7 +248,7 @@ def _batched_actions(
         padded = (
             np.r_[idx, np.full(batch_size - len(idx), idx[-1])] if len(ts) > batch_size else idx
         )
-        positions = jnp.full(len(padded), held, jnp.float32)
+        positions = jnp.full(len(padded), held, jnp.float32) if params.observe_position else None
         obs = _batched_observations(params, jnp.asarray(padded), positions)
         chunks.append(_checked_actions(policy_fn(obs), len(padded))[: len(idx)])
     return np.concatenate(chunks)
