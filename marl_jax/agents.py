@@ -86,25 +86,31 @@ NUM_ACTIONS: int = 3
 agents' mean of ``action - 1``)."""
 
 
+POSITION_INPUTS: int = 1
+"""Inputs that ``env.observe_position`` adds to every actor (one channel) and to the critic
+(one feature): the position held."""
+
 FIXED_BY: dict[str, str] = {
-    "input_dim": "the agent's features in marl_jax/agents.py",
+    "input_dim": "the agent's features in marl_jax/agents.py (one more with env.observe_position)",
     "action_dim": f"the market's {NUM_ACTIONS} actions",
     "sequence_length": "env.window",
-    "state_dim": "all agents' features in marl_jax/agents.py",
+    "state_dim": "all agents' features in marl_jax/agents.py (one more with env.observe_position)",
     "n_agents": "the agents in marl_jax/agents.py",
 }
 """What fixes each of the :func:`fixed_sizes` arguments, for messages."""
 
 
-def fixed_sizes(name: str, window: int) -> dict[str, int]:
+def fixed_sizes(name: str, window: int, observe_position: bool = False) -> dict[str, int]:
     """Constructor arguments of model ``name`` that the table and the environment fix: an
-    actor's ``input_dim`` (its features), ``action_dim`` (:data:`NUM_ACTIONS`) and
-    ``sequence_length`` (the ``window`` of bars it sees); the critic's ``state_dim`` (all
-    features) and ``n_agents``."""
+    actor's ``input_dim`` (its features, plus :data:`POSITION_INPUTS` when it observes its
+    position), ``action_dim`` (:data:`NUM_ACTIONS`) and ``sequence_length`` (the ``window`` of
+    bars it sees); the critic's ``state_dim`` (all features, plus the position) and
+    ``n_agents``."""
+    extra = POSITION_INPUTS if observe_position else 0
     if name == "critic":
-        return {"state_dim": CRITIC_STATE_DIM, "n_agents": len(AGENTS)}
+        return {"state_dim": CRITIC_STATE_DIM + extra, "n_agents": len(AGENTS)}
     return {
-        "input_dim": AGENT_BY_NAME[name].input_dim,
+        "input_dim": AGENT_BY_NAME[name].input_dim + extra,
         "action_dim": NUM_ACTIONS,
         "sequence_length": window,
     }

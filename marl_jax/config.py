@@ -366,6 +366,12 @@ class EnvConfig(_Section):
     vol_span: Int = Field(60, ge=1, description="vol_target: EWMA span of the volatility, bars")
     target_vol: Float = Field(0.1, gt=0, description="vol_target: annualised target volatility")
     max_leverage: Float = Field(2.0, gt=0, description="vol_target: cap on |position|")
+    observe_position: Bool = Field(
+        False,
+        description="add the position held at each bar (the signal in [-1, 1] set at the bar "
+        "before, before sizing) to every actor's input (one channel) and the critic's (one "
+        "feature): the models take one more input",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

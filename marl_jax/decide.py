@@ -4,7 +4,9 @@ Prints each agent's action and probabilities, the joint position (as the environ
 it under the model's ``env.action_mode`` and ``env.position_sizing``: its run config's, else
 the defaults ``target`` and ``fixed``), the signal behind it and the critic's value: a table,
 or one JSON object with ``--json``. Under ``delta`` the position moves from the current
-holding, ``--position``. The work is done by :class:`marl_jax.policy.Policy`.
+holding, ``--position``; a model trained with ``env.observe_position`` also reads that holding
+as an input, so it needs ``--position`` whatever its action mode (the output repeats it as the
+observed position). The work is done by :class:`marl_jax.policy.Policy`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="P",
         help="the current holding in [-1, 1] before volatility sizing (the previous decision's "
-        "signal): required when the model acts with env.action_mode delta, ignored otherwise",
+        "signal): required when the model acts with env.action_mode delta or observes its "
+        "position (env.observe_position), ignored otherwise",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -56,6 +59,8 @@ def format_decision(row: Mapping, model: str, modes: str = "") -> str:
     if "signal" in row:
         lines.append(f"{'signal':20s}{row['signal']:>+10.4f}")
     lines.append(f"{'critic value':20s}{row['value']:>+10.4f}")
+    if "observed_position" in row:
+        lines.append(f"{'observed position':20s}{row['observed_position']:>+10.4f} (--position)")
     if modes:
         lines.append(f"position by {modes}")
     return "\n".join(lines)
@@ -71,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = load_policy(args.model, norm_from=args.norm_from, instrument=instrument)
         bars = policy.load_bars(args.data)
         row = policy.decide(bars, args.at, position=args.position, source=args.data).row(0)
+        if policy.observe_position:
+            row["observed_position"] = float(args.position)
         if args.json:
             env = {k: policy.modes[k] for k in ("action_mode", "position_sizing")}
             env["from"] = "run config" if policy.config else "defaults (no run config)"

@@ -98,10 +98,13 @@ def run_checkpoint(program: Callable, variables: dict, params: market.EnvParams)
     :class:`~marl_jax.env.evaluate.EvalRun`) and the actors' ``probs`` and critic's ``value`` at
     the same bars."""
     seen: list[tuple[np.ndarray, np.ndarray]] = []
+    # Padded to EVAL_BATCH rows: one program for every split. A model that observes its
+    # position is called bar after bar, one row at a time: not padded.
+    rows = 1 if params.observe_position else EVAL_BATCH
 
     def policy(obs):
-        n = len(obs["critic"])  # padded to EVAL_BATCH rows: one program for every split
-        obs = jax.tree.map(lambda x: _pad_rows(np.asarray(x), -n % EVAL_BATCH), obs)
+        n = len(obs["critic"])
+        obs = jax.tree.map(lambda x: _pad_rows(np.asarray(x), -n % rows), obs)
         actions, probs, value = program(variables, obs)
         seen.append((np.asarray(probs)[:n], np.asarray(value)[:n]))
         return np.asarray(actions)[:n]

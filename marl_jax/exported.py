@@ -5,6 +5,11 @@ user-facing loader of the artifact that :mod:`marl_jax.run.artifact` writes.
     policy = load_exported("policy.jaxexport")     # reads policy.jaxexport.json beside it
     out = policy(raw_windows)                      # (B, window, 13) or (window, 13)
     out["actions"], out["probs"], out["position"], out["value"]
+    out = policy(raw_windows, position=held)       # a model that observes its position
+
+``position`` (``policy.observe_position``): the signal held at each window's last bar, in
+[-1, 1] before volatility sizing (the previous decision's signal), a scalar or ``(B,)``; such a
+model needs it, any other ignores it.
 
 ``raw_windows`` are the 13 raw features (``marl_jax.env.features.compute_features``, columns in
 ``policy.feature_names``) of the last ``policy.window`` bars, oldest first; they are normalised
@@ -38,16 +43,19 @@ class ExportedPolicy:
         self.center = np.asarray(norm["center"], dtype=np.float64)
         self.scale = np.asarray(norm["scale"], dtype=np.float64)
         self.clip = float(norm["clip"])
+        self.observe_position: bool = bool(self.info.get("observe_position", False))
 
     def normalise(self, raw: np.ndarray) -> np.ndarray:
         """``clip((raw - center) / scale, -clip, clip)`` as float32 (the training's)."""
         x = (np.asarray(raw, dtype=np.float64) - self.center) / self.scale
         return np.clip(x, -self.clip, self.clip).astype(np.float32)
 
-    def __call__(self, windows: np.ndarray, normalised: bool = False) -> dict[str, np.ndarray]:
+    def __call__(
+        self, windows: np.ndarray, normalised: bool = False, position: object = None
+    ) -> dict[str, np.ndarray]:
         """Decisions for feature windows ``(B, window, features)`` or one ``(window,
         features)``: ``actions`` (B, 3), ``probs`` (B, 3, 3), ``position`` (B,), ``value``
-        (B,)."""
+        (B,); ``position`` is the held signal a model that observes its position reads."""
         windows = np.asarray(windows)
         single = windows.ndim == 2
         if single:
@@ -59,7 +67,16 @@ class ExportedPolicy:
                 f"{want[1]}): the last {want[0]} bars of {want[1]} features"
             )
         x = windows.astype(np.float32) if normalised else self.normalise(windows)
-        out = {k: np.asarray(v) for k, v in self._exported.call(jax.numpy.asarray(x)).items()}
+        args = [jax.numpy.asarray(x)]
+        if self.observe_position:
+            if position is None:
+                raise ValueError(
+                    "this policy observes its position: pass position=, the held signal in "
+                    "[-1, 1] (a scalar or one per window)"
+                )
+            held = np.broadcast_to(np.asarray(position, np.float32), x.shape[:1])
+            args.append(jax.numpy.asarray(held))
+        out = {k: np.asarray(v) for k, v in self._exported.call(*args).items()}
         return {k: v[0] for k, v in out.items()} if single else out
 
 

@@ -56,7 +56,7 @@ class TrainState:
 class Transition:
     """One step of ``num_envs`` environments (leading axes ``(T, N)`` once stacked)."""
 
-    obs_key: Array  # what the environment rebuilds the acting observation from
+    obs_key: Any  # what the environment rebuilds the acting observation from (array or pytree)
     actions: Array  # int32 (..., 3)
     log_probs: Array  # float32 (..., 3)
     value: Array  # critic output at the state (normalised space with ValueNorm)
@@ -71,7 +71,7 @@ class Transition:
 class Batch:
     """A flattened training batch: transitions plus advantages and value targets."""
 
-    obs_key: Array
+    obs_key: Any
     actions: Array
     log_probs: Array
     value: Array
@@ -159,7 +159,7 @@ class MAPPO:
 
         def env_step(env_state: Any, key: Array) -> tuple[Any, Transition]:
             act_key, env_key = jax.random.split(key)
-            obs_key = jax.vmap(self.env.obs_key)(env_state)
+            obs_key = jax.vmap(self.env.obs_key, in_axes=(0, None))(env_state, env_params)
             obs = self.env.observe(env_params, obs_key)
             actions, log_probs = self.act(state, obs, act_key)
             env_keys = jax.vmap(jax.random.wrap_key_data)(jax.random.split(env_key, self.num_envs))
@@ -220,7 +220,7 @@ class MAPPO:
     ) -> tuple[TrainState, dict[str, Array]]:
         """GAE then ``update_epochs`` x ``num_minibatches`` shuffled minibatch steps."""
         flat, value_norm = self.batch(state, traj)
-        size, n_mb = flat.obs_key.shape[0], self.num_minibatches
+        size, n_mb = jax.tree.leaves(flat.obs_key)[0].shape[0], self.num_minibatches
         if size % n_mb:
             raise ValueError(f"batch of {size} transitions does not split into {n_mb} minibatches")
         rng, perm_rng = jax.random.split(state.rng)

@@ -33,6 +33,13 @@ functions (:mod:`marl_jax.env.market`):
   1e-17``, so the scale is the environment's to float32 rounding (a test checks it is equal,
   bar by bar).
 
+A model trained with ``env.observe_position`` (its inputs one wider than the agent table's:
+:attr:`Policy.observe_position`; its :attr:`Policy.run_config` says so whatever the run config
+it came with) also reads the signal held at the decision bar, as one more actor channel and
+critic feature: ``decide`` needs ``position`` then, whatever the action mode, and
+``decide_many`` runs the bars one after another in a ``lax.scan``, each observing the signal
+the decisions before it set.
+
 The critic reads each window's mean, as the environment's critic observation. The critic's
 value is its raw output: in ValueNorm units when the model was trained with
 ``training.use_valuenorm``.
@@ -54,8 +61,9 @@ import numpy as np
 from flax import struct
 
 from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES
-from marl_jax.config import Config
+from marl_jax.config import Config, config_from_dict, config_to_dict
 from marl_jax.env import data as bar_data
+from marl_jax.env.evaluate import TracedPolicy
 from marl_jax.env.features import (
     AGENT_FEATURES,
     NUM_FEATURES,
@@ -67,10 +75,13 @@ from marl_jax.env.market import (
     bars_per_year,
     combined_vote,
     env_modes,
+    next_signal,
     positions_from_actions,
     vol_scale,
+    with_position,
 )
 from marl_jax.errors import MarlJaxError
+from marl_jax.models.registry import module_config, observes_position
 
 __all__ = [
     "ACTION_NAMES",
@@ -179,19 +190,45 @@ def decision_from_obs(
     )
 
 
-def obs_from_windows(windows: jax.Array) -> dict[str, jax.Array]:
-    """The environment's observation dict from normalised feature windows ``(B, W, 13)``."""
+def obs_from_windows(windows: jax.Array, position: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The environment's observation dict from normalised feature windows ``(B, W, 13)``;
+    with the held signal ``position`` ``(B,)`` appended (``env.observe_position``) when given."""
     chans = jnp.swapaxes(windows, 1, 2)  # (B, 13, W)
     obs = {name: chans[:, a:b] for name, (a, b) in AGENT_FEATURES.items()}
     obs["critic"] = jnp.mean(windows, axis=1)
-    return obs
+    return obs if position is None else with_position(obs, position)
 
 
 def decision_from_windows(
-    modules: Mapping[str, nn.Module], variables: Mapping[str, Mapping], windows: jax.Array
+    modules: Mapping[str, nn.Module],
+    variables: Mapping[str, Mapping],
+    windows: jax.Array,
+    position: jax.Array | None = None,
 ) -> Decision:
-    """The joint decision for normalised feature windows ``(B, window, 13)`` (oldest first)."""
-    return decision_from_obs(modules, variables, obs_from_windows(windows))
+    """The joint decision for normalised feature windows ``(B, window, 13)`` (oldest first),
+    and for a model that observes its position, the signal ``position`` ``(B,)`` held at each."""
+    return decision_from_obs(modules, variables, obs_from_windows(windows, position))
+
+
+def held_decisions(
+    modules: Mapping[str, nn.Module],
+    variables: Mapping[str, Mapping],
+    windows: jax.Array,
+    holding: jax.Array,
+    action_mode: str,
+    delta_step: float,
+) -> Decision:
+    """Decisions at consecutive bars (windows ``(N, window, 13)``) of a model that observes its
+    position: each bar observes the signal the decisions before it set, the first ``holding``;
+    ``signal`` is each decision's new signal (the environment's ``next_signal``)."""
+    rule = _Signals(action_mode, delta_step, jnp.ones((1,), jnp.float32))
+
+    def one(held, window):
+        d = decision_from_windows(modules, variables, window[None], held[None])
+        signal = next_signal(held, d.actions[0], rule)
+        return signal, jax.tree.map(lambda x: x[0], d.replace(signal=signal[None]))
+
+    return jax.lax.scan(one, jnp.asarray(holding, jnp.float32), windows)[1]
 
 
 def feature_windows(features: np.ndarray, window: int, rows: np.ndarray) -> np.ndarray:
@@ -214,19 +251,37 @@ class Policy:
     config: Config | None = None
 
     def __post_init__(self) -> None:
-        self._programs: tuple[Any, Callable, Callable] | None = None
+        self._programs: tuple[Any, Callable, Callable, Callable] | None = None
+        configs = {name: module_config(m) for name, m in self.modules.items()}
+        try:
+            self.observe_position = observes_position(configs)
+        except ValueError as err:
+            raise PolicyError(f"{self.description}: {err}") from None
+        self._run_config: tuple[Config | None, Config] | None = None
 
-    def _compiled(self) -> tuple[Callable, Callable]:
-        """The jitted decision (windows -> Decision) and greedy actions (obs -> actions), with
-        this policy's variables as constants of the program: XLA then prepares the weights
-        once, at compile time, not at every call (benchmarks/decide.py). Rebuilt if
+    def _compiled(self) -> tuple[Callable, TracedPolicy, Callable]:
+        """The jitted decision ((windows, held signals or None) -> Decision), the greedy
+        actions (obs -> actions, a :class:`~marl_jax.env.evaluate.TracedPolicy`) and the
+        decisions at consecutive bars of a model that observes its position, with this
+        policy's variables as constants of the decision programs: XLA then prepares the
+        weights once, at compile time, not at every call (benchmarks/decide.py). Rebuilt if
         ``variables`` is replaced."""
         if self._programs is None or self._programs[0] is not self.variables:
             modules, variables = self.modules, self.variables
-            decide = jax.jit(lambda windows: decision_from_windows(modules, variables, windows))
-            act = jax.jit(lambda obs: decision_from_obs(modules, variables, obs).actions)
-            self._programs = (variables, decide, act)
-        return self._programs[1], self._programs[2]
+            decide = jax.jit(
+                lambda windows, held: decision_from_windows(modules, variables, windows, held)
+            )
+            act = TracedPolicy(
+                lambda _, obs: decision_from_obs(modules, variables, obs).actions, None
+            )
+            held = jax.jit(
+                lambda windows, holding, mode, step: held_decisions(
+                    modules, variables, windows, holding, mode, step
+                ),
+                static_argnums=(2, 3),
+            )
+            self._programs = (variables, decide, act, held)
+        return self._programs[1], self._programs[2], self._programs[3]
 
     # ------------------------------------------------------------------ bars
 
@@ -282,8 +337,16 @@ class Policy:
     @property
     def run_config(self) -> Config:
         """The model's run config, else the default config (a model without one acts with
-        its environment settings: ``target``, ``fixed``, 1 bp, 70/15/15 splits)."""
-        return self.config or _DEFAULTS
+        its environment settings: ``target``, ``fixed``, 1 bp, 70/15/15 splits); its
+        ``env.observe_position`` is always what the models' inputs say."""
+        if self._run_config is None or self._run_config[0] is not self.config:
+            cfg = self.config or _DEFAULTS
+            if cfg.env.observe_position != self.observe_position:  # the models' inputs decide
+                data = config_to_dict(cfg)
+                data["env"]["observe_position"] = self.observe_position
+                cfg = config_from_dict(data, source=f"{self.description} (its models' inputs)")
+            self._run_config = (self.config, cfg)
+        return self._run_config[1]
 
     @property
     def modes(self) -> dict[str, Any]:
@@ -336,13 +399,19 @@ class Policy:
 
     def _holding(self, position: float | None, required: bool) -> float:
         """The signal a decision starts from: ``position`` checked, else flat (an error when
-        ``required`` under ``delta``)."""
+        ``required`` under ``delta`` or for a model that observes its position)."""
         if position is None:
             if required and self.delta:
                 raise PolicyError(
                     "the model acts with env.action_mode delta: a decision moves the current "
                     "holding, so pass --position P (position= in Python): the current holding "
                     "before volatility sizing, in [-1, 1] (the previous decision's signal)"
+                )
+            if required and self.observe_position:
+                raise PolicyError(
+                    "the model observes its position (env.observe_position): pass --position P "
+                    "(position= in Python), the current holding before volatility sizing, in "
+                    "[-1, 1] (the previous decision's signal; 0 when flat)"
                 )
             return 0.0
         value = float(position)
@@ -372,15 +441,21 @@ class Policy:
 
     # ------------------------------------------------------------------ deciding
 
-    def decide_windows(self, windows: np.ndarray) -> Decision:
-        """Decisions for normalised feature windows ``(B, window, 13)``, as NumPy arrays."""
+    def decide_windows(self, windows: np.ndarray, position: Any = None) -> Decision:
+        """Decisions for normalised feature windows ``(B, window, 13)``, as NumPy arrays; a
+        model that observes its position reads ``position`` (the signal held at each window's
+        last bar, a scalar or ``(B,)``; flat when None), any other ignores it."""
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim != 3 or windows.shape[1:] != (self.window, NUM_FEATURES):
             raise PolicyError(
                 f"feature windows have shape {windows.shape}; this model takes "
                 f"(B, {self.window}, {NUM_FEATURES})"
             )
-        return jax.tree.map(np.asarray, self._compiled()[0](windows))
+        held = None
+        if self.observe_position:
+            given = 0.0 if position is None else position
+            held = np.broadcast_to(np.asarray(given, np.float32), windows.shape[:1])
+        return jax.tree.map(np.asarray, self._compiled()[0](windows, held))
 
     def decide(
         self,
@@ -399,7 +474,7 @@ class Policy:
         self._check_history(index, source)
         tail = bars[index + 1 - self.history : index + 1]
         windows = self.normalised_features(tail)[None, -self.window :]
-        out = self._positioned(self.decide_windows(windows), bars, index, holding)
+        out = self._positioned(self.decide_windows(windows, holding), bars, index, holding)
         return out.replace(bar_index=np.array([index]), timestamp=bars.timestamp[index : index + 1])
 
     def decide_many(
@@ -424,6 +499,13 @@ class Policy:
         lo = start + 1 - self.history
         feats = self.normalised_features(bars[lo:stop])
         rows = np.arange(start, stop) - lo
+        if self.observe_position:  # each bar observes the signal the bars before it set
+            windows = feature_windows(feats, self.window, rows).astype(np.float32)
+            mode, step = self.modes["action_mode"], float(self.modes["delta_step"])
+            held = self._compiled()[2](windows, np.float32(holding), mode, step)
+            out = self._positioned(jax.tree.map(np.asarray, held), bars, start, holding)
+            index = np.arange(start, stop)
+            return out.replace(bar_index=index, timestamp=bars.timestamp[start:stop])
         if len(rows) > _CHUNK:  # equal chunks: one compiled program
             rows = np.r_[rows, np.full(-len(rows) % _CHUNK, rows[-1])]
         parts = [
@@ -435,13 +517,15 @@ class Policy:
         index = np.arange(start, stop)
         return out.replace(bar_index=index, timestamp=bars.timestamp[start:stop])
 
-    def policy_fn(self):
-        """A NumPy policy for :mod:`marl_jax.env.evaluate`: greedy actions ``(N, 3)``."""
-        act = self._compiled()[1]
-        return lambda obs: np.asarray(act(obs))
+    def policy_fn(self) -> TracedPolicy:
+        """A NumPy policy for :mod:`marl_jax.env.evaluate`: greedy actions ``(N, 3)``, a
+        :class:`~marl_jax.env.evaluate.TracedPolicy`, so that the evaluator runs a model that
+        observes its position batched over the signals it can hold, or in one compiled scan."""
+        return self._compiled()[1]
 
     def metadata(self) -> dict[str, Any]:
-        """What a deployed decision needs beside the models: features, window, normalisation."""
+        """What a deployed decision needs beside the models: features, window, normalisation,
+        and ``observe_position: true`` for a model that observes its position."""
         return {
             "feature_names": list(FEATURE_NAMES),
             "agents": list(AGENT_NAMES),
@@ -450,4 +534,5 @@ class Policy:
             "warmup_bars": WARMUP_BARS,
             "normalisation": self.norm.to_dict(),
             "model": self.description,
+            **({"observe_position": True} if self.observe_position else {}),
         }

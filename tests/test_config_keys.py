@@ -200,3 +200,29 @@ def test_env_resample_minutes_resamples_a_file_with_one_line(tmp_path):
     assert said == [f"{data}: resampled 5-minute bars to 30-minute bars (120 to 20 bars)"]
     with pytest.raises(DataError, match="env.resample_minutes 1 is finer than the bars' 5-minute"):
         load_markets(_cfg_for(data, resample_minutes=1))
+
+
+# ---------------------------------------------------------------- env.observe_position
+
+
+def test_env_observe_position_widens_every_input_and_observation():
+    from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, CRITIC_STATE_DIM
+    from marl_jax.env import data
+    from marl_jax.models.team import build_modules
+    from marl_jax.run.setup import env_params_for
+
+    bars = data.synthetic_bars(600, seed=0)
+    for on in (False, True):
+        cfg = _cfg_for(None, observe_position=on)
+        modules = build_modules(cfg)
+        obs = market_observation(env_params_for(cfg, bars, "train", None))
+        assert modules["critic"].state_dim == CRITIC_STATE_DIM + on == obs["critic"].shape[-1]
+        for name in AGENT_NAMES:
+            assert modules[name].input_dim == AGENT_BY_NAME[name].input_dim + on
+            assert obs[name].shape[0] == modules[name].input_dim
+
+
+def market_observation(params):
+    from marl_jax.env.market import observation_at
+
+    return observation_at(params, int(params.start_lo), 0.5)

@@ -67,8 +67,9 @@ class Bandit(Environment):
         }
         return obs, next_state, reward, jnp.ones((), bool), info
 
-    def obs_key(self, state: BanditState) -> jax.Array:
+    def obs_key(self, state: BanditState, params: BanditParams) -> jax.Array:
         """The context."""
+        del params
         return state.context
 
     def observe(self, params: BanditParams, keys: jax.Array) -> dict[str, jax.Array]:

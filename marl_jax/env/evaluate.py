@@ -42,8 +42,10 @@ run set, see :func:`marl_jax.env.market.make_env_params`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +60,8 @@ from .market import (
     EnvParams,
     make_env_params,
     net_returns,
+    next_signal,
+    observation_at,
     observations,
     periods_per_year_at,
     positions_from_actions,
@@ -70,6 +74,8 @@ __all__ = [
     "LINEAR_RIDGE",
     "MOMENTUM_LOOKBACK",
     "EvalRun",
+    "TracedPolicy",
+    "held_signals",
     "LinearBaseline",
     "periods_per_year_at",
     "positions_for",
@@ -82,6 +88,10 @@ __all__ = [
 ]
 
 BASELINES = ("buy_and_hold", "flat", "random", "momentum", "linear")
+# Under observe_position a TracedPolicy is evaluated at every signal the evaluation can hold,
+# when there are at most this many: 7 under target; under delta the float32 sums of steps
+# rarely meet again, so it runs in a scan.
+MAX_HELD_SIGNALS = 32
 ORACLE = "oracle"
 MOMENTUM_LOOKBACK = 20
 # Ridge penalty of the linear baseline, per bar (the loss is the mean squared error plus
@@ -91,6 +101,28 @@ MOMENTUM_LOOKBACK = 20
 # noise, are. Fixed, so that choosing it reads no validation or test bar.
 LINEAR_RIDGE = 0.1
 _batched_observations = jax.jit(observations)
+_one_observation = jax.jit(
+    lambda params, t, held: jax.tree.map(lambda x: x[None], observation_at(params, t, held))
+)
+
+
+@dataclass(frozen=True, eq=False)
+class TracedPolicy:
+    """A ``policy_fn`` that JAX can trace: greedy actions ``act(args, obs)`` ``(N, 3)`` of an
+    observation dict batched over ``N``, ``args`` a pytree (the models' variables, a training
+    state). Called, it is a NumPy policy like any other; under ``observe_position`` the
+    evaluator runs it batched over the signals a policy can hold, or bar after bar inside one
+    compiled ``lax.scan`` (see :func:`run_policy`)."""
+
+    act: Callable[[Any, dict], jax.Array]
+    args: Any
+    _jitted: Callable = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_jitted", jax.jit(self.act))
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        return np.asarray(self._jitted(self.args, obs))
 
 
 @dataclass(frozen=True)
@@ -190,24 +222,118 @@ def run_policy(
     periods_per_year: float | None = None,
     batch_size: int = 8192,
 ) -> EvalRun:
-    """``policy_fn`` run at every evaluation bar of ``params``, in padded chunks, and scored."""
+    """``policy_fn`` run at every evaluation bar of ``params``, in padded chunks, and scored.
+    Under ``params.observe_position`` each bar's observation holds the signal the policy's own
+    previous actions set (flat before the first bar): a :class:`TracedPolicy` is run at every
+    bar for each signal the evaluation can hold (:func:`held_signals`; seven under ``target``)
+    and the chain of signals is followed from flat, or, with more signals than
+    :data:`MAX_HELD_SIGNALS` (``delta``), run bar after bar in one ``lax.scan``; any other
+    ``policy_fn`` is called bar after bar."""
     ts = _eval_bars(params)
+    if params.observe_position:
+        actions = _held_actions(policy_fn, params, ts, batch_size)
+    else:
+        actions = _batched_actions(policy_fn, params, ts, batch_size)
+    return simulate(positions_for(actions, params), params, periods_per_year)
+
+
+def _batched_actions(
+    policy_fn: Callable, params: EnvParams, ts: np.ndarray, batch_size: int, held: float = 0.0
+) -> np.ndarray:
+    """The actions ``(N, 3)`` at the bars ``ts``, in padded chunks; under ``observe_position``
+    every bar observes the signal ``held``."""
     chunks = []
     for a in range(0, len(ts), batch_size):
         idx = ts[a : a + batch_size]
         padded = (
             np.r_[idx, np.full(batch_size - len(idx), idx[-1])] if len(ts) > batch_size else idx
         )
-        actions = np.asarray(policy_fn(_batched_observations(params, jnp.asarray(padded))))
-        if actions.shape != (len(padded), 3):
-            raise ValueError(
-                f"policy_fn returned actions of shape {actions.shape}, expected ({len(padded)}, 3)"
-            )
-        chunks.append(actions[: len(idx)])
-    actions = np.concatenate(chunks).astype(np.int64)
+        positions = jnp.full(len(padded), held, jnp.float32) if params.observe_position else None
+        obs = _batched_observations(params, jnp.asarray(padded), positions)
+        chunks.append(_checked_actions(policy_fn(obs), len(padded))[: len(idx)])
+    return np.concatenate(chunks)
+
+
+def _checked_actions(actions: np.ndarray, rows: int) -> np.ndarray:
+    actions = np.asarray(actions)
+    if actions.shape != (rows, 3):
+        raise ValueError(
+            f"policy_fn returned actions of shape {actions.shape}, expected ({rows}, 3)"
+        )
     if actions.min() < 0 or actions.max() > 2:
         raise ValueError("policy actions must be 0, 1 or 2")
-    return simulate(positions_for(actions, params), params, periods_per_year)
+    return actions.astype(np.int64)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scan_held(act: Callable, args: Any, params: EnvParams, ts: jax.Array) -> jax.Array:
+    """The actions ``(N, 3)`` of ``act`` at the bars ``ts``, each bar observing the signal the
+    actions before it set."""
+
+    def one(held, t):
+        obs = jax.tree.map(lambda x: x[None], observation_at(params, t, held))
+        actions = act(args, obs)[0]
+        return next_signal(held, actions, params), actions
+
+    return jax.lax.scan(one, jnp.zeros((), jnp.float32), ts)[1]
+
+
+# Action triples whose votes are the seven a mean of three votes takes (-1, -2/3, ..., 1).
+_VOTES = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 1], [1, 1, 1], [1, 1, 2], [1, 2, 2], [2, 2, 2]])
+
+
+def held_signals(params: EnvParams) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(signals (S,), moves (S, 7))``: every signal an evaluation from flat can hold under
+    ``params``' action mode, and the index of the signal each of the seven votes moves it to
+    (votes by their sum of actions, 0 to 6); None when there are more than
+    :data:`MAX_HELD_SIGNALS` (a ``delta_step`` whose multiples do not meet)."""
+    values = [np.float32(0.0)]
+    index = {values[0].item(): 0}
+    moves: list[list[int]] = []
+    while len(moves) < len(values):
+        held = jnp.asarray(values[len(moves)], jnp.float32)
+        row = []
+        for nxt in np.asarray(next_signal(held, jnp.asarray(_VOTES), params), np.float32):
+            if nxt.item() not in index:
+                if len(values) == MAX_HELD_SIGNALS:
+                    return None
+                index[nxt.item()] = len(values)
+                values.append(nxt)
+            row.append(index[nxt.item()])
+        moves.append(row)
+    return np.asarray(values, np.float32), np.asarray(moves, np.int64)
+
+
+def _held_actions(
+    policy_fn: Callable, params: EnvParams, ts: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """The actions at the consecutive bars ``ts`` from a flat start, each observing the signal
+    held there. A :class:`TracedPolicy` (a pure function of the observation) is run at every
+    bar for every signal the evaluation can hold (:func:`held_signals`: 7 under ``target``),
+    batched, and the signals are then chained from flat (or, with too many signals, in one
+    ``lax.scan``); any other policy is called bar after bar."""
+    if isinstance(policy_fn, TracedPolicy):
+        lattice = held_signals(params)
+        if lattice is None:
+            actions = _scan_held(policy_fn.act, policy_fn.args, params, jnp.asarray(ts, jnp.int32))
+            return _checked_actions(np.asarray(actions), len(ts))
+        signals, moves = lattice
+        every = np.stack(
+            [_batched_actions(policy_fn, params, ts, batch_size, float(v)) for v in signals], 1
+        )  # (N, S, 3)
+        chosen = np.empty((len(ts), 3), np.int64)
+        at = 0
+        for k in range(len(ts)):
+            chosen[k] = every[k, at]
+            at = moves[at, int(chosen[k].sum())]
+        return chosen
+    held = jnp.zeros((), jnp.float32)
+    rows = []
+    for t in ts:
+        actions = _checked_actions(policy_fn(_one_observation(params, int(t), held)), 1)
+        held = next_signal(held, jnp.asarray(actions[0]), params)
+        rows.append(actions[0])
+    return np.stack(rows) if rows else np.zeros((0, 3), np.int64)
 
 
 def run_baseline(

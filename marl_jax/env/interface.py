@@ -50,10 +50,11 @@ class Environment:
 
     def get_obs(self, state: Any, params: Any) -> Obs:
         """The observation of ``state``."""
-        return self.observe(params, self.obs_key(state))
+        return self.observe(params, self.obs_key(state, params))
 
-    def obs_key(self, state: Any) -> Array:
-        """A small array from which :meth:`observe` rebuilds the observation of ``state``."""
+    def obs_key(self, state: Any, params: Any) -> Any:
+        """A small array (or pytree of arrays) from which :meth:`observe` rebuilds the
+        observation of ``state`` under ``params``."""
         raise NotImplementedError
 
     def observe(self, params: Any, keys: Array) -> Obs:

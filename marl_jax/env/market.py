@@ -57,7 +57,11 @@ reward, done, info)``
 Observation: a dict of float32 arrays, ``mlmi`` ``(4, 48)``, ``nwrqk`` ``(6, 48)``, ``mmd``
 ``(3, 48)``: the agent's normalised features (columns 0-3, 4-9, 10-12 of ``FEATURE_NAMES``) for
 the last ``window`` bars up to and including bar ``t``, channels first; ``critic`` ``(13,)``:
-each agent's window averaged over time, concatenated mlmi, nwrqk, mmd.
+each agent's window averaged over time, concatenated mlmi, nwrqk, mmd. Under
+``observe_position`` (``make_env_params(..., observe_position=True)``, the config's
+``env.observe_position``) each actor's input has one more channel, constant over the window,
+and the critic's one more feature, last: the signal held at ``t`` (set at ``t - 1``, in [-1, 1]
+before sizing; flat at an episode's start); ``Market.obs_key`` is then a :class:`HeldBar`.
 
 Episodes start at bars whose whole window lies after the feature warm-up
 (``start_lo >= WARMUP_BARS + window - 1``) and inside the split. Windows of the validation
@@ -102,6 +106,9 @@ __all__ = [
     "step",
     "observation_at",
     "observations",
+    "with_position",
+    "bar_of",
+    "HeldBar",
     "positions_from_actions",
     "net_returns",
     "trade_returns",
@@ -157,6 +164,17 @@ class EnvParams:
     action_mode: str = struct.field(pytree_node=False, default="target")
     delta_step: float = struct.field(pytree_node=False, default=0.5)
     dsr_eta: float = struct.field(pytree_node=False, default=0.01)
+    # Every observation holds the position held at the bar (see ``observation_at``).
+    observe_position: bool = struct.field(pytree_node=False, default=False)
+
+
+@struct.dataclass
+class HeldBar:
+    """What the market rebuilds an observation from when it observes the position: the bar
+    and the signal held there (``Market.obs_key`` under ``observe_position``)."""
+
+    t: jax.Array  # int32: the bar the agents act at
+    position: jax.Array  # float32: the signal held at t (set at t - 1), in [-1, 1]
 
 
 @struct.dataclass
@@ -307,6 +325,7 @@ def make_env_params(
     return_stats: tuple[float, float] | None = None,
     bounds: tuple[int, int] | None = None,
     periods_per_year: float | None = None,
+    observe_position: bool = False,
 ) -> EnvParams:
     """Build the environment for one split of ``bars`` (see the module docstring).
 
@@ -361,6 +380,7 @@ def make_env_params(
         action_mode=action_mode,
         delta_step=float(delta_step),
         dsr_eta=float(dsr_eta),
+        observe_position=bool(observe_position),
     )
 
 
@@ -415,6 +435,7 @@ def env_modes(cfg: Config) -> dict[str, Any]:
         "vol_span": e.vol_span,
         "target_vol": e.target_vol,
         "max_leverage": e.max_leverage,
+        "observe_position": e.observe_position,
     }
 
 
@@ -476,8 +497,10 @@ def _of_instrument(value: jax.Array, instrument: jax.Array) -> jax.Array:
     return jnp.reshape(value, (-1,))[instrument]
 
 
-def observation_at(params: EnvParams, t) -> dict[str, jax.Array]:
-    """The observation dict at bar ``t`` (``t >= window - 1``)."""
+def observation_at(params: EnvParams, t, position=None) -> dict[str, jax.Array]:
+    """The observation dict at bar ``t`` (``t >= window - 1``); under
+    ``params.observe_position`` with the held signal ``position`` (flat when None) as one more
+    actor channel, constant over the window, and one more critic feature."""
     start = jnp.asarray(t, dtype=jnp.int32) - (params.window - 1)
     win = jax.lax.dynamic_slice(params.features, (start, 0), (params.window, NUM_FEATURES))
     chans = win.T  # (13, window)
@@ -485,12 +508,39 @@ def observation_at(params: EnvParams, t) -> dict[str, jax.Array]:
     # Each agent's window averaged over time, concatenated mlmi, nwrqk, mmd (= the feature
     # order), read from the precomputed rolling means.
     obs["critic"] = params.window_means[t]
+    if params.observe_position:
+        obs = with_position(obs, 0.0 if position is None else position)
     return obs
 
 
-def observations(params: EnvParams, ts) -> dict[str, jax.Array]:
-    """``observation_at`` batched over a 1-D array of bar indices (leading axis)."""
-    return jax.vmap(observation_at, in_axes=(None, 0))(params, jnp.asarray(ts, dtype=jnp.int32))
+def with_position(obs: dict[str, jax.Array], position) -> dict[str, jax.Array]:
+    """An observation dict (one step, or batched over a leading axis matching ``position``'s)
+    with the held position appended: a last channel of each actor's input, constant over the
+    window, and a last feature of the critic's."""
+    pos = jnp.asarray(position, jnp.float32)
+    out = {}
+    for name, value in obs.items():
+        if name == "critic":
+            out[name] = jnp.concatenate([value, pos[..., None].astype(value.dtype)], axis=-1)
+        else:
+            row = jnp.broadcast_to(pos[..., None, None], (*value.shape[:-2], 1, value.shape[-1]))
+            out[name] = jnp.concatenate([value, row.astype(value.dtype)], axis=-2)
+    return out
+
+
+def observations(params: EnvParams, ts, positions=None) -> dict[str, jax.Array]:
+    """``observation_at`` batched over a 1-D array of bar indices (leading axis), with the
+    held ``positions`` ``(N,)`` under ``observe_position`` (flat when None)."""
+    ts = jnp.asarray(ts, dtype=jnp.int32)
+    if not params.observe_position:
+        return jax.vmap(observation_at, in_axes=(None, 0))(params, ts)
+    held = jnp.zeros(ts.shape, jnp.float32) if positions is None else positions
+    return jax.vmap(observation_at, in_axes=(None, 0, 0))(params, ts, jnp.asarray(held))
+
+
+def bar_of(keys) -> jax.Array:
+    """The bars of :meth:`Market.obs_key` values (plain bars, or :class:`HeldBar`)."""
+    return keys.t if isinstance(keys, HeldBar) else keys
 
 
 # --------------------------------------------------------------------------- positions, returns
@@ -580,7 +630,7 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[dict[str, jax.Array], EnvS
     instruments), a start bar drawn uniformly in ``[start_lo, start_hi]``, a flat position,
     equity 1, and the differential Sharpe ratio's EMAs at ``A = 0``, ``B = return_sq``."""
     state = _reset_state(key, params)
-    return observation_at(params, state.t), state
+    return observation_at(params, state.t, state.signal), state
 
 
 def _reward(
@@ -638,9 +688,9 @@ def step(key: jax.Array, state: EnvState, actions, params: EnvParams):
 
     reset_state = _reset_state(key, params)
     state_out = jax.tree_util.tree_map(lambda r, s: jnp.where(done, r, s), reset_state, next_state)
-    obs_out = observation_at(params, state_out.t)
+    obs_out = observation_at(params, state_out.t, state_out.signal)
     # Pre-reset observation for bootstrapping; XLA drops whatever the caller does not use.
-    next_obs = observation_at(params, next_t)
+    next_obs = observation_at(params, next_t, signal)
     info = {
         "position": position,
         "equity": next_state.equity,
@@ -668,16 +718,21 @@ class Market(Environment):
     def step(self, key: jax.Array, state: EnvState, actions: jax.Array, params: EnvParams):
         return step(key, state, actions, params)
 
-    def obs_key(self, state: EnvState) -> jax.Array:
-        """The bar the agents act at."""
+    def obs_key(self, state: EnvState, params: EnvParams) -> jax.Array | HeldBar:
+        """The bar the agents act at; with the signal held there under
+        ``params.observe_position`` (a :class:`HeldBar`)."""
+        if params.observe_position:
+            return HeldBar(t=state.t, position=state.signal)
         return state.t
 
-    def observe(self, params: EnvParams, keys: jax.Array) -> dict[str, jax.Array]:
+    def observe(self, params: EnvParams, keys: jax.Array | HeldBar) -> dict[str, jax.Array]:
+        if isinstance(keys, HeldBar):
+            return observations(params, keys.t, keys.position)
         return observations(params, keys)
 
-    def aux_targets(self, params: EnvParams, keys: jax.Array) -> jax.Array:
+    def aux_targets(self, params: EnvParams, keys: jax.Array | HeldBar) -> jax.Array:
         """The next bar's log return after each bar of ``keys``."""
-        return params.log_returns[keys + 1]
+        return params.log_returns[bar_of(keys) + 1]
 
     def step_stats(self, info: dict) -> dict[str, jax.Array]:
         return {"position": info["position"], "equity": info["equity"]}

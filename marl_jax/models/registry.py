@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from marl_jax.agents import FIXED_BY, MODEL_NAMES, fixed_sizes
+from marl_jax.agents import FIXED_BY, MODEL_NAMES, POSITION_INPUTS, fixed_sizes
 from marl_jax.models.actors import ACTOR_CLASSES, StrategicActor
 from marl_jax.models.components import UniformSource, uniform_source
 from marl_jax.models.critic import CentralizedCritic
@@ -48,20 +48,54 @@ def model_kwargs(config: Config, name: str) -> dict[str, Any]:
     """Model ``name``'s constructor keyword arguments: its config section plus the sizes the
     agent table and ``env.window`` fix (:func:`marl_jax.agents.fixed_sizes`)."""
     section = config.critic if name == "critic" else getattr(config.agents, name)
-    return section.to_kwargs() | fixed_sizes(name, config.env.window)
+    sizes = fixed_sizes(name, config.env.window, config.env.observe_position)
+    return section.to_kwargs() | sizes
 
 
-def configurable_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def configurable_kwargs(
+    name: str, kwargs: Mapping[str, Any], observe_position: bool = False
+) -> dict[str, Any]:
     """A model configuration (``module_config``, e.g. a checkpoint's) as a config section: the
     fixed sizes are dropped. Raises ValueError in one line when one disagrees with the agent
-    table (``sequence_length`` has no weights and follows ``env.window``, so any goes)."""
-    fixed = fixed_sizes(name, window=0)
+    table, with or without the position input (``observe_position``; ``sequence_length`` has no
+    weights and follows ``env.window``, so any goes)."""
+    fixed = fixed_sizes(name, window=0, observe_position=observe_position)
     for key, want in fixed.items():
         if key != "sequence_length" and key in kwargs and kwargs[key] != want:
             raise ValueError(
                 f"model {name} has {key}={kwargs[key]}, but {FIXED_BY[key]} fix it at {want}"
             )
     return {k: v for k, v in kwargs.items() if k not in fixed}
+
+
+def _input_size(name: str, config: Mapping[str, Any]) -> tuple[str, int | None]:
+    key = "state_dim" if name == "critic" else "input_dim"
+    return key, config.get(key)
+
+
+def observes_position(configs: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether models of these configurations (``module_config`` by model name) take the
+    position input of ``env.observe_position``: every input one wider than the agent table's.
+    Raises ValueError in one line when some do and some do not, or one fits neither."""
+    found: dict[str, bool] = {}
+    for name, config in configs.items():
+        key, got = _input_size(name, config)
+        if got is None:
+            continue
+        plain = fixed_sizes(name, 0)[key]
+        if got not in (plain, plain + POSITION_INPUTS):
+            raise ValueError(
+                f"model {name} has {key}={got}, but {FIXED_BY[key]} fix it at {plain} "
+                f"(or {plain + POSITION_INPUTS})"
+            )
+        found[name] = got != plain
+    if len(set(found.values())) > 1:
+        which = ", ".join(name for name, yes in found.items() if yes)
+        raise ValueError(
+            f"only {which} of the models take the position input (env.observe_position); "
+            "all of them or none must"
+        )
+    return any(found.values())
 
 
 def example_input(module: nn.Module, batch: int = 1) -> jax.Array:

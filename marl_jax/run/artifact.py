@@ -2,7 +2,9 @@
 
 The artifact is the jitted :func:`marl_jax.policy.decision_from_windows` with the models'
 variables baked in, for a symbolic batch ``b``: it maps normalised feature windows
-``(b, window, 13)`` float32 to ``{"actions", "probs", "position", "value"}``. The JSON
+``(b, window, 13)`` float32 to ``{"actions", "probs", "position", "value"}``; for a model that
+observes its position (``env.observe_position``) it takes a second input, the signal ``(b,)``
+float32 held at each window's last bar, and the JSON says ``"observe_position": true``. The JSON
 (``ARTIFACT.json``) holds the feature names, the window, the warm-up and the normalisation, so
 :mod:`marl_jax.exported` runs it with JAX and NumPy alone.
 """
@@ -40,13 +42,15 @@ def export_policy(
         raise PolicyError(f"--out {out}: is a folder; give a file name such as policy.jaxexport")
     modules, variables = policy.modules, policy.variables
 
-    def decide(windows: jax.Array) -> dict[str, jax.Array]:
-        d = decision_from_windows(modules, variables, windows)
+    def decide(windows: jax.Array, held: jax.Array | None = None) -> dict[str, jax.Array]:
+        d = decision_from_windows(modules, variables, windows, held)
         return {"actions": d.actions, "probs": d.probs, "position": d.position, "value": d.value}
 
     (batch,) = export.symbolic_shape("b")
-    spec = jax.ShapeDtypeStruct((batch, policy.window, NUM_FEATURES), jnp.float32)
-    exported = export.export(jax.jit(decide), platforms=platforms)(spec)
+    specs = [jax.ShapeDtypeStruct((batch, policy.window, NUM_FEATURES), jnp.float32)]
+    if policy.observe_position:
+        specs.append(jax.ShapeDtypeStruct((batch,), jnp.float32))
+    exported = export.export(jax.jit(decide), platforms=platforms)(*specs)
     info = {"format": FORMAT, **policy.metadata(), "platforms": list(exported.platforms)}
     atomic_write_bytes(out, bytes(exported.serialize()))
     sidecar = atomic_write_text(sidecar_path(out), json.dumps(info, indent=2) + "\n")

@@ -7,7 +7,9 @@ models, and the config of the run it belongs to (``policy.config``; a ``.pt`` or
 directory has none). An original ``.pt`` saves no normalisation: ``norm_from`` names a source
 whose normalisation (and, for a ``.pt``, window and run config) to use. A model trained on
 several instruments saved one normalisation per instrument; ``instrument`` (the bar file's
-name, as the training run named it) picks one.
+name, as the training run named it) picks one. Whether the models observe their position
+(``env.observe_position``) follows from their inputs, one wider than the agent table's; the
+metadata's ``observe_position`` says so too.
 """
 
 from __future__ import annotations
@@ -110,4 +112,10 @@ def load_policy(source: str, norm_from: str | None = None, instrument: str | Non
     variables["critic"] = bundle.critic
     variables = jax.tree.map(jnp.asarray, variables)
     modules = {name: bundle.modules[name] for name in MODEL_NAMES}
-    return Policy(modules, variables, norm, int(window), resolved.description, config)
+    policy = Policy(modules, variables, norm, int(window), resolved.description, config)
+    if bool(bundle.metadata.get("observe_position", False)) and not policy.observe_position:
+        raise PolicyError(
+            f"{source}: its metadata says observe_position, but its models take no position "
+            "input; the file is inconsistent: export it again from its run"
+        )
+    return policy

@@ -115,8 +115,7 @@ def greedy_policy(algo: MAPPO, state: TrainState):
     The state is an argument of the jitted function, not a constant baked into it, so the
     program is the same for every run of a config and the compilation cache serves it.
     """
-    act = jax.jit(lambda s, obs: algo.act(s, obs)[0])
-    return lambda obs: np.asarray(act(state, obs))
+    return evaluate.TracedPolicy(lambda s, obs: algo.act(s, obs)[0], state)
 
 
 def test_split_runs(
@@ -518,7 +517,7 @@ def export_pt(path: Path, algo: MAPPO, state: TrainState, norm: Normalisations) 
         {name: variables["agents"][name] for name in AGENT_NAMES},
         variables["critic"],
         algo.modules,
-        metadata=model_metadata(state, norm),
+        metadata=model_metadata(state, norm, algo.config.env.observe_position),
     )
     save_pt_checkpoint(ckpt, path)
     return path

@@ -18,7 +18,7 @@ from marl_jax.env import data as bar_data
 from marl_jax.env import market
 from marl_jax.env.features import FeatureNorm
 from marl_jax.mappo import MAPPO
-from marl_jax.models.registry import configurable_kwargs, module_config
+from marl_jax.models.registry import configurable_kwargs, module_config, observes_position
 from marl_jax.run.planted import read_oracle
 from marl_jax.run.rundir import RunDir, RunError, RunLock
 from marl_jax.run.sources import load_models_from
@@ -288,12 +288,15 @@ def load_init(spec: str) -> tuple[dict[str, dict], dict[str, dict], str]:
 
 
 def config_with_models(cfg: Config, configs: Mapping[str, Mapping], source: str) -> Config:
-    """``cfg`` with its model sections replaced by a checkpoint's configurations."""
+    """``cfg`` with its model sections replaced by a checkpoint's configurations, and its
+    ``env.observe_position`` by whether they take the position input."""
     data = config_to_dict(cfg)
     try:
+        held = observes_position(configs)  # the models' inputs set env.observe_position
+        data["env"]["observe_position"] = held
         for name in AGENT_NAMES:
-            data["agents"][name] = configurable_kwargs(name, configs[name])
-        data["critic"] = configurable_kwargs("critic", configs["critic"])
+            data["agents"][name] = configurable_kwargs(name, configs[name], held)
+        data["critic"] = configurable_kwargs("critic", configs["critic"], held)
     except ValueError as err:
         raise RunError(f"--init-from {source}: {err}; it cannot run in this market") from None
     return config_from_dict(data, source=source)

@@ -72,9 +72,13 @@ def normalisations_from(metadata: Mapping[str, Any]) -> Normalisations | None:
     return None
 
 
-def model_metadata(state: TrainState, norm: Normalisations) -> dict[str, Any]:
-    """What a model directory and the ``.pt`` export record beside the weights."""
-    return {"trained_updates": int(state.update_step), **normalisation_metadata(norm)}
+def model_metadata(
+    state: TrainState, norm: Normalisations, observe_position: bool = False
+) -> dict[str, Any]:
+    """What a model directory and the ``.pt`` export record beside the weights; models that
+    observe their position (``env.observe_position``: every input one wider) say so."""
+    held = {"observe_position": True} if observe_position else {}
+    return {"trained_updates": int(state.update_step), **normalisation_metadata(norm), **held}
 
 
 def save_step(
@@ -89,7 +93,7 @@ def save_step(
     until it is on disk."""
     step = int(state.update_step)
     variables = algo.model_variables(state)
-    metadata = model_metadata(state, norm)
+    metadata = model_metadata(state, norm, algo.config.env.observe_position)
     checkpointer.save(
         step,
         _rest(state),

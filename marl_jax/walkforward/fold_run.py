@@ -124,8 +124,11 @@ def fold_envs(
 
 def greedy_policy_of(algo: MAPPO) -> Callable[[TrainState], Callable]:
     """``policy(state)``: the evaluator's greedy policy of a training state (compiled once)."""
-    act = jax.jit(lambda s, obs: algo.act(s, obs)[0])
-    return lambda state: lambda obs: np.asarray(act(state, obs))
+
+    def act(state: TrainState, obs: Mapping[str, jax.Array]) -> jax.Array:
+        return algo.act(state, obs)[0]
+
+    return lambda state: evaluate.TracedPolicy(act, state)
 
 
 def train_fold(
