@@ -398,6 +398,24 @@ def test_a_run_reads_the_interval_and_bars_per_year_from_the_file(
     assert captured.err == "" and "resampled" not in captured.out
 
 
+def test_real_bars_without_a_bar_file_in_the_config_are_measured_not_synthetic():
+    """A config naming no file annualises the synthetic market's bars on the nominal calendar,
+    and real bars handed to it (as the benchmarks do) on their own measured calendar."""
+    import calendars
+
+    from marl_jax.config import config_from_dict
+    from marl_jax.env import data, market
+    from marl_jax.run.setup import periods_per_year_for
+
+    cfg = config_from_dict(TINY)
+    synthetic = data.synthetic_bars(2000, seed=1, interval_minutes=cfg.env.interval_minutes)
+    nominal = market.periods_per_year_at(cfg.env.interval_minutes)
+    assert periods_per_year_for(cfg, synthetic) == nominal
+    frame = calendars.bar_frame(calendars.us_daily(300))
+    daily = data.Bars(**{k: frame[k].to_numpy() for k in frame.columns})
+    assert periods_per_year_for(cfg, daily) == pytest.approx(252, rel=0.03)
+
+
 @pytest.mark.slow
 def test_a_daily_bar_file_trains_with_no_warning(tmp_path, capsys):
     """Daily bars: no line on stderr at all (no Python warning, no plain one)."""

@@ -160,17 +160,24 @@ def periods_per_year_for(
     cfg: Config, bars: bar_data.Bars, *, synthetic: bool | None = None
 ) -> float:
     """Bars per year that annualise a run's metrics on ``bars``: ``env.periods_per_year`` when
-    set; for the synthetic market (``synthetic``, by default: the config names no bar file),
-    the nominal calendar of ``env.interval_minutes`` (252 days of 24 hours); else measured on
-    the timestamps of the bars' train split (:func:`marl_jax.env.market.bars_per_year`)."""
+    set; for the synthetic market, the nominal calendar of ``env.interval_minutes`` (252 days of
+    24 hours); else measured on the timestamps of the bars' train split
+    (:func:`marl_jax.env.market.bars_per_year`). ``synthetic`` by default: the config names no
+    bar file and the bars run round the clock at ``env.interval_minutes``, as
+    :func:`marl_jax.env.data.synthetic_bars` makes them (real bars handed to a config without a
+    file, as the benchmarks do, are measured)."""
     env = cfg.env
     if env.periods_per_year is not None:
         return float(env.periods_per_year)
+    measured = market.bars_per_year(bars, env.split_fractions)
     if synthetic is None:
-        synthetic = not (env.data_path or env.data_paths)
+        round_the_clock = 365.25 * 24 * 60 / env.interval_minutes
+        synthetic = not (env.data_path or env.data_paths) and (
+            abs(measured / round_the_clock - 1) < 0.01
+        )
     if synthetic:
         return market.periods_per_year_at(env.interval_minutes)
-    return market.bars_per_year(bars, env.split_fractions)
+    return measured
 
 
 def load_oracles(cfg: Config, markets: Mapping[str, bar_data.Bars]) -> dict[str, np.ndarray | None]:
