@@ -166,6 +166,7 @@ def _cfg_for(data, **env):
 def test_env_periods_per_year_overrides_the_measured_calendar(tmp_path):
     from calendars import us_daily, write_bars
 
+    from marl_jax.env.data import synthetic_bars
     from marl_jax.env.market import periods_per_year_at
     from marl_jax.run.setup import env_params_for, load_market, periods_per_year_for
 
@@ -176,10 +177,11 @@ def test_env_periods_per_year_overrides_the_measured_calendar(tmp_path):
     given = _cfg_for(data, periods_per_year=260.0)
     assert periods_per_year_for(given, bars) == 260.0
     assert env_params_for(given, bars, "test", None).periods_per_year == 260.0
-    # The synthetic market: its nominal calendar, unless given.
+    # The synthetic market's bars: their nominal calendar, unless given.
     synthetic = _cfg_for(None, interval_minutes=60)
-    assert periods_per_year_for(synthetic, bars) == periods_per_year_at(60) == 252 * 24
-    assert periods_per_year_for(_cfg_for(None, periods_per_year=99.0), bars) == 99.0
+    hourly = synthetic_bars(3000, seed=0, interval_minutes=60)
+    assert periods_per_year_for(synthetic, hourly) == periods_per_year_at(60) == 252 * 24
+    assert periods_per_year_for(_cfg_for(None, periods_per_year=99.0), hourly) == 99.0
 
 
 def test_env_resample_minutes_resamples_a_file_with_one_line(tmp_path):
