@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
-from test_policy import random_variables
+from test_policy import random_model_dir, random_variables
 from tiny_config import tiny
 
 from marl_jax.agents import AGENT_BY_NAME, AGENT_NAMES, CRITIC_STATE_DIM
@@ -26,7 +26,6 @@ from marl_jax.models.registry import module_config
 from marl_jax.models.team import build_modules
 from marl_jax.policy import Policy, PolicyError
 from marl_jax.run.deploy import load_policy
-from marl_jax.run.modeldir import save_models
 
 N_BARS = 1500
 WINDOW = tiny()["env"]["window"]
@@ -36,18 +35,9 @@ WINDOW = tiny()["env"]["window"]
 def held(tmp_path_factory):
     """``(model_dir, bar_file, bars, modules, variables, cfg)`` of models that observe their
     position."""
-    root = tmp_path_factory.mktemp("held")
     cfg = config_from_dict(tiny(env={"observe_position": True}))
-    modules = build_modules(cfg)
-    variables = {name: random_variables(m, i) for i, (name, m) in enumerate(modules.items())}
-    bar_file = root / "bars.csv"
-    data.synthetic_bars(N_BARS, seed=0).to_frame().to_csv(bar_file, index=False)
-    bars = data.load_bars(bar_file)
-    norm = market.fit_normalisation(bars)
-    meta = {"feature_normalisation": json.dumps(norm.to_dict()), "observe_position": True}
-    agents = {name: variables[name] for name in AGENT_NAMES}
-    model_dir = save_models(root / "model", agents, variables["critic"], modules, meta)
-    return model_dir, bar_file, bars, modules, variables, cfg
+    root = tmp_path_factory.mktemp("held")
+    return random_model_dir(root, cfg, centre_mmd=False, observe_position=True)
 
 
 @pytest.fixture(scope="module")

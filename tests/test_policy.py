@@ -77,22 +77,28 @@ def centre_mmd_logits(module, variables: dict, bars: data.Bars, norm) -> dict:
     return {**variables, "params": {**variables["params"], "output_head_3": head}}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """``(model_dir, bar_file, bars, modules, variables, cfg)``."""
-    root = tmp_path_factory.mktemp("policy")
-    cfg = config_from_dict(TINY)
+def random_model_dir(root: Path, cfg, centre_mmd: bool = True, **meta) -> tuple:
+    """``(model_dir, bar_file, bars, modules, variables, cfg)``: random models of ``cfg`` saved
+    under ``root`` with the feature normalisation of a synthetic bar file there (and ``meta``),
+    MMD's logits centred unless ``centre_mmd`` is false."""
     modules = build_modules(cfg)
     variables = {name: random_variables(m, i) for i, (name, m) in enumerate(modules.items())}
     bar_file = root / "bars.csv"
     data.synthetic_bars(N_BARS, seed=0).to_frame().to_csv(bar_file, index=False)
     bars = data.load_bars(bar_file)
     norm = market.fit_normalisation(bars)
-    variables["mmd"] = centre_mmd_logits(modules["mmd"], variables["mmd"], bars, norm)
-    meta = {"feature_normalisation": json.dumps(norm.to_dict())}
+    if centre_mmd:
+        variables["mmd"] = centre_mmd_logits(modules["mmd"], variables["mmd"], bars, norm)
+    meta = {"feature_normalisation": json.dumps(norm.to_dict()), **meta}
     agents = {name: variables[name] for name in AGENT_NAMES}
     model_dir = save_models(root / "model", agents, variables["critic"], modules, meta)
     return model_dir, bar_file, bars, modules, variables, cfg
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(model_dir, bar_file, bars, modules, variables, cfg)``."""
+    return random_model_dir(tmp_path_factory.mktemp("policy"), config_from_dict(TINY))
 
 
 @pytest.fixture(scope="module")
