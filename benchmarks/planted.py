@@ -36,7 +36,10 @@ hold one sign and still time its size) and, beside them, each seed's one-sign te
 (folds in which the position never changes sign: a policy that holds one sign per fold times
 nothing there, whatever its capture). Each figure is the mean over the finished seeds, ``± ``
 their standard deviation (two seeds or more); a seed not finished is named as missing, never
-filled in. On the unplanted rows (no edge) the policy
+filled in. Last, the ensemble of the finished seeds (two or more): at each test bar the mean of
+their positions (each seed's checkpoint chosen on its own validation split, so nothing is
+chosen on the test folds), charged the same costs, with its IR, turnover, capture, timing and
+one-sign folds (:func:`ensemble_numbers`). On the unplanted rows (no edge) the policy
 must not lose: the verdict lines say whether its mean net Sharpe (money) and its mean net active
 IR (against buy-and-hold) are at least 0. Printed, and written to ``OUT/planted.md``, with the
 raw numbers in ``OUT/planted.json``.
@@ -365,6 +368,88 @@ def timing(out: Path, data: str | None) -> float | None:
     return float(np.corrcoef(position, signal)[0, 1])
 
 
+def _timing_at(bar_index: np.ndarray, positions: np.ndarray, data: str | None) -> float | None:
+    """The correlation of ``positions`` set at the bars ``bar_index`` of the bar file ``data``
+    with its sidecar's ``s`` there (:func:`timing`, from arrays); None without a sidecar or
+    where either does not vary."""
+    from marl_jax.run.planted import sidecar_path
+
+    if data is None or not sidecar_path(data).is_file():
+        return None
+    s = np.asarray(json.loads(sidecar_path(data).read_text())["s"], dtype=np.float64)
+    if len(bar_index) and int(bar_index.max()) >= len(s):
+        return None
+    signal, position = s[bar_index], np.asarray(positions, dtype=np.float64)
+    if np.isnan(signal).any() or position.std() == 0 or signal.std() == 0:
+        return None
+    return float(np.corrcoef(position, signal)[0, 1])
+
+
+def _fold_arrays(out: Path) -> list[dict[str, np.ndarray]] | None:
+    """A finished walk-forward's test folds in order, each ``test_runs.npz`` as a dict; None
+    where ``report.json`` or a fold's arrays are missing."""
+    from marl_jax.walkforward.fold_run import TEST_RUNS
+
+    if not (out / "report.json").is_file():
+        return None
+    dirs = sorted(out.glob("fold_*"), key=lambda d: int(d.name.split("_")[1]))
+    if not dirs or not all((d / TEST_RUNS).is_file() for d in dirs):
+        return None
+    folds = []
+    for d in dirs:
+        with np.load(d / TEST_RUNS) as z:
+            folds.append({k: np.asarray(z[k]) for k in z.files})
+    return folds
+
+
+def ensemble_numbers(outs: Sequence[Path], data: str | None = None) -> dict | None:
+    """The ensemble of several seeds' finished walk-forwards of the same file and folds: at each
+    test bar, the mean of the seeds' test positions (the mean of all their votes), each fold
+    entered from flat and charged ``cost_bps`` per unit of position change, as the
+    environment charges a policy. Its pooled net active IR, turnover and net Sharpe, its
+    capture (over the pooled oracle's, where the file was planted), its :func:`timing` and its
+    one-sign test folds; None with fewer than two finished seeds or where their test bars
+    differ."""
+    from marl_jax.run.report import stitched_summary
+
+    runs = [f for f in (_fold_arrays(o) for o in outs) if f is not None]
+    if len(runs) < 2 or any(len(f) != len(runs[0]) for f in runs):
+        return None
+    first = json.loads((outs[0] / "report.json").read_text())["provenance"]
+    cost = float(first["cost_bps"]) * 1e-4
+    parts, positions, bars = [], [], []
+    for folds in zip(*runs, strict=True):
+        index = folds[0]["bar_index"]
+        if any(not np.array_equal(f["bar_index"], index) for f in folds):
+            return None
+        pos = np.mean([f["policy/positions"] for f in folds], axis=0).astype(np.float32)
+        r = folds[0]["buy_and_hold/pnl"].astype(np.float32)  # the held unit's gross: r[t+1]
+        previous = np.concatenate([np.zeros(1, np.float32), pos[:-1]])
+        pnl = (pos * r).astype(np.float32)
+        rewards = pnl - np.float32(cost) * np.abs(pos - previous)
+        part = {"policy": {"rewards": rewards, "positions": pos, "pnl": pnl}}
+        for name in ("buy_and_hold", "oracle"):
+            if f"{name}/rewards" in folds[0]:
+                part[name] = {k: folds[0][f"{name}/{k}"] for k in ("rewards", "positions", "pnl")}
+        parts.append(part)
+        positions.append(pos)
+        bars.append(index)
+    pooled = stitched_summary(parts, float(first["periods_per_year"]), float(first["cost_bps"]))
+    policy, oracle = pooled["policy"], pooled.get("oracle")
+    capture = None
+    if oracle is not None and oracle["active_ir"] > 0:
+        capture = policy["active_ir"] / oracle["active_ir"]
+    return {
+        "seeds": len(runs),
+        "active_ir": policy["active_ir"],
+        "turnover": policy["turnover"],
+        "sharpe": policy["sharpe"],
+        "capture": capture,
+        "timing": _timing_at(np.concatenate(bars), np.concatenate(positions), data),
+        "one_sign": (sum(np.unique(np.sign(p)).size == 1 for p in positions), len(positions)),
+    }
+
+
 def run_numbers(out: Path, data: str | None = None) -> dict | None:
     """One finished walk-forward's figures (None while ``report.json`` is missing): each
     agent's pooled net active IR and turnover (None where the report has no such row), the
@@ -417,6 +502,8 @@ def summarise(row: Row) -> dict:
     agg["policy_sharpe"] = spread([s["policy_sharpe"] for s in done])
     agg["capture"] = spread([s["capture"] for s in done])
     agg["timing"] = spread([s["timing"] for s in done])
+    finished = [r.out for r in row.runs if r.status == "done" and seeds[r.seed] is not None]
+    planted_data = row.runs[0].data if row.calibration is not None and row.runs else None
     return {
         "file": row.file,
         "signal": row.signal,
@@ -425,6 +512,7 @@ def summarise(row: Row) -> dict:
         "runs": {str(r.seed): {"status": r.status, "reason": r.reason} for r in row.runs},
         "seeds": {str(k): v for k, v in seeds.items()},
         "mean": agg,
+        "ensemble": ensemble_numbers(finished, planted_data),
     }
 
 
@@ -489,7 +577,28 @@ HEAD = (
     "capture",
     "timing",
     "one-sign test folds",
+    "ensemble of the seeds: IR / turnover",
+    "ensemble capture",
+    "ensemble timing",
+    "ensemble one-sign folds",
 )
+
+
+def _ensemble_cells(summary: Mapping) -> list[str]:
+    ens = summary.get("ensemble")
+    if ens is None:
+        return ["n/a"] * 4
+    planted = summary["calibration"] is not None
+
+    def num(x: float | None, digits: int = 2) -> str:
+        return "n/a" if x is None else f"{x:.{digits}f}"
+
+    return [
+        f"{num(ens['active_ir'])} / {num(ens['turnover'], 4)} ({ens['seeds']} seeds)",
+        num(ens["capture"]) if planted else "n/a (unplanted)",
+        num(ens["timing"]) if planted else "n/a (unplanted)",
+        "{}/{}".format(*ens["one_sign"]),
+    ]
 
 
 def format_table(summaries: Sequence[Mapping], seeds: int, folds: int) -> str:
@@ -501,7 +610,10 @@ def format_table(summaries: Sequence[Mapping], seeds: int, folds: int) -> str:
         "IR against buy-and-hold. Capture: the policy's net active IR over the oracle's, per "
         "seed. Timing: the correlation of the policy's test positions with the planted signal "
         "s (the oracle trades sign(s)). One-sign test folds: per seed, the folds in which the "
-        "policy's position never changes sign (it times nothing there, whatever its capture).",
+        "policy's position never changes sign (it times nothing there, whatever its capture). "
+        "Ensemble of the seeds: at each test bar the mean of the finished seeds' positions (each "
+        "seed's own checkpoint, chosen on its validation split), charged the same costs; n/a "
+        "under two seeds.",
         "",
         "| " + " | ".join(HEAD) + " |",
         "|" + "---|" * len(HEAD),
@@ -519,6 +631,7 @@ def format_table(summaries: Sequence[Mapping], seeds: int, folds: int) -> str:
         else:
             cells += ["missing", "missing", "missing"]
         cells.append(_one_sign_cell(s))
+        cells += _ensemble_cells(s)
         lines.append("| " + " | ".join(cells) + " |")
         cal = s["calibration"]
         if cal is not None and cal["note"]:

@@ -246,6 +246,7 @@ def test_table_means_spreads_capture_one_sign_and_missing(tmp_path):
         "n/a (unplanted)",
         "n/a (unplanted)",
         "0/2, missing, missing",
+        *["n/a"] * 4,  # no ensemble: one seed, and fake folds without test arrays
     ]
     ir2_line = next(line for line in table.splitlines() if "| unreachable |" in line)
     assert "none: unreachable" in ir2_line and "missing" in ir2_line
@@ -275,3 +276,74 @@ def test_dry_run_calibrates_and_plans_without_training(tmp_path, capsys, monkeyp
     assert planted.main([*argv, "--targets", "1,x"]) == 2
     assert "--targets 1,x" in capsys.readouterr().err
     assert planted.main([*argv[:-1], "nope"]) == 2
+
+
+def test_the_ensemble_of_seeds_is_scored_as_the_environment_scores_a_policy(tmp_path):
+    """Two seeds' test folds (arrays as a walk-forward writes them): the ensemble's pooled
+    figures equal the environment's own simulation of the mean position, fold by fold from
+    flat; one seed, or seeds over other bars, give no ensemble."""
+    from marl_jax.env import evaluate
+    from marl_jax.env.market import make_env_params
+    from marl_jax.run.report import stitched_summary
+
+    bars = synthetic_bars(900, seed=3, interval_minutes=60)
+    folds = [(200, 450), (450, 700)]
+    rng = np.random.default_rng(0)
+    s = rng.uniform(-1, 1, len(bars.close))
+    data = tmp_path / "planted.csv"
+    data.write_text("x\n")
+    sidecar_path(data).write_text(json.dumps({"s": s.tolist()}))
+    per_seed = {0: [], 1: []}
+    wanted = []
+    for lo, hi in folds:
+        params = make_env_params(bars, bounds=(lo, hi), cost_bps=1.0, window=16)
+        n = int(params.last_bar) - int(params.start_lo)
+        votes = {k: rng.choice([-1.0, -1 / 3, 1 / 3, 1.0], n) for k in per_seed}
+        for k, v in votes.items():
+            per_seed[k].append((params, evaluate.simulate(v, params)))
+        mean = (votes[0] + votes[1]) / 2
+        wanted.append((params, evaluate.simulate(mean, params)))
+    outs = []
+    for k, runs in per_seed.items():
+        out = tmp_path / f"seed_{k}"
+        for i, (params, run) in enumerate(runs):
+            hold = evaluate.simulate(np.ones_like(run.positions), params)
+            oracle = evaluate.simulate(np.sign(s[run.bar_index]), params)
+            arrays = {"bar_index": run.bar_index}
+            for name, r in (("policy", run), ("buy_and_hold", hold), ("oracle", oracle)):
+                arrays |= {f"{name}/positions": r.positions, f"{name}/rewards": r.rewards}
+                arrays[f"{name}/pnl"] = r.pnl
+            (out / f"fold_{i}").mkdir(parents=True)
+            np.savez(out / f"fold_{i}" / "test_runs.npz", **arrays)
+        prov = {"cost_bps": 1.0, "periods_per_year": 6240.0}
+        (out / "report.json").write_text(json.dumps({"provenance": prov}))
+        outs.append(out)
+
+    ens = planted.ensemble_numbers(outs, str(data))
+    parts = []
+    for params, run in wanted:
+        hold = evaluate.simulate(np.ones_like(run.positions), params)
+        oracle = evaluate.simulate(np.sign(s[run.bar_index]), params)
+        parts.append(
+            {
+                name: {"rewards": r.rewards, "positions": r.positions, "pnl": r.pnl}
+                for name, r in (("policy", run), ("buy_and_hold", hold), ("oracle", oracle))
+            }
+        )
+    pooled = stitched_summary(parts, 6240.0, 1.0)
+    assert ens["seeds"] == 2
+    assert ens["active_ir"] == pytest.approx(pooled["policy"]["active_ir"], rel=1e-5)
+    assert ens["turnover"] == pytest.approx(pooled["policy"]["turnover"], rel=1e-6)
+    assert ens["sharpe"] == pytest.approx(pooled["policy"]["sharpe"], rel=1e-5)
+    capture = pooled["policy"]["active_ir"] / pooled["oracle"]["active_ir"]
+    assert ens["capture"] == pytest.approx(capture, rel=1e-5)
+    positions = np.concatenate([r.positions for _, r in wanted])
+    index = np.concatenate([r.bar_index for _, r in wanted])
+    assert ens["timing"] == pytest.approx(np.corrcoef(positions, s[index])[0, 1])
+    assert ens["one_sign"] == (0, 2)
+
+    assert planted.ensemble_numbers(outs[:1], str(data)) is None
+    z = dict(np.load(outs[1] / "fold_1" / "test_runs.npz"))
+    z["bar_index"] = z["bar_index"] + 1
+    np.savez(outs[1] / "fold_1" / "test_runs.npz", **z)
+    assert planted.ensemble_numbers(outs, str(data)) is None
