@@ -85,6 +85,7 @@ def test_real_markets_is_the_benchmarks_setting():
     gamma 0 (a vote moves only the next bar's reward)."""
     cfg = load_config(ROOT / "configs" / "real_markets.yaml")
     assert cfg.env.cost_bps == 1.0
+    assert cfg.training.anneal_lr  # validation on planted files chose the linear decay
     assert (cfg.env.reward, cfg.env.action_mode, cfg.env.position_sizing) == (
         "excess",
         "target",
