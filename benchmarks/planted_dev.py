@@ -12,7 +12,11 @@ piece, each seed's greedy policy runs over the validation bars, and the line sho
 active IR against buy-and-hold, its capture (over the oracle's on the same bars), turnover,
 the correlation of its position with the planted signal ``s`` (timing: a policy holding one
 sign per span has none), its actors' mean entropy (uniform: 1.0986) and its mean position
-sign. The baselines' figures on the same bars come first.
+sign. The baselines' figures on the same bars come first. Below each line: the seeds' mean
+capture; the ensemble of the seeds (at each bar the mean of their positions, scored with the
+same costs); and, under target actions without ``env.observe_position``, the expected vote
+(each actor's probability of long less its probability of short, averaged over the actors, as
+the position), per seed and as an ensemble.
 
     python benchmarks/planted_dev.py --set env.action_mode=delta --set training.gamma=0.3
     python benchmarks/planted_dev.py --file bt_eurusd_1h --signal revert --seeds 0,1,2
@@ -120,28 +124,79 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {name:12s} active IR {b['active_ir']:+.2f}  turnover {b['turnover']:.3f}  "
             f"corr {b['corr']:+.2f}"
         )
+    plain_target = cfg.env.action_mode == "target" and not cfg.env.observe_position
+    expected = expected_votes(algo, envs.val) if plain_target else None
     started = time.monotonic()
     state = init(keys)
     for chunk in range(args.chunks):
         state, met = run(state)
-        cells = []
+        cells, greedy, captures = [], [], []
         for i in range(len(seeds)):
             one = jax.tree.map(lambda x, i=i: x[i], state)
-            sc = scores(
-                evaluate.run_policy(policy_of(one), envs.val, batch_size=256),
-                planted.signal,
-                oracle_ir,
-            )
+            result = evaluate.run_policy(policy_of(one), envs.val, batch_size=256)
+            sc = scores(result, planted.signal, oracle_ir)
             ent = float(np.mean([met[f"{a}/entropy"][i, -1] for a in ("mlmi", "nwrqk", "mmd")]))
             cells.append(
                 f"IR {sc['active_ir']:+.2f} cap {sc['capture']:+.2f} to {sc['turnover']:.3f} "
                 f"corr {sc['corr']:+.2f} H {ent:.2f} sign {sc['sign']:+.2f}"
             )
+            greedy.append(result.positions)
+            captures.append(sc["capture"])
         elapsed = time.monotonic() - started
         print(
             f"  update {per * (chunk + 1):4d} ({elapsed:4.0f} s): " + " | ".join(cells), flush=True
         )
+        lines = {"seeds' mean capture": f"{np.mean(captures):+.2f}"}
+        if len(seeds) > 1:
+            ens = scores(evaluate.simulate(np.mean(greedy, 0), envs.val), planted.signal, oracle_ir)
+            lines["ensemble of the seeds"] = _brief(ens)
+        if expected is not None:
+            votes = np.asarray(jax.vmap(expected)(state))
+            each = [
+                scores(evaluate.simulate(v, envs.val), planted.signal, oracle_ir) for v in votes
+            ]
+            lines["expected vote, seeds' mean capture"] = (
+                f"{np.mean([e['capture'] for e in each]):+.2f}"
+            )
+            if len(seeds) > 1:
+                ens = evaluate.simulate(votes.mean(0), envs.val)
+                lines["expected vote, ensemble"] = _brief(scores(ens, planted.signal, oracle_ir))
+        for name, text in lines.items():
+            print(f"    {name}: {text}", flush=True)
     return 0
+
+
+def _brief(sc: dict[str, float]) -> str:
+    return f"cap {sc['capture']:+.2f} corr {sc['corr']:+.2f} to {sc['turnover']:.3f}"
+
+
+def expected_votes(algo, params):
+    """``votes(state)``: at each evaluation bar of ``params``, the mean over the actors of their
+    probability of long less their probability of short (the position the greedy vote takes
+    on average), under ``env.action_mode: target`` and fixed sizing."""
+    import jax
+    import jax.numpy as jnp
+
+    from marl_jax.agents import AGENT_NAMES
+    from marl_jax.env import market
+
+    ts = np.arange(int(params.start_lo), int(params.last_bar))
+    obs = market.observations(params, ts)
+
+    def votes(state):
+        each = []
+        for name in AGENT_NAMES:
+            out = algo.team.apply(
+                name,
+                algo.variables(state, name),
+                obs[name],
+                deterministic=True,
+                attention_weights=False,
+            )
+            each.append(out["action_probs"][:, 2] - out["action_probs"][:, 0])
+        return jnp.mean(jnp.stack(each), axis=0) * params.vol_scale[ts]
+
+    return jax.jit(votes)
 
 
 if __name__ == "__main__":
