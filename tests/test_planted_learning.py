@@ -6,8 +6,9 @@ s[t]``, ``s`` a tanh of the 20-bar move over its volatility. ``configs/real_mark
 (target actions, the excess reward, gamma 0) trains 50 updates on the first 60% of the bars,
 two seeds as one vmapped program, and each seed's greedy policy is scored on the validation
 bars after a purge. Measured on the 2-core development machine (seeds 0 to 4, one at a time,
-before ``training.anneal_lr`` was turned on): correlation of the position with ``s`` 0.79 to 0.88; the framing it replaced (delta actions,
-gamma 0.3, the pnl reward) gave -0.11 on seed 0, so the bound below tells the two apart.
+before ``training.anneal_lr`` was turned on): correlation of the position with ``s`` 0.79 to
+0.88; the framing it replaced (delta actions, gamma 0.3, the pnl reward) gave -0.11 on seed 0,
+so the bound below tells the two apart.
 """
 
 from __future__ import annotations
