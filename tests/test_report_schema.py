@@ -121,11 +121,26 @@ def test_the_config_hash_and_git_commit(market, tmp_path):
     assert provenance.config_sha256(same) == provenance.config_sha256(cfg)
     assert provenance.config_sha256(other) != provenance.config_sha256(cfg)
     assert provenance.git_commit(tmp_path) is None
+    assert provenance.git_dirty(tmp_path) is None
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    (tmp_path / "code.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "code.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
     assert provenance.git_commit(tmp_path) == head.stdout.strip()
+    assert provenance.git_dirty(tmp_path) is False
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "new.py").write_text("b = 2\n")  # a new file: code that may have run
+    assert provenance.git_dirty(tmp_path) is True
+    assert provenance.git_dirty(tmp_path / "sub") is True
+    (tmp_path / "sub" / "new.py").unlink()
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert provenance.git_dirty(tmp_path) is True
+    (tmp_path / "sub" / "x.py").write_text("c = 3\n")
+    subprocess.run([*git, "add", "sub/x.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "y", "--", "sub/x.py"], check=True)
+    assert provenance.git_dirty(tmp_path / "sub") is False  # the change is outside this folder
 
 
 def _fold(cfg, bars, k: int, bounds: tuple[int, int], policy: str) -> tuple[dict, dict]:

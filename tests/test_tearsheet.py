@@ -244,3 +244,13 @@ def test_several_instruments_chart_the_first_and_say_so(tmp_path):
     table = re.search(r'<table[^>]*class="[^"]*monthly.*?</table>', text, re.S).group(0)
     january = frame[frame.timestamp.str.startswith("2021-01")].policy.sum()
     assert f"{math.expm1(january) * 100:+.1f}</span>" in table  # spy.csv's alone
+
+
+def test_the_provenance_row_marks_a_commit_with_uncommitted_changes():
+    from marl_jax.run.tearsheet import _commit_cell
+
+    commit = "5216445aa" + "0" * 31
+    assert _commit_cell(commit, False) == "5216445aa000"
+    assert _commit_cell(commit, None) == "5216445aa000"  # an older report, without the key
+    assert _commit_cell(commit, True) == "5216445aa000 (with uncommitted changes)"
+    assert _commit_cell(None, True) == "n/a"

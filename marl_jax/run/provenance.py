@@ -29,6 +29,7 @@ __all__ = [
     "config_sha256",
     "file_sha256",
     "git_commit",
+    "git_dirty",
     "iso_timestamp",
     "mean_calendar",
     "provenance",
@@ -97,6 +98,25 @@ def git_commit(where: str | Path | None = None) -> str | None:
     return commit if done.returncode == 0 and commit else None
 
 
+def git_dirty(where: str | Path | None = None) -> bool | None:
+    """Whether the folder ``where`` (default: the working directory) of a git checkout holds
+    changes not committed (edited, added, deleted or new files that git does not ignore), so
+    its HEAD is not all of the code that ran; None outside a checkout, or where git is missing
+    or slow (never raises)."""
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(done.stdout.strip()) if done.returncode == 0 else None
+
+
 def iso_timestamp(stamp: np.datetime64) -> str:
     """A bar's timestamp as ISO 8601, to the second (``2024-01-31T14:00:00``)."""
     return str(np.datetime_as_string(np.datetime64(stamp, "ns"), unit="s"))
@@ -115,7 +135,7 @@ def provenance(
     None for the synthetic market) and its SHA-256, the first and last of the evaluated bars'
     timestamps ``stamps`` and their count, ``calendar``, ``cost_bps``, ``config`` (the name or
     path given) and the SHA-256 of the resolved ``cfg``, the package version, the git commit
-    and the time it was made (UTC)."""
+    and whether the checkout had uncommitted changes, and the time it was made (UTC)."""
     stamps = np.sort(np.asarray(stamps, dtype="datetime64[ns]"))
     if isinstance(data, str) or data is None:
         digest: str | list[str | None] | None = file_sha256(data)
@@ -134,5 +154,6 @@ def provenance(
         "config_sha256": config_sha256(cfg),
         "version": __version__,
         "git_commit": git_commit(SOURCE_DIR),
+        "git_dirty": git_dirty(SOURCE_DIR),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

@@ -531,7 +531,7 @@ def provenance_rows(view: ReportView, frame: pd.DataFrame, periods_per_year: flo
         ("config", p.get("config") or "n/a"),
         ("config sha256", str(p.get("config_sha256"))[:12] if p.get("config_sha256") else "n/a"),
         ("marl-jax version", p.get("version") or "n/a"),
-        ("git commit", str(commit)[:12] if commit else "n/a"),
+        ("git commit", _commit_cell(commit, p.get("git_dirty"))),
         ("report created", p.get("created") or "n/a"),
     ]
     rows += [(k.replace("_", " "), v) for k, v in view.extra.items()]
@@ -863,3 +863,10 @@ def write_tearsheet(run_dir: Path) -> Path:
     view = read_report(run_dir / REPORT_JSON)
     returns = read_returns(run_dir / view.returns_csv)
     return atomic_write_text(run_dir / REPORT_HTML, render_tearsheet(view, returns))
+
+
+def _commit_cell(commit: str | None, dirty: bool | None) -> str:
+    """The provenance row's commit, marked where the checkout had uncommitted changes."""
+    if not commit:
+        return "n/a"
+    return str(commit)[:12] + (" (with uncommitted changes)" if dirty else "")
