@@ -80,22 +80,22 @@ def config_sha256(cfg: Config) -> str:
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 
 
-def git_commit(where: str | Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the working directory (or ``where``) when it is a git
-    checkout; None otherwise, or where git is missing or slow (never raises)."""
+def _git(args: Sequence[str], where: str | Path | None) -> str | None:
+    """``git ARGS``'s output in ``where``; None where git fails, is missing or slow."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
+            ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_commit(where: str | Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` of the working directory (or ``where``) when it is a git
+    checkout; None otherwise, or where git is missing or slow (never raises)."""
+    commit = (_git(["rev-parse", "HEAD"], where) or "").strip()
+    return commit or None
 
 
 def git_dirty(where: str | Path | None = None) -> bool | None:
@@ -103,18 +103,8 @@ def git_dirty(where: str | Path | None = None) -> bool | None:
     changes not committed (edited, added, deleted or new files that git does not ignore), so
     its HEAD is not all of the code that ran; None outside a checkout, or where git is missing
     or slow (never raises)."""
-    try:
-        done = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(done.stdout.strip()) if done.returncode == 0 else None
+    status = _git(["status", "--porcelain", "--", "."], where)
+    return None if status is None else bool(status.strip())
 
 
 def iso_timestamp(stamp: np.datetime64) -> str:
