@@ -348,41 +348,50 @@ def write_planted_file(row: Row, source: Path) -> Path:
 # ------------------------------------------------------------------------------ table
 
 
+def _sidecar(data: str | None) -> dict | None:
+    """The plant sidecar of the bar file ``data`` (its ``timestamp`` and ``s`` per bar); None
+    without one."""
+    from marl_jax.run.planted import sidecar_path
+
+    if data is None or not sidecar_path(data).is_file():
+        return None
+    return json.loads(sidecar_path(data).read_text())
+
+
+def _correlation(position: np.ndarray, signal: np.ndarray) -> float | None:
+    """The correlation of positions with the planted signal at the same bars; None where a
+    bar has no signal or either does not vary."""
+    position = np.asarray(position, dtype=np.float64)
+    if np.isnan(signal).any() or position.std() == 0 or signal.std() == 0:
+        return None
+    return float(np.corrcoef(position, signal)[0, 1])
+
+
 def timing(out: Path, data: str | None) -> float | None:
     """The correlation of the policy's test positions (``returns.csv``) with the planted signal
     ``s`` at the same bars (the sidecar of the bar file ``data``), pooled over the test folds:
     how much of the oracle's timing the policy has. None without a sidecar or ``returns.csv``,
     or where either does not vary."""
-    from marl_jax.run.planted import sidecar_path
-
-    path = out / "returns.csv"
-    if data is None or not path.is_file() or not sidecar_path(data).is_file():
+    path, record = out / "returns.csv", _sidecar(data)
+    if record is None or not path.is_file():
         return None
-    record = json.loads(sidecar_path(data).read_text())
     s = pd.Series(record["s"], index=pd.to_datetime(record["timestamp"]))
     frame = pd.read_csv(path, usecols=["timestamp", "position"])
     signal = s.reindex(pd.to_datetime(frame["timestamp"])).to_numpy(dtype=np.float64)
-    position = frame["position"].to_numpy(dtype=np.float64)
-    if np.isnan(signal).any() or position.std() == 0 or signal.std() == 0:
-        return None
-    return float(np.corrcoef(position, signal)[0, 1])
+    return _correlation(frame["position"].to_numpy(), signal)
 
 
 def _timing_at(bar_index: np.ndarray, positions: np.ndarray, data: str | None) -> float | None:
-    """The correlation of ``positions`` set at the bars ``bar_index`` of the bar file ``data``
-    with its sidecar's ``s`` there (:func:`timing`, from arrays); None without a sidecar or
-    where either does not vary."""
-    from marl_jax.run.planted import sidecar_path
-
-    if data is None or not sidecar_path(data).is_file():
+    """:func:`timing` of ``positions`` set at the bars ``bar_index`` of the bar file ``data``
+    (the sidecar's ``s`` by bar number); None without a sidecar, past its end, or where either
+    does not vary."""
+    record = _sidecar(data)
+    if record is None:
         return None
-    s = np.asarray(json.loads(sidecar_path(data).read_text())["s"], dtype=np.float64)
+    s = np.asarray(record["s"], dtype=np.float64)
     if len(bar_index) and int(bar_index.max()) >= len(s):
         return None
-    signal, position = s[bar_index], np.asarray(positions, dtype=np.float64)
-    if np.isnan(signal).any() or position.std() == 0 or signal.std() == 0:
-        return None
-    return float(np.corrcoef(position, signal)[0, 1])
+    return _correlation(positions, s[bar_index])
 
 
 def _fold_arrays(out: Path) -> list[dict[str, np.ndarray]] | None:
@@ -410,13 +419,14 @@ def ensemble_numbers(outs: Sequence[Path], data: str | None = None) -> dict | No
     capture (over the pooled oracle's, where the file was planted), its :func:`timing` and its
     one-sign test folds; None with fewer than two finished seeds or where their test bars
     differ."""
+    from marl_jax.metrics import net_returns
     from marl_jax.run.report import stitched_summary
 
     runs = [f for f in (_fold_arrays(o) for o in outs) if f is not None]
     if len(runs) < 2 or any(len(f) != len(runs[0]) for f in runs):
         return None
     first = json.loads((outs[0] / "report.json").read_text())["provenance"]
-    cost = float(first["cost_bps"]) * 1e-4
+    cost_bps = float(first["cost_bps"])
     parts, positions, bars = [], [], []
     for folds in zip(*runs, strict=True):
         index = folds[0]["bar_index"]
@@ -424,9 +434,8 @@ def ensemble_numbers(outs: Sequence[Path], data: str | None = None) -> dict | No
             return None
         pos = np.mean([f["policy/positions"] for f in folds], axis=0).astype(np.float32)
         r = folds[0]["buy_and_hold/pnl"].astype(np.float32)  # the held unit's gross: r[t+1]
-        previous = np.concatenate([np.zeros(1, np.float32), pos[:-1]])
         pnl = (pos * r).astype(np.float32)
-        rewards = pnl - np.float32(cost) * np.abs(pos - previous)
+        rewards = net_returns(pnl, pos, cost_bps)  # each fold entered from flat
         part = {"policy": {"rewards": rewards, "positions": pos, "pnl": pnl}}
         for name in ("buy_and_hold", "oracle"):
             if f"{name}/rewards" in folds[0]:
@@ -434,7 +443,7 @@ def ensemble_numbers(outs: Sequence[Path], data: str | None = None) -> dict | No
         parts.append(part)
         positions.append(pos)
         bars.append(index)
-    pooled = stitched_summary(parts, float(first["periods_per_year"]), float(first["cost_bps"]))
+    pooled = stitched_summary(parts, float(first["periods_per_year"]), cost_bps)
     policy, oracle = pooled["policy"], pooled.get("oracle")
     capture = None
     if oracle is not None and oracle["active_ir"] > 0:
@@ -502,7 +511,7 @@ def summarise(row: Row) -> dict:
     agg["policy_sharpe"] = spread([s["policy_sharpe"] for s in done])
     agg["capture"] = spread([s["capture"] for s in done])
     agg["timing"] = spread([s["timing"] for s in done])
-    finished = [r.out for r in row.runs if r.status == "done" and seeds[r.seed] is not None]
+    finished = [r.out for r in row.runs if seeds[r.seed] is not None]
     planted_data = row.runs[0].data if row.calibration is not None and row.runs else None
     return {
         "file": row.file,
