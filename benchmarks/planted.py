@@ -693,7 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=learning.DEFAULT_CACHE, help="data folder")
     files = ",".join(DEFAULT_FILES)
     p.add_argument("--files", help=f"comma-separated, of {', '.join(SOURCES)} (default {files})")
-    p.add_argument("--signals", help="comma-separated, of trend, revert, gated (default all)")
+    p.add_argument(
+        "--signals",
+        help="comma-separated, of trend, revert, gated (default all); none: unplanted only",
+    )
     p.add_argument("--targets", default="1,2", help="oracle net active IRs to plant for (1,2)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="on the IR (0.05)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per row (3)")
@@ -745,7 +748,11 @@ def calibrate_all(
 def _main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     files = learning._list(args.files or ",".join(DEFAULT_FILES), list(SOURCES), "--files")
-    signals = learning._list(args.signals, list(_signals()), "--signals")
+    signals = (  # "none": the unplanted rows only
+        []
+        if args.signals == "none"
+        else learning._list(args.signals, list(_signals()), "--signals")
+    )
     targets = _floats(args.targets, "--targets")
     if args.folds < 1 or args.seeds < 1:
         raise BenchmarkError("--folds and --seeds must be at least 1")
