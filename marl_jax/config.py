@@ -251,6 +251,12 @@ class TrainingConfig(_Section):
     use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")
     huber_delta: Float = Field(10.0, gt=0, description="Huber loss delta")
     normalise_advantages: Bool = Field(True, description="normalise advantages per batch")
+    credit: Literal["shared", "counterfactual"] = Field(
+        "shared",
+        description="each actor's advantage: the team's (shared), or less the step's reward "
+        "averaged over that actor's own actions with the others' held (counterfactual: the "
+        "other actors' votes no longer add noise to its credit)",
+    )
     aux_return_coef: Float = Field(
         0.0,
         ge=0,

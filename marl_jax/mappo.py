@@ -65,6 +65,9 @@ class Transition:
     terminated: Array
     truncated: Array
     stats: dict  # the environment's step_stats, for rollout_metrics
+    # Counterfactual credit: each actor's expected reward over its own actions, the others'
+    # held (..., 3); None under shared credit.
+    credit_baseline: Array | None = None
 
 
 @struct.dataclass
@@ -75,7 +78,7 @@ class Batch:
     actions: Array
     log_probs: Array
     value: Array
-    advantages: Array
+    advantages: Array  # (...,) shared, or (..., 3) per actor under counterfactual credit
     targets: Array
 
 
@@ -95,6 +98,7 @@ class MAPPO:
         self.tx = make_optimizer(training, self.num_updates)
         self.use_valuenorm = training.use_valuenorm
         self.normalise_advantages = training.normalise_advantages
+        self.counterfactual = training.credit == "counterfactual"
         self.value_loss = functools.partial(
             ppo.value_loss,
             use_clipped=training.use_clipped_value_loss,
@@ -161,11 +165,18 @@ class MAPPO:
             act_key, env_key = jax.random.split(key)
             obs_key = jax.vmap(self.env.obs_key, in_axes=(0, None))(env_state, env_params)
             obs = self.env.observe(env_params, obs_key)
-            actions, log_probs = self.act(state, obs, act_key)
+            variables = {name: self.variables(state, name) for name in AGENT_NAMES}
+            actions, log_probs, probs = self.team.act_with_probs(variables, obs, act_key)
             env_keys = jax.vmap(jax.random.wrap_key_data)(jax.random.split(env_key, self.num_envs))
             _, next_state, reward, _, info = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
                 env_keys, env_state, actions, env_params
             )
+            baseline = None
+            if self.counterfactual:  # (N, 3, num_actions) rewards, averaged under the policy
+                cf = jax.vmap(self.env.counterfactual_rewards, in_axes=(0, 0, 0, None))(
+                    env_keys, env_state, actions, env_params
+                )
+                baseline = (probs * cf).sum(-1)
             critic_obs = jnp.concatenate([obs["critic"], info["next_obs"]["critic"]], axis=0)
             both = self.team.critic_value(critic, critic_obs)
             return next_state, Transition(
@@ -178,6 +189,7 @@ class MAPPO:
                 terminated=info["terminated"],
                 truncated=info["truncated"],
                 stats=self.env.step_stats(info),
+                credit_baseline=baseline,
             )
 
         keys = jax.random.split(roll_rng, num_steps or self.rollout_len)
@@ -189,7 +201,14 @@ class MAPPO:
     def advantages(
         self, state: TrainState, traj: Transition
     ) -> tuple[Array, Array, ppo.ValueNormState]:
-        """GAE advantages, value targets (critic space) and the updated ValueNorm state."""
+        """GAE advantages, value targets (critic space) and the updated ValueNorm state.
+
+        Under counterfactual credit actor ``i``'s advantage is the GAE advantage plus the
+        state's value less its baseline ``b_i`` (the step's reward averaged over its own
+        actions under the rollout policy, the others' held): ``r - b_i`` at ``gamma = 0``.
+        ``b_i`` does not depend on actor ``i``'s action, so the policy gradient stays unbiased;
+        it removes the others' votes from actor ``i``'s credit. Each actor's advantages are
+        normalised on their own."""
         vn = state.value_norm
         denorm = functools.partial(ppo.valuenorm_denormalise, vn)
         value, next_value = traj.value, traj.next_value
@@ -203,8 +222,11 @@ class MAPPO:
         if self.use_valuenorm:
             vn = ppo.valuenorm_update(vn, returns)
             targets = ppo.valuenorm_normalise(vn, returns)
+        if self.counterfactual:
+            adv = (adv + value)[..., None] - traj.credit_baseline
         if self.normalise_advantages:
-            adv = ppo.normalise_advantages(adv)
+            per_actor = (0, 1) if self.counterfactual else None
+            adv = ppo.normalise_advantages(adv, axis=per_actor)
         return adv, targets, vn
 
     def batch(self, state: TrainState, traj: Transition) -> tuple[Batch, ppo.ValueNormState]:
@@ -272,8 +294,9 @@ class MAPPO:
         actor_loss = jnp.zeros((), jnp.float32)
         for i, name in enumerate(AGENT_NAMES):
             out = outs[name]
+            adv = batch.advantages[:, i] if self.counterfactual else batch.advantages
             pg_loss, pg_metrics = ppo.ppo_clip_loss(
-                out["log_prob"], batch.log_probs[:, i], batch.advantages, hp.clip_eps
+                out["log_prob"], batch.log_probs[:, i], adv, hp.clip_eps
             )
             entropy = out["entropy"].mean()
             actor_loss = actor_loss + pg_loss - hp.ent_coef * entropy

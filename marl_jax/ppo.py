@@ -141,9 +141,12 @@ def value_loss(
     return jnp.mean(loss)
 
 
-def normalise_advantages(adv: jax.Array, eps: float = 1e-8) -> jax.Array:
-    """``(adv - mean) / (std + eps)`` over all elements."""
-    return (adv - jnp.mean(adv)) / (jnp.std(adv) + eps)
+def normalise_advantages(
+    adv: jax.Array, eps: float = 1e-8, axis: int | tuple[int, ...] | None = None
+) -> jax.Array:
+    """``(adv - mean) / (std + eps)`` over ``axis`` (default: all elements)."""
+    mean = jnp.mean(adv, axis=axis, keepdims=True)
+    return (adv - mean) / (jnp.std(adv, axis=axis, keepdims=True) + eps)
 
 
 @flax.struct.dataclass

@@ -94,3 +94,37 @@ def test_mappo_learns_the_bandit(params):
         assert closed[i] >= 0.25, f"seed {seed}: closed {closed[i]:.2f} of the gap"
         assert right >= 6, f"seed {seed}: greedy right for {right} of 9 (agent, context) pairs"
     assert closed.mean() >= 0.5, f"closed {closed.mean():.2f} of the gap on average"
+
+
+def test_counterfactual_rewards_vary_one_agent_at_a_time(params):
+    """Row ``i`` is the reward had agent ``i`` taken each action, the others as taken: on the
+    bandit ``(right_others + [a == best_i]) / 3``; at ``actions[i]`` it is the step's reward."""
+    _, state = BANDIT.reset(jax.random.key(3), params)
+    best = np.asarray(best_actions(state.context))
+    actions = jnp.asarray((best + np.array([0, 1, 2])) % 3, jnp.int32)  # right, wrong, wrong
+    key = jax.random.key(4)
+    cf = np.asarray(BANDIT.counterfactual_rewards(key, state, actions, params))
+    reward = float(BANDIT.step(key, state, actions, params)[2])
+    right = np.asarray(actions) == best
+    for i in range(3):
+        others = right.sum() - right[i]
+        np.testing.assert_allclose(cf[i], (others + (np.arange(3) == best[i])) / 3, rtol=1e-6)
+        assert cf[i, int(actions[i])] == pytest.approx(reward)
+
+
+def test_counterfactual_credit_gives_each_actor_its_own_advantage(params):
+    """At gamma 0 actor ``i``'s advantage is the reward less its counterfactual baseline: on the
+    bandit ``([a_i == best_i] - p_i(best_i)) / 3``, whatever the other actors did (under shared
+    credit it would move with their votes)."""
+    training = {**CONFIG["training"], "credit": "counterfactual", "normalise_advantages": False}
+    algo = MAPPO(config_from_dict({**CONFIG, "training": training}), BANDIT)
+    state, traj = algo.rollout(algo.init(jax.random.key(5), params), params)
+    adv = np.asarray(algo.advantages(state, traj)[0])
+    assert adv.shape == (*traj.reward.shape, 3)
+    contexts = traj.obs_key.reshape(-1)
+    variables = {name: algo.variables(state, name) for name in BANDIT.agents}
+    _, _, probs = algo.team.act_with_probs(variables, BANDIT.observe(params, contexts), None)
+    best = np.asarray(best_actions(contexts))
+    p_best = np.take_along_axis(np.asarray(probs), best[..., None], axis=-1)[..., 0]
+    right = np.asarray(traj.actions).reshape(-1, 3) == best
+    np.testing.assert_allclose(adv.reshape(-1, 3), (right - p_best) / 3, atol=1e-5)

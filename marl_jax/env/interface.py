@@ -7,10 +7,12 @@ together: ``actions`` is an int32 array with one column per agent of :attr:`agen
 ``[0, num_actions)``. Observations are dicts with one entry per agent (the actor's input)
 and a ``"critic"`` entry (the centralized critic's input).
 
-Two methods go beyond gymnax. Rollout buffers store :meth:`Environment.obs_key` (a few
+Three methods go beyond gymnax. Rollout buffers store :meth:`Environment.obs_key` (a few
 numbers per step) instead of the observation, and the loss rebuilds the observations with
-:meth:`Environment.observe`; and :meth:`Environment.aux_targets`, where an environment has
-one, gives a per-step quantity that actors may learn to predict as an auxiliary task.
+:meth:`Environment.observe`; :meth:`Environment.aux_targets`, where an environment has one,
+gives a per-step quantity that actors may learn to predict as an auxiliary task; and
+:meth:`Environment.counterfactual_rewards` gives what one agent's other actions would have
+earned, for counterfactual credit (``training.credit``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 Obs = dict[str, Array]
@@ -47,6 +50,20 @@ class Environment:
         value is bootstrapped) and ``next_obs`` (the observation of the true next state,
         before any automatic reset)."""
         raise NotImplementedError
+
+    def counterfactual_rewards(self, key: Array, state: Any, actions: Array, params: Any) -> Array:
+        """``(agents, num_actions)``: the reward :meth:`step` would give in ``state`` with
+        ``key`` had agent ``i`` taken action ``a`` and the others ``actions``; row ``i`` at
+        ``actions[i]`` is the step's own reward. Steps once per agent and action; an
+        environment may override it with a cheaper formula."""
+        n, k = len(self.agents), self.num_actions
+        own = jnp.arange(n)[:, None, None] == jnp.arange(n)  # (n, 1, n): agent i's column
+        alt = jnp.where(own, jnp.arange(k)[None, :, None], jnp.asarray(actions)[None, None, :])
+
+        def reward(a: Array) -> Array:
+            return self.step(key, state, a.astype(jnp.int32), params)[2]
+
+        return jax.vmap(jax.vmap(reward))(alt)
 
     def get_obs(self, state: Any, params: Any) -> Obs:
         """The observation of ``state``."""

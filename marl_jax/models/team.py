@@ -113,7 +113,14 @@ class Team:
     ) -> tuple[Array, Array]:
         """Actions ``(N, 3)`` and their log-probs, sampled with ``rng`` (raw key data), or
         greedy when it is None."""
-        actions, log_probs = [], []
+        return self.act_with_probs(variables, obs, rng)[:2]
+
+    def act_with_probs(
+        self, variables: Mapping[str, Mapping], obs: Mapping[str, Array], rng: Array | None
+    ) -> tuple[Array, Array, Array]:
+        """:meth:`act`'s actions and log-probs, and each actor's action probabilities
+        ``(N, 3, num_actions)``."""
+        actions, log_probs, probs = [], [], []
         keys = (
             jax.random.split(rng, len(AGENT_NAMES))
             if rng is not None
@@ -130,7 +137,8 @@ class Team:
             )
             actions.append(out["action"])
             log_probs.append(out["log_prob"])
-        return jnp.stack(actions, -1), jnp.stack(log_probs, -1)
+            probs.append(out["action_probs"])
+        return jnp.stack(actions, -1), jnp.stack(log_probs, -1), jnp.stack(probs, -2)
 
     def actor_outputs(
         self,
