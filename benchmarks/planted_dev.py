@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     plain_target = cfg.env.action_mode == "target" and not cfg.env.observe_position
     expected = expected_votes(algo, envs.val) if plain_target else None
+    actor_votes = greedy_votes(algo, envs.val)
     started = time.monotonic()
     state = init(keys)
     for chunk in range(args.chunks):
@@ -150,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(seeds) > 1:
             ens = scores(evaluate.simulate(np.mean(greedy, 0), envs.val), planted.signal, oracle_ir)
             lines["ensemble of the seeds"] = _brief(ens)
+        timing, tilt = per_actor(np.asarray(jax.vmap(actor_votes)(state)), planted.signal, envs.val)
+        lines["each actor's timing (corr of its greedy vote with s), seeds' mean"] = _per(timing)
+        lines["each actor's mean greedy vote, seeds' mean"] = _per(tilt)
         if expected is not None:
             votes = np.asarray(jax.vmap(expected)(state))
             each = [
@@ -168,6 +172,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _brief(sc: dict[str, float]) -> str:
     return f"cap {sc['capture']:+.2f} corr {sc['corr']:+.2f} to {sc['turnover']:.3f}"
+
+
+def _per(values: np.ndarray) -> str:
+    from marl_jax.agents import AGENT_NAMES
+
+    return ", ".join(f"{n} {v:+.2f}" for n, v in zip(AGENT_NAMES, values, strict=True))
+
+
+def greedy_votes(algo, params):
+    """``votes(state)``: each actor's greedy vote in {-1, 0, 1} ``(N, 3)`` at each evaluation
+    bar of ``params`` (seen from a flat book under ``env.observe_position``)."""
+    import jax
+
+    from marl_jax.env import market
+
+    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+    return jax.jit(lambda state: algo.act(state, obs)[0] - 1)
+
+
+def per_actor(votes: np.ndarray, signal: np.ndarray, params) -> tuple[np.ndarray, np.ndarray]:
+    """Each actor's timing (the correlation of its votes with ``s``; 0 for a constant vote)
+    and mean vote, averaged over the seeds of ``votes`` ``(seeds, N, 3)``."""
+    s = signal[np.arange(int(params.start_lo), int(params.last_bar))]
+    corr = np.zeros(votes.shape[::2])
+    for k in np.ndindex(*corr.shape):
+        v = votes[k[0], :, k[1]].astype(np.float64)
+        corr[k] = np.corrcoef(v, s)[0, 1] if v.std() > 0 else 0.0
+    return corr.mean(0), votes.mean(axis=(0, 1))
 
 
 def expected_votes(algo, params):

@@ -1,9 +1,11 @@
 """python -m marl_jax.diagnose on a tiny 2-fold walk-forward: the walk-forward's own
 validation scores, the entropies of metrics.jsonl, the signal shares and the critic's
-correlation as the deployed Policy computes them, and the one-line error."""
+correlation as the deployed Policy computes them, and the one-line error. On the same
+walk-forward: benchmarks/selection.py's rescoring of every kept checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -108,3 +110,38 @@ def test_diagnosis_of_a_walk_forward(walk_forward, tmp_path, capsys):
     for kind in ("greedy", "sampled"):
         assert sum(pooled["signal_shares"][kind].values()) == pytest.approx(1.0)
     assert "train_ret" in printed and "pooled" in printed and "critic_value" in printed
+
+
+@pytest.mark.slow
+def test_every_checkpoint_rescored_on_the_test_folds(walk_forward, tmp_path, capsys):
+    """benchmarks/selection.py: the ``validation`` rule reproduces the report's pooled figure
+    and its one-sign folds; each kept step is a rule whose pooled figure is the stitched
+    test folds of that step's checkpoints; hindsight takes, fold by fold, the step with the
+    best test figure."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "selection.py"
+    spec = importlib.util.spec_from_file_location("bench_selection", path)
+    selection = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(selection)
+    report = json.loads((walk_forward / "report.json").read_text())
+    out = tmp_path / "rescored.json"
+    assert selection.main([str(walk_forward), "--json", str(out)]) == 0
+    (res,) = json.loads(out.read_text())
+    assert res["validation"]["active_ir"] == pytest.approx(report["metrics"]["policy"]["active_ir"])
+    assert res["validation"]["one_sign"] == report["checks"]["one_sign_folds"]
+    assert res["validation"]["oracle_ir"] is None  # not planted
+    steps = sorted(int(p.name) for p in (walk_forward / "fold_0" / "checkpoints").iterdir())
+    assert {f"update {s}" for s in steps} <= set(res)
+    chosen = {
+        json.loads((walk_forward / f"fold_{k}" / "fold.json").read_text())["selection"]["step"]
+        for k in (0, 1)
+    }
+    if len(chosen) == 1:  # both folds chose the same step: that rule is the walk-forward's
+        assert res[f"update {chosen.pop()}"]["active_ir"] == pytest.approx(
+            res["validation"]["active_ir"]
+        )
+    hindsight = res[selection.HINDSIGHT]["active_ir"]
+    assert hindsight >= min(res[f"update {s}"]["active_ir"] for s in steps) - 1e-9
+    printed = capsys.readouterr().out
+    assert "| validation |" in printed and "best on test (hindsight)" in printed
+    assert selection.main([str(tmp_path / "nope")]) == 2
+    assert "not a folder" in capsys.readouterr().err
