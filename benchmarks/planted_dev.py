@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--chunks", type=int, default=4, help="validation reads during training")
     ap.add_argument("--cache", default=bench.learning.DEFAULT_CACHE)
+    ap.add_argument(
+        "--fit-batch-stats",
+        action="store_true",
+        help="an experiment: set the actors' BatchNorm running statistics (MLMI's convolutions) "
+        "to the train span's before training",
+    )
     args = ap.parse_args(argv)
 
     import jax
@@ -129,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     actor_votes = greedy_votes(algo, envs.val)
     started = time.monotonic()
     state = init(keys)
+    if args.fit_batch_stats:
+        state = jax.vmap(fitted_batch_stats(algo, envs.train))(state)
     for chunk in range(args.chunks):
         state, met = run(state)
         cells, greedy, captures = [], [], []
@@ -172,6 +180,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _brief(sc: dict[str, float]) -> str:
     return f"cap {sc['capture']:+.2f} corr {sc['corr']:+.2f} to {sc['turnover']:.3f}"
+
+
+def fitted_batch_stats(algo, params, passes: int = 60):
+    """``fit(state)``: ``state`` with every actor's BatchNorm running statistics moved to those
+    of the observations at every train bar of ``params`` (``passes`` momentum-0.1 updates, as
+    the original's train mode makes them). The trainer runs the models in eval mode, where
+    these statistics never change, so without this MLMI's BatchNorm stays the identity."""
+    import jax
+
+    from marl_jax.agents import AGENT_NAMES
+    from marl_jax.env import market
+
+    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+
+    def fit(state):
+        constants = dict(state.constants)
+        for name in AGENT_NAMES:
+            stats = constants[name].get("batch_stats")
+            if not stats:
+                continue
+            for i in range(passes):
+                variables = {**algo.variables(state, name), "batch_stats": stats}
+                _, new = algo.modules[name].apply(
+                    variables,
+                    obs[name],
+                    train=True,
+                    deterministic=True,
+                    attention_weights=False,
+                    mutable=["batch_stats"],
+                    rngs={"dropout": jax.random.key(i)},
+                )
+                stats = new["batch_stats"]
+            constants[name] = {**constants[name], "batch_stats": stats}
+        return state.replace(constants=constants)
+
+    return fit
 
 
 def _per(values: np.ndarray) -> str:
