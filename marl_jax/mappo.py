@@ -4,8 +4,8 @@ One update reads top to bottom: 1. **rollout** (``rollout_len`` steps of ``num_e
 environments; the critic values the true next state, before any automatic reset, so truncated
 episodes bootstrap); 2. **advantages** (GAE in return units, value targets, ValueNorm; per
 actor under counterfactual credit); 3. **epochs** (``update_epochs`` x ``num_minibatches``
-shuffled steps, one optimizer per model); 4. **losses** (per-actor clipped surrogates and entropies, the critic's value loss, and an
-optional auxiliary term). Config switches are read once, when :class:`MAPPO` is built; the
+shuffled steps, one optimizer per model); 4. **losses** (per-actor clipped surrogates and
+entropies, the critic's value loss, and an optional auxiliary term). Config switches are read once, when :class:`MAPPO` is built; the
 numbers a population varies are traced (:class:`~marl_jax.hparams.HyperParams`).
 
 Training is driven one way: ``init``, then ``update`` (the run loop jits it one step at a time,
