@@ -5,8 +5,9 @@ environments; the critic values the true next state, before any automatic reset,
 episodes bootstrap); 2. **advantages** (GAE in return units, value targets, ValueNorm; per
 actor under counterfactual credit); 3. **epochs** (``update_epochs`` x ``num_minibatches``
 shuffled steps, one optimizer per model); 4. **losses** (per-actor clipped surrogates and
-entropies, the critic's value loss, and an optional auxiliary term). Config switches are read once, when :class:`MAPPO` is built; the
-numbers a population varies are traced (:class:`~marl_jax.hparams.HyperParams`).
+entropies, the critic's value loss, and an optional auxiliary term). Config switches are
+read once, when :class:`MAPPO` is built; the numbers a population varies are traced
+(:class:`~marl_jax.hparams.HyperParams`).
 
 Training is driven one way: ``init``, then ``update`` (the run loop jits it one step at a time,
 a population vmaps it) or ``run`` (``lax.scan`` over updates; ``train`` is ``init`` + ``run``).
