@@ -26,6 +26,9 @@ from marl_jax.run.rundir import RunLock
 from marl_jax.run.sources import load_models_from
 
 TINY = tiny(training={"total_timesteps": 8 * 32})
+# The SIGKILL test's run: long enough that the kill, up to a second after the first checkpoint,
+# lands before the end even when the compilation cache makes each update a few milliseconds.
+KILLED_UPDATES = 64
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +74,8 @@ def write_config_and_run(tmp_path: Path, name: str, data: dict, *extra: str) -> 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    config = write_config(tmp_path / "tiny.yaml", TINY)
+    data = tiny(training={"total_timesteps": KILLED_UPDATES * 32})
+    config = write_config(tmp_path / "tiny.yaml", data)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     # The straight run starts after the kill, so it and the resumed run load the programs that
     # the killed run compiled from the compilation cache instead of compiling them again.
@@ -88,7 +92,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     done_before_kill = max(
         int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()
     )
-    assert done_before_kill < 8, "the kill came too late to test resuming"
+    assert done_before_kill < KILLED_UPDATES, "the kill came too late to test resuming"
 
     a = cli("--config", str(config), "--out", str(straight))
     code, _, err = finish(cli("--out", str(killed), "--resume"))
@@ -106,7 +110,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     s_rows = (straight / "metrics.jsonl").read_text().splitlines()
     k_rows = (killed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["update"] for r in k_rows] == list(range(1, 9))
+    assert [json.loads(r)["update"] for r in k_rows] == list(range(1, KILLED_UPDATES + 1))
     assert s_rows == k_rows
     for name in (
         "config.yaml",
