@@ -420,7 +420,7 @@ def ensemble_numbers(outs: Sequence[Path], data: str | None = None) -> dict | No
     one-sign test folds; None with fewer than two finished seeds or where their test bars
     differ."""
     from marl_jax.metrics import net_returns
-    from marl_jax.run.report import stitched_summary
+    from marl_jax.run.report import holds_one_sign, stitched_summary
 
     runs = [f for f in (_fold_arrays(o) for o in outs) if f is not None]
     if len(runs) < 2 or any(len(f) != len(runs[0]) for f in runs):
@@ -455,7 +455,7 @@ def ensemble_numbers(outs: Sequence[Path], data: str | None = None) -> dict | No
         "sharpe": policy["sharpe"],
         "capture": capture,
         "timing": _timing_at(np.concatenate(bars), np.concatenate(positions), data),
-        "one_sign": (sum(np.unique(np.sign(p)).size == 1 for p in positions), len(positions)),
+        "one_sign": (sum(holds_one_sign(p) for p in positions), len(positions)),
     }
 
 

@@ -193,7 +193,8 @@ def stitched_summary(
 # ---------------------------------------------------------------------------- the report
 
 
-def _holds_one_sign(positions: np.ndarray) -> bool:
+def holds_one_sign(positions: np.ndarray) -> bool:
+    """Whether ``positions`` hold one sign only (flat counting as a sign): no timing."""
     return np.unique(np.sign(np.asarray(positions))).size == 1
 
 
@@ -211,9 +212,7 @@ def report_checks(
     ``folds``: ``(fold number, parts)`` pairs, a part per instrument holding
     ``{name: {positions, ...}}`` (``policy`` among them)."""
     one_sign = [
-        int(k)
-        for k, parts in folds
-        if all(_holds_one_sign(p["policy"]["positions"]) for p in parts)
+        int(k) for k, parts in folds if all(holds_one_sign(p["policy"]["positions"]) for p in parts)
     ]
     checks: dict = {
         "folds": len(folds),
