@@ -12,11 +12,13 @@ piece, each seed's greedy policy runs over the validation bars, and the line sho
 active IR against buy-and-hold, its capture (over the oracle's on the same bars), turnover,
 the correlation of its position with the planted signal ``s`` (timing: a policy holding one
 sign per span has none), its actors' mean entropy (uniform: 1.0986) and its mean position
-sign. The baselines' figures on the same bars come first. Below each line: the seeds' mean
-capture; the ensemble of the seeds (at each bar the mean of their positions, scored with the
-same costs); and, under target actions without ``env.observe_position``, the expected vote
-(each actor's probability of long less its probability of short, averaged over the actors, as
-the position), per seed and as an ensemble.
+sign. The baselines' figures on the same bars come first, then the linear baseline fitted on
+one actor's inputs at a time (what each actor's current features say of the next return).
+Below each line: the seeds' mean capture; the ensemble of the seeds (at each bar the mean of
+their positions, scored with the same costs); and, under target actions without
+``env.observe_position``, the expected vote (each actor's probability of long less its
+probability of short, averaged over the actors, as the position) and the sampled votes (one
+draw per actor and bar, as in training), per seed and as an ensemble.
 
     python benchmarks/planted_dev.py --set env.action_mode=delta --set training.gamma=0.3
     python benchmarks/planted_dev.py --file bt_eurusd_1h --signal revert --seeds 0,1,2
@@ -44,12 +46,13 @@ TRAIN_SHARE, VAL_END_SHARE = 0.6, 0.8
 BASELINES = ("oracle", "linear", "momentum", "buy_and_hold")
 
 
-def dev_fold(n_bars: int, window: int):
+def dev_fold(n_bars: int, window: int, gap: int | None = None):
     """The development layout: train on ``[0, 0.6 n)``, validate on ``[0.6 n + gap, 0.8 n)``
-    (``gap = window + 1``); the test range after it is never evaluated."""
+    (``gap`` at least ``window + 1``, its default); the test range after it is never
+    evaluated."""
     from marl_jax.walkforward.folds import Fold
 
-    gap = window + 1
+    gap = window + 1 if gap is None else max(gap, window + 1)
     train_stop = int(TRAIN_SHARE * n_bars)
     val = (train_stop + gap, int(VAL_END_SHARE * n_bars))
     return Fold(0, (0, train_stop), val, (val[1] + gap, n_bars))
@@ -80,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", default=bench.DEFAULT_CONFIG)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument(
+        "--gap",
+        type=int,
+        default=None,
+        help="purge bars between train and validation (default and least: window + 1); "
+        "fixes the validation bars when the window changes",
+    )
     ap.add_argument("--chunks", type=int, default=4, help="validation reads during training")
     ap.add_argument("--cache", default=bench.learning.DEFAULT_CACHE)
     ap.add_argument(
@@ -96,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from marl_jax.config import load_config
     from marl_jax.env import evaluate, market
     from marl_jax.env.data import load_bars
+    from marl_jax.env.features import AGENT_FEATURES
     from marl_jax.env.plant import plant
     from marl_jax.mappo import MAPPO
     from marl_jax.walkforward.fold_run import fold_envs, greedy_policy_of
@@ -107,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if strength is None:
         strength = bench.calibrate(bars, args.signal, [args.target])[args.target].strength
     planted = plant(bars, args.signal, strength)
-    fold = dev_fold(len(bars), cfg.env.window)
+    fold = dev_fold(len(bars), cfg.env.window, args.gap)
     envs = fold_envs(cfg, planted.bars, fold, oracle=planted.signal)
     algo = MAPPO(cfg, market.MARKET)
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -130,8 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {name:12s} active IR {b['active_ir']:+.2f}  turnover {b['turnover']:.3f}  "
             f"corr {b['corr']:+.2f}"
         )
+    for name, (lo, hi) in AGENT_FEATURES.items():
+        one = evaluate.LinearBaseline.fit(envs.train, columns=range(lo, hi))
+        b = scores(evaluate.simulate(one.positions(envs.val), envs.val), planted.signal, oracle_ir)
+        print(
+            f"  linear, {name}'s inputs only: active IR {b['active_ir']:+.2f}  "
+            f"turnover {b['turnover']:.3f}  corr {b['corr']:+.2f}"
+        )
     plain_target = cfg.env.action_mode == "target" and not cfg.env.observe_position
-    expected = expected_votes(algo, envs.val) if plain_target else None
+    probs_of = vote_probs(algo, envs.val) if plain_target else None
     actor_votes = greedy_votes(algo, envs.val)
     started = time.monotonic()
     state = init(keys)
@@ -162,17 +180,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         timing, tilt = per_actor(np.asarray(jax.vmap(actor_votes)(state)), planted.signal, envs.val)
         lines["each actor's timing (corr of its greedy vote with s), seeds' mean"] = _per(timing)
         lines["each actor's mean greedy vote, seeds' mean"] = _per(tilt)
-        if expected is not None:
-            votes = np.asarray(jax.vmap(expected)(state))
-            each = [
-                scores(evaluate.simulate(v, envs.val), planted.signal, oracle_ir) for v in votes
-            ]
-            lines["expected vote, seeds' mean capture"] = (
-                f"{np.mean([e['capture'] for e in each]):+.2f}"
-            )
-            if len(seeds) > 1:
-                ens = evaluate.simulate(votes.mean(0), envs.val)
-                lines["expected vote, ensemble"] = _brief(scores(ens, planted.signal, oracle_ir))
+        if probs_of is not None:
+            probs = np.asarray(jax.vmap(probs_of)(state), dtype=np.float64)
+            for label, pos in (
+                ("expected vote", expected_positions(probs, envs.val)),
+                ("sampled votes", sampled_positions(probs, envs.val)),
+            ):
+                each = [
+                    scores(evaluate.simulate(v, envs.val), planted.signal, oracle_ir) for v in pos
+                ]
+                lines[f"{label}, seeds' mean capture"] = (
+                    f"{np.mean([e['capture'] for e in each]):+.2f} "
+                    f"(turnover {np.mean([e['turnover'] for e in each]):.3f})"
+                )
+                if len(seeds) > 1:
+                    ens = evaluate.simulate(pos.mean(0), envs.val)
+                    lines[f"{label}, ensemble"] = _brief(scores(ens, planted.signal, oracle_ir))
         for name, text in lines.items():
             print(f"    {name}: {text}", flush=True)
     return 0
@@ -246,33 +269,51 @@ def per_actor(votes: np.ndarray, signal: np.ndarray, params) -> tuple[np.ndarray
     return corr.mean(0), votes.mean(axis=(0, 1))
 
 
-def expected_votes(algo, params):
-    """``votes(state)``: at each evaluation bar of ``params``, the mean over the actors of their
-    probability of long less their probability of short (the position the greedy vote takes
-    on average), under ``env.action_mode: target`` and fixed sizing."""
+def vote_probs(algo, params):
+    """``probs(state)``: each actor's action probabilities (short, flat, long) at each
+    evaluation bar of ``params``, ``(3 actors, N, 3)``."""
     import jax
     import jax.numpy as jnp
 
     from marl_jax.agents import AGENT_NAMES
     from marl_jax.env import market
 
+    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+
+    def probs(state):
+        return jnp.stack(
+            [
+                algo.team.apply(
+                    name,
+                    algo.variables(state, name),
+                    obs[name],
+                    deterministic=True,
+                    attention_weights=False,
+                )["action_probs"]
+                for name in AGENT_NAMES
+            ]
+        )
+
+    return jax.jit(probs)
+
+
+def expected_positions(probs: np.ndarray, params) -> np.ndarray:
+    """The mean over the actors of their probability of long less their probability of short
+    (the position the sampled votes take on average), under target actions and fixed sizing;
+    ``probs`` ``(..., 3 actors, N, 3)``."""
     ts = np.arange(int(params.start_lo), int(params.last_bar))
-    obs = market.observations(params, ts)
+    return (probs[..., 2] - probs[..., 0]).mean(axis=-2) * np.asarray(params.vol_scale)[ts]
 
-    def votes(state):
-        each = []
-        for name in AGENT_NAMES:
-            out = algo.team.apply(
-                name,
-                algo.variables(state, name),
-                obs[name],
-                deterministic=True,
-                attention_weights=False,
-            )
-            each.append(out["action_probs"][:, 2] - out["action_probs"][:, 0])
-        return jnp.mean(jnp.stack(each), axis=0) * params.vol_scale[ts]
 
-    return jax.jit(votes)
+def sampled_positions(probs: np.ndarray, params, seed: int = 0) -> np.ndarray:
+    """Positions of votes drawn from ``probs`` ``(..., 3 actors, N, 3)``, one draw per actor
+    and bar (the stochastic policy as it trains), under target actions and fixed sizing."""
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(probs, axis=-1)
+    u = rng.random(probs.shape[:-1] + (1,))
+    votes = (u > cum[..., :2]).sum(axis=-1) - 1
+    ts = np.arange(int(params.start_lo), int(params.last_bar))
+    return votes.mean(axis=-2) * np.asarray(params.vol_scale)[ts]
 
 
 if __name__ == "__main__":

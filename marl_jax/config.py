@@ -246,6 +246,11 @@ class TrainingConfig(_Section):
     critic_lr: Float = Field(5e-4, gt=0, description="critic Adam learning rate")
     adam_eps: Float = Field(1e-5, gt=0, description="Adam epsilon")
     anneal_lr: Bool = Field(False, description="decay both learning rates linearly to 0")
+    anneal_ent: Bool = Field(
+        False,
+        description="decay ent_coef linearly to 0 over the run's updates (ent_coef at the "
+        "first update, 0 after the last)",
+    )
     use_valuenorm: Bool = Field(True, description="normalise value targets (ValueNorm)")
     use_clipped_value_loss: Bool = Field(True, description="clip the value loss like PPO")
     use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")

@@ -100,6 +100,7 @@ class MAPPO:
         self.use_valuenorm = training.use_valuenorm
         self.normalise_advantages = training.normalise_advantages
         self.counterfactual = training.credit == "counterfactual"
+        self.anneal_ent = training.anneal_ent
         self.value_loss = functools.partial(
             ppo.value_loss,
             use_clipped=training.use_clipped_value_loss,
@@ -230,6 +231,15 @@ class MAPPO:
             adv = ppo.normalise_advantages(adv, axis=per_actor)
         return adv, targets, vn
 
+    def hparams_now(self, state: TrainState) -> HyperParams:
+        """The hyperparameters of the update ``state`` is at: ``ent_coef`` scaled by
+        ``1 - update_step / num_updates`` (at least 0) under ``anneal_ent``."""
+        hp = state.hparams
+        if not self.anneal_ent:
+            return hp
+        left = 1.0 - jnp.asarray(state.update_step, jnp.float32) / self.num_updates
+        return hp.replace(ent_coef=hp.ent_coef * jnp.clip(left, 0.0, 1.0))
+
     def batch(self, state: TrainState, traj: Transition) -> tuple[Batch, ppo.ValueNormState]:
         """The rollout as one flat training batch, and the ValueNorm state after it."""
         adv, targets, value_norm = self.advantages(state, traj)
@@ -243,6 +253,7 @@ class MAPPO:
     ) -> tuple[TrainState, dict[str, Array]]:
         """GAE then ``update_epochs`` x ``num_minibatches`` shuffled minibatch steps."""
         flat, value_norm = self.batch(state, traj)
+        hp = self.hparams_now(state)
         size, n_mb = jax.tree.leaves(flat.obs_key)[0].shape[0], self.num_minibatches
         if size % n_mb:
             raise ValueError(f"batch of {size} transitions does not split into {n_mb} minibatches")
@@ -251,7 +262,7 @@ class MAPPO:
         def minibatch_step(carry, mb: Batch):
             params, opt_state = carry
             grads, metrics = jax.grad(self.loss, has_aux=True)(
-                params, state.constants, mb, env_params, state.hparams
+                params, state.constants, mb, env_params, hp
             )
             new_params, new_opt = {}, {}
             for name in params:  # the models, then the auxiliary heads when there are any

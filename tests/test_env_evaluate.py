@@ -173,6 +173,24 @@ def test_linear_baseline_finds_a_planted_linear_signal():
         run_baseline("linear", test)
 
 
+def test_linear_baseline_on_some_columns_reads_only_those():
+    bars = synthetic_bars(3000, seed=6)
+    train = _planted(bars, "train", feature=6)
+    cols = [4, 5, 6, 7, 8, 9]  # NWRQK's slice holds the planted feature
+    model = LinearBaseline.fit(train, columns=cols)
+    others = np.setdiff1d(np.arange(NUM_FEATURES), cols)
+    assert np.all(model.weights[others] == 0.0)
+    assert int(np.argmax(np.abs(model.weights))) == 6
+    # The same fit as on a table that holds only those columns.
+    only = train.replace(features=train.features.at[:, others].set(0.0))
+    np.testing.assert_allclose(
+        LinearBaseline.fit(only).weights[cols], model.weights[cols], rtol=0.02
+    )
+    # Without the planted column it finds nothing like it.
+    blind = LinearBaseline.fit(train, columns=[0, 1, 2, 3])
+    assert np.abs(blind.weights).max() < 0.2 * model.weights[6]
+
+
 def test_linear_baseline_pays_what_a_policy_holding_its_positions_pays():
     bars = synthetic_bars(3000, seed=6)
     test = _planted(bars, "test", feature=2)

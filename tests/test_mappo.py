@@ -248,3 +248,25 @@ def test_unrolling_the_learn_loop_changes_the_program_not_the_result(env_params)
     ):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(m_rolled["loss"]), float(m_unrolled["loss"]), rtol=1e-5)
+
+
+def test_the_entropy_anneal_reaches_zero_at_the_last_update(env_params):
+    """``training.anneal_ent``: ``ent_coef`` at the first update, half of it halfway, 0 after
+    the last; an update at the end learns as one with no entropy bonus."""
+    annealed = build(config_from_dict(tiny(training={"anneal_ent": True, "ent_coef": 0.5})))
+    plain = build(config_from_dict(tiny(training={"ent_coef": 0.5})))
+    state = jax.jit(annealed.init)(jax.random.key(0), env_params)
+    n = annealed.num_updates
+    for step, factor in ((0, 1.0), (n // 2, 0.5), (n, 0.0), (n + 3, 0.0)):
+        at = state.replace(update_step=jnp.asarray(step, state.update_step.dtype))
+        assert float(annealed.hparams_now(at).ent_coef) == pytest.approx(0.5 * factor)
+        assert float(plain.hparams_now(at).ent_coef) == pytest.approx(0.5)
+    state, traj = jax.jit(annealed.rollout)(state, env_params)
+    end = state.replace(update_step=jnp.asarray(n, state.update_step.dtype))
+    # The first update with no bonus at all (the same compiled program).
+    no_bonus = state.replace(hparams=state.hparams.replace(ent_coef=jnp.zeros((), jnp.float32)))
+    learn = jax.jit(annealed.learn)
+    after, _ = learn(end, traj, env_params)
+    assert leaves_equal(after.params, learn(no_bonus, traj, env_params)[0].params)
+    first, _ = learn(state, traj, env_params)  # at update 0 the bonus is whole: it changes things
+    assert not leaves_equal(first.params, after.params)

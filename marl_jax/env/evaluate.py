@@ -145,17 +145,26 @@ class LinearBaseline:
     ridge: float = LINEAR_RIDGE
 
     @classmethod
-    def fit(cls, train_params: EnvParams, ridge: float = LINEAR_RIDGE) -> LinearBaseline:
+    def fit(
+        cls,
+        train_params: EnvParams,
+        ridge: float = LINEAR_RIDGE,
+        columns: Sequence[int] | None = None,
+    ) -> LinearBaseline:
         """Fits on every evaluation bar of ``train_params`` (the train split: its targets
-        ``r[t+1]`` stay inside the split). The intercept is not penalised."""
+        ``r[t+1]`` stay inside the split). The intercept is not penalised. ``columns`` limits
+        the regression to those features (an agent's slice, say); the others weigh 0."""
         ts = _eval_bars(train_params)
-        x = np.asarray(train_params.features, dtype=np.float64)[ts]
+        cols = np.arange(NUM_FEATURES) if columns is None else np.asarray(columns, dtype=int)
+        x = np.asarray(train_params.features, dtype=np.float64)[ts][:, cols]
         y = np.asarray(train_params.log_returns, dtype=np.float64)[ts + 1]
         x_mean, y_mean = x.mean(axis=0), y.mean()
         xc = x - x_mean
-        gram = xc.T @ xc / len(ts) + ridge * np.eye(NUM_FEATURES)
-        weights = np.linalg.solve(gram, xc.T @ (y - y_mean) / len(ts))
-        return cls(weights, float(y_mean - x_mean @ weights), float(ridge))
+        gram = xc.T @ xc / len(ts) + ridge * np.eye(len(cols))
+        fitted = np.linalg.solve(gram, xc.T @ (y - y_mean) / len(ts))
+        weights = np.zeros(NUM_FEATURES)
+        weights[cols] = fitted
+        return cls(weights, float(y_mean - x_mean @ fitted), float(ridge))
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Predicted next-bar log returns for normalised features ``(N, 13)``."""
