@@ -98,19 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="an experiment: set the actors' BatchNorm running statistics (MLMI's convolutions) "
         "to the train span's before training",
     )
-    ap.add_argument(
-        "--reward-scale",
-        type=float,
-        default=1.0,
-        help="an experiment: train on the market's rewards times this factor",
-    )
     args = ap.parse_args(argv)
 
     import jax
     import jax.numpy as jnp
 
     from marl_jax.config import load_config
-    from marl_jax.env import evaluate
+    from marl_jax.env import evaluate, market
     from marl_jax.env.data import load_bars
     from marl_jax.env.features import AGENT_FEATURES
     from marl_jax.env.plant import plant
@@ -126,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     planted = plant(bars, args.signal, strength)
     fold = dev_fold(len(bars), cfg.env.window, args.gap)
     envs = fold_envs(cfg, planted.bars, fold, oracle=planted.signal)
-    algo = MAPPO(cfg, scaled_market(args.reward_scale))
+    algo = MAPPO(cfg, market.MARKET)
     seeds = [int(x) for x in args.seeds.split(",")]
     keys = jnp.stack([jax.random.key_data(jax.random.PRNGKey(s)) for s in seeds])
     per = cfg.training.num_updates // args.chunks
@@ -205,22 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, text in lines.items():
             print(f"    {name}: {text}", flush=True)
     return 0
-
-
-def scaled_market(factor: float):
-    """The market environment, its rewards multiplied by ``factor`` (the market itself at 1).
-    With ValueNorm and normalised advantages the trainer should not notice the factor."""
-    from marl_jax.env import market
-
-    if factor == 1.0:
-        return market.MARKET
-
-    class Scaled(market.Market):
-        def step(self, key, state, actions, params):
-            obs, state, reward, done, info = super().step(key, state, actions, params)
-            return obs, state, reward * factor, done, info
-
-    return Scaled()
 
 
 def _brief(sc: dict[str, float]) -> str:

@@ -251,6 +251,13 @@ class TrainingConfig(_Section):
         description="decay ent_coef linearly to 0 over the run's updates (ent_coef at the "
         "first update, 0 after the last)",
     )
+    reward_scale: Float = Field(
+        1.0,
+        gt=0,
+        description="the learner multiplies every reward by this before GAE (the critic and "
+        "ValueNorm see scaled returns; ValueNorm's variance floor of 0.01 leaves rewards much "
+        "smaller than 0.1 unnormalised); reported rewards are not scaled",
+    )
     use_valuenorm: Bool = Field(True, description="normalise value targets (ValueNorm)")
     use_clipped_value_loss: Bool = Field(True, description="clip the value loss like PPO")
     use_huber_loss: Bool = Field(True, description="Huber instead of squared value loss")

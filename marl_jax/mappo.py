@@ -101,6 +101,7 @@ class MAPPO:
         self.normalise_advantages = training.normalise_advantages
         self.counterfactual = training.credit == "counterfactual"
         self.anneal_ent = training.anneal_ent
+        self.reward_scale = float(training.reward_scale)
         self.value_loss = functools.partial(
             ppo.value_loss,
             use_clipped=training.use_clipped_value_loss,
@@ -210,22 +211,27 @@ class MAPPO:
         actions under the rollout policy, the others' held): ``r - b_i`` at ``gamma = 0``.
         ``b_i`` does not depend on actor ``i``'s action, so the policy gradient stays unbiased;
         it removes the others' votes from actor ``i``'s credit. Each actor's advantages are
-        normalised on their own."""
+        normalised on their own. Rewards (and ``b_i``) are multiplied by ``reward_scale``
+        first: the critic learns, and ValueNorm normalises, the scaled returns."""
         vn = state.value_norm
+        reward, baseline = traj.reward, traj.credit_baseline
+        if self.reward_scale != 1.0:
+            reward = reward * self.reward_scale
+            baseline = None if baseline is None else baseline * self.reward_scale
         denorm = functools.partial(ppo.valuenorm_denormalise, vn)
         value, next_value = traj.value, traj.next_value
         if self.use_valuenorm:
             value, next_value = denorm(value), denorm(next_value)
         hp = state.hparams
         adv, returns = ppo.gae(
-            traj.reward, value, next_value, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
+            reward, value, next_value, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
         )
         targets = returns
         if self.use_valuenorm:
             vn = ppo.valuenorm_update(vn, returns)
             targets = ppo.valuenorm_normalise(vn, returns)
         if self.counterfactual:
-            adv = (adv + value)[..., None] - traj.credit_baseline
+            adv = (adv + value)[..., None] - baseline
         if self.normalise_advantages:
             per_actor = (0, 1) if self.counterfactual else None
             adv = ppo.normalise_advantages(adv, axis=per_actor)

@@ -270,3 +270,19 @@ def test_the_entropy_anneal_reaches_zero_at_the_last_update(env_params):
     assert leaves_equal(after.params, learn(no_bonus, traj, env_params)[0].params)
     first, _ = learn(state, traj, env_params)  # at update 0 the bonus is whole: it changes things
     assert not leaves_equal(first.params, after.params)
+
+
+def test_reward_scale_trains_on_the_rewards_times_the_factor(cfg, env_params):
+    """``training.reward_scale``: the same advantages, value targets and ValueNorm state as an
+    environment whose rewards are that many times larger, and not those of the rewards as
+    they are (ValueNorm's variance floor keeps small rewards unnormalised)."""
+    plain, scaled = build(cfg), build(config_from_dict(tiny(training={"reward_scale": 100.0})))
+    state = jax.jit(plain.init)(jax.random.key(0), env_params)
+    state, traj = jax.jit(plain.rollout)(state, env_params)
+    by_key = scaled.advantages(state, traj)
+    by_env = plain.advantages(state, traj.replace(reward=traj.reward * 100.0))
+    for a, b in zip(jax.tree.leaves(by_key), jax.tree.leaves(by_env), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    adv, targets, _ = plain.advantages(state, traj)
+    assert not np.allclose(np.asarray(adv), np.asarray(by_key[0]), atol=1e-3)
+    assert not np.allclose(np.asarray(targets), np.asarray(by_key[1]))
