@@ -214,8 +214,9 @@ def fitted_batch_stats(algo, params, passes: int = 60):
 
     from marl_jax.agents import AGENT_NAMES
     from marl_jax.env import market
+    from marl_jax.env.evaluate import eval_bars
 
-    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+    obs = market.observations(params, eval_bars(params))
 
     def fit(state):
         constants = dict(state.constants)
@@ -253,15 +254,18 @@ def greedy_votes(algo, params):
     import jax
 
     from marl_jax.env import market
+    from marl_jax.env.evaluate import eval_bars
 
-    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+    obs = market.observations(params, eval_bars(params))
     return jax.jit(lambda state: algo.act(state, obs)[0] - 1)
 
 
 def per_actor(votes: np.ndarray, signal: np.ndarray, params) -> tuple[np.ndarray, np.ndarray]:
     """Each actor's timing (the correlation of its votes with ``s``; 0 for a constant vote)
     and mean vote, averaged over the seeds of ``votes`` ``(seeds, N, 3)``."""
-    s = signal[np.arange(int(params.start_lo), int(params.last_bar))]
+    from marl_jax.env.evaluate import eval_bars
+
+    s = signal[eval_bars(params)]
     corr = np.zeros(votes.shape[::2])
     for k in np.ndindex(*corr.shape):
         v = votes[k[0], :, k[1]].astype(np.float64)
@@ -277,8 +281,9 @@ def vote_probs(algo, params):
 
     from marl_jax.agents import AGENT_NAMES
     from marl_jax.env import market
+    from marl_jax.env.evaluate import eval_bars
 
-    obs = market.observations(params, np.arange(int(params.start_lo), int(params.last_bar)))
+    obs = market.observations(params, eval_bars(params))
 
     def probs(state):
         return jnp.stack(
@@ -301,18 +306,22 @@ def expected_positions(probs: np.ndarray, params) -> np.ndarray:
     """The mean over the actors of their probability of long less their probability of short
     (the position the sampled votes take on average), under target actions and fixed sizing;
     ``probs`` ``(..., 3 actors, N, 3)``."""
-    ts = np.arange(int(params.start_lo), int(params.last_bar))
+    from marl_jax.env.evaluate import eval_bars
+
+    ts = eval_bars(params)
     return (probs[..., 2] - probs[..., 0]).mean(axis=-2) * np.asarray(params.vol_scale)[ts]
 
 
 def sampled_positions(probs: np.ndarray, params, seed: int = 0) -> np.ndarray:
     """Positions of votes drawn from ``probs`` ``(..., 3 actors, N, 3)``, one draw per actor
     and bar (the stochastic policy as it trains), under target actions and fixed sizing."""
+    from marl_jax.env.evaluate import eval_bars
+
     rng = np.random.default_rng(seed)
     cum = np.cumsum(probs, axis=-1)
     u = rng.random(probs.shape[:-1] + (1,))
     votes = (u > cum[..., :2]).sum(axis=-1) - 1
-    ts = np.arange(int(params.start_lo), int(params.last_bar))
+    ts = eval_bars(params)
     return votes.mean(axis=-2) * np.asarray(params.vol_scale)[ts]
 
 

@@ -214,24 +214,26 @@ class MAPPO:
         normalised on their own. Rewards (and ``b_i``) are multiplied by ``reward_scale``
         first: the critic learns, and ValueNorm normalises, the scaled returns."""
         vn = state.value_norm
-        reward, baseline = traj.reward, traj.credit_baseline
-        if self.reward_scale != 1.0:
-            reward = reward * self.reward_scale
-            baseline = None if baseline is None else baseline * self.reward_scale
         denorm = functools.partial(ppo.valuenorm_denormalise, vn)
         value, next_value = traj.value, traj.next_value
         if self.use_valuenorm:
             value, next_value = denorm(value), denorm(next_value)
         hp = state.hparams
         adv, returns = ppo.gae(
-            reward, value, next_value, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda
+            traj.reward * self.reward_scale,
+            value,
+            next_value,
+            traj.terminated,
+            traj.truncated,
+            hp.gamma,
+            hp.gae_lambda,
         )
         targets = returns
         if self.use_valuenorm:
             vn = ppo.valuenorm_update(vn, returns)
             targets = ppo.valuenorm_normalise(vn, returns)
         if self.counterfactual:
-            adv = (adv + value)[..., None] - baseline
+            adv = (adv + value)[..., None] - traj.credit_baseline * self.reward_scale
         if self.normalise_advantages:
             per_actor = (0, 1) if self.counterfactual else None
             adv = ppo.normalise_advantages(adv, axis=per_actor)

@@ -71,6 +71,7 @@ __all__ = [
     "BASELINES",
     "ORACLE",
     "capture",
+    "eval_bars",
     "LINEAR_RIDGE",
     "MOMENTUM_LOOKBACK",
     "EvalRun",
@@ -154,7 +155,7 @@ class LinearBaseline:
         """Fits on every evaluation bar of ``train_params`` (the train split: its targets
         ``r[t+1]`` stay inside the split). The intercept is not penalised. ``columns`` limits
         the regression to those features (an agent's slice, say); the others weigh 0."""
-        ts = _eval_bars(train_params)
+        ts = eval_bars(train_params)
         cols = np.arange(NUM_FEATURES) if columns is None else np.asarray(columns, dtype=int)
         x = np.asarray(train_params.features, dtype=np.float64)[ts][:, cols]
         y = np.asarray(train_params.log_returns, dtype=np.float64)[ts + 1]
@@ -172,10 +173,10 @@ class LinearBaseline:
 
     def positions(self, params: EnvParams) -> np.ndarray:
         """The sign of the prediction at every evaluation bar of ``params``."""
-        return np.sign(self.predict(np.asarray(params.features)[_eval_bars(params)]))
+        return np.sign(self.predict(np.asarray(params.features)[eval_bars(params)]))
 
 
-def _eval_bars(params: EnvParams) -> np.ndarray:
+def eval_bars(params: EnvParams) -> np.ndarray:
     """The bars ``[start_lo, last_bar)`` at which ``params`` is evaluated."""
     return np.arange(int(params.start_lo), int(params.last_bar))
 
@@ -183,14 +184,14 @@ def _eval_bars(params: EnvParams) -> np.ndarray:
 def positions_for(actions: np.ndarray, params: EnvParams) -> np.ndarray:
     """The positions that int actions ``(N, 3)`` taken at consecutive bars of ``params`` hold,
     as the environment maps them."""
-    return np.asarray(positions_from_actions(actions, params, _eval_bars(params)))
+    return np.asarray(positions_from_actions(actions, params, eval_bars(params)))
 
 
 def simulate(
     positions: np.ndarray, params: EnvParams, periods_per_year: float | None = None
 ) -> EvalRun:
     """Score positions set at every evaluation bar of ``params`` (see the module docstring)."""
-    ts = _eval_bars(params)
+    ts = eval_bars(params)
     positions = np.asarray(positions, dtype=np.float32).reshape(-1)
     if positions.shape != ts.shape:
         raise ValueError(f"expected {len(ts)} positions, got {positions.shape}")
@@ -238,7 +239,7 @@ def run_policy(
     and the chain of signals is followed from flat, or, with more signals than
     :data:`MAX_HELD_SIGNALS` (``delta``), run bar after bar in one ``lax.scan``; any other
     ``policy_fn`` is called bar after bar."""
-    ts = _eval_bars(params)
+    ts = eval_bars(params)
     if params.observe_position:
         actions = _held_actions(policy_fn, params, ts, batch_size)
     else:
@@ -356,7 +357,7 @@ def run_baseline(
 ) -> EvalRun:
     """The baseline ``name`` (one of :data:`BASELINES`, or :data:`ORACLE` with ``oracle``, the
     planted signal of every bar of ``params``) at every evaluation bar, scored."""
-    ts = _eval_bars(params)
+    ts = eval_bars(params)
     if name == "buy_and_hold":
         positions = np.ones(len(ts))
     elif name == "flat":
