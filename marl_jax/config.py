@@ -449,6 +449,13 @@ class Config(_Section):
         default_factory=CheckpointConfig, description="checkpointing"
     )
     seed: Int = Field(0, ge=0, description="seed of the run")
+    ensemble: Int = Field(
+        1,
+        ge=1,
+        description="models trained per run, member i with seed seed*ensemble+i; the policy's "
+        "position is the mean of theirs (train and walkforward; decide and backtest read the "
+        "run's folder); 1: one model",
+    )
 
 
 # --------------------------------------------------------------------------- overrides

@@ -6,7 +6,9 @@ the defaults ``target`` and ``fixed``), the signal behind it and the critic's va
 or one JSON object with ``--json``. Under ``delta`` the position moves from the current
 holding, ``--position``; a model trained with ``env.observe_position`` also reads that holding
 as an input, so it needs ``--position`` whatever its action mode (the output repeats it as the
-observed position). The work is done by :class:`marl_jax.policy.Policy`.
+observed position). The folder of a run trained with ``ensemble`` K > 1 decides as the mean
+of its members' positions, each member's table printed (``members`` in the JSON). The work is
+done by :class:`marl_jax.policy.Policy` (:class:`marl_jax.policy.Ensemble`).
 """
 
 from __future__ import annotations
@@ -44,18 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_decision(row: Mapping, model: str, modes: str = "") -> str:
-    """A decision row (:meth:`marl_jax.policy.Decision.row`) as a text table; ``modes``
-    describes how the position was made (:meth:`marl_jax.policy.Policy.describe_modes`)."""
-    from marl_jax.policy import ACTION_NAMES
-
+    """A decision row (:meth:`marl_jax.policy.Decision.row`, or an ensemble's
+    :meth:`marl_jax.policy.EnsembleDecision.row`: each member's table, then their mean) as a
+    text table; ``modes`` describes how the position was made
+    (:meth:`marl_jax.policy.Policy.describe_modes`)."""
     lines = [f"decision at {row['timestamp']} (bar {row['bar_index']}), model: {model}"]
-    probs = "".join(f"{'p(' + a + ')':>14s}" for a in ACTION_NAMES)
-    header = f"{'agent':8s}{'action':>12s}{probs}"
-    lines += [header, "-" * len(header)]
-    for name, agent in row["agents"].items():
-        action = f"{agent['action']} {agent['action_name']}"
-        lines.append(f"{name:8s}{action:>12s}" + "".join(f"{p:>14.4f}" for p in agent["probs"]))
-    lines.append(f"{'joint position':20s}{row['position']:>+10.4f}")
+    for i, member in enumerate(row.get("members", [])):
+        lines.append(f"member {i}: position {member['position']:+.4f}")
+        lines += _agents_table(member["agents"])
+    if "agents" in row:
+        lines += _agents_table(row["agents"])
+    joint = "joint position" if "agents" in row else "mean position"
+    lines.append(f"{joint:20s}{row['position']:>+10.4f}")
     if "signal" in row:
         lines.append(f"{'signal':20s}{row['signal']:>+10.4f}")
     lines.append(f"{'critic value':20s}{row['value']:>+10.4f}")
@@ -64,6 +66,19 @@ def format_decision(row: Mapping, model: str, modes: str = "") -> str:
     if modes:
         lines.append(f"position by {modes}")
     return "\n".join(lines)
+
+
+def _agents_table(agents: Mapping) -> list[str]:
+    """Each agent's action and probabilities, one line each under a header."""
+    from marl_jax.policy import ACTION_NAMES
+
+    probs = "".join(f"{'p(' + a + ')':>14s}" for a in ACTION_NAMES)
+    header = f"{'agent':8s}{'action':>12s}{probs}"
+    lines = [header, "-" * len(header)]
+    for name, agent in agents.items():
+        action = f"{agent['action']} {agent['action_name']}"
+        lines.append(f"{name:8s}{action:>12s}" + "".join(f"{p:>14.4f}" for p in agent["probs"]))
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,7 +63,7 @@ from flax import struct
 from marl_jax.agents import AGENT_NAMES, FEATURE_NAMES
 from marl_jax.config import Config, config_from_dict, config_to_dict
 from marl_jax.env import data as bar_data
-from marl_jax.env.evaluate import TracedPolicy
+from marl_jax.env.evaluate import EvalRun, TracedPolicy, run_policy, simulate
 from marl_jax.env.features import (
     AGENT_FEATURES,
     NUM_FEATURES,
@@ -72,6 +72,7 @@ from marl_jax.env.features import (
     compute_features,
 )
 from marl_jax.env.market import (
+    EnvParams,
     bars_per_year,
     combined_vote,
     env_modes,
@@ -86,6 +87,8 @@ from marl_jax.models.registry import module_config, observes_position
 __all__ = [
     "ACTION_NAMES",
     "Decision",
+    "Ensemble",
+    "EnsembleDecision",
     "Policy",
     "PolicyError",
     "decision_from_obs",
@@ -523,6 +526,11 @@ class Policy:
         observes its position batched over the signals it can hold, or in one compiled scan."""
         return self._compiled()[1]
 
+    def run(self, params: EnvParams, batch_size: int = 2048) -> EvalRun:
+        """The greedy policy at every evaluation bar of ``params``, scored
+        (:func:`marl_jax.env.evaluate.run_policy`)."""
+        return run_policy(self.policy_fn(), params, batch_size=batch_size)
+
     def metadata(self) -> dict[str, Any]:
         """What a deployed decision needs beside the models: features, window, normalisation,
         and ``observe_position: true`` for a model that observes its position."""
@@ -536,3 +544,153 @@ class Policy:
             "model": self.description,
             **({"observe_position": True} if self.observe_position else {}),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleDecision:
+    """An ensemble's decisions at ``B`` bars: each member's, and the mean of their positions,
+    signals and critic values."""
+
+    members: tuple[Decision, ...]
+    position: np.ndarray  # (B,) the mean of the members' positions
+    signal: np.ndarray  # (B,) the mean of the members' signals
+    value: np.ndarray  # (B,) the mean of the members' critic values
+    bar_index: np.ndarray
+    timestamp: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def row(self, i: int = -1) -> dict[str, Any]:
+        """Decision ``i`` as plain JSON-able values, each member's under ``members``."""
+        members = []
+        for m in self.members:
+            row = m.row(i)
+            members.append({k: v for k, v in row.items() if k not in ("timestamp", "bar_index")})
+        return {
+            "timestamp": str(np.datetime_as_string(self.timestamp[i], unit="s")),
+            "bar_index": int(self.bar_index[i]),
+            "position": float(self.position[i]),
+            "signal": float(self.signal[i]),
+            "value": float(self.value[i]),
+            "members": members,
+        }
+
+
+def _mean_of(decisions: list[Decision]) -> EnsembleDecision:
+    first = decisions[0]
+    return EnsembleDecision(
+        members=tuple(decisions),
+        position=np.mean([d.position for d in decisions], axis=0),
+        signal=np.mean([d.signal for d in decisions], axis=0),
+        value=np.mean([d.value for d in decisions], axis=0),
+        bar_index=first.bar_index,
+        timestamp=first.timestamp,
+    )
+
+
+class Ensemble:
+    """Policies whose position is the mean of theirs (a run trained with ``ensemble`` K):
+    members of one window, one feature normalisation and one way of making a position, each
+    deciding as a :class:`Policy` alone (its own previous positions, under ``delta`` or
+    ``observe_position``). ``config``: the ensemble run's config, if any; ``sources``: where
+    each member was read from, if anywhere."""
+
+    def __init__(
+        self,
+        members: list[Policy],
+        description: str,
+        config: Config | None = None,
+        sources: tuple[str, ...] = (),
+    ):
+        if len(members) < 2:
+            raise PolicyError(f"{description}: an ensemble needs at least two members")
+        first = members[0]
+        for i, m in enumerate(members[1:], start=1):
+            differs = [
+                what
+                for what, same in (
+                    ("window", m.window == first.window),
+                    ("feature normalisation", m.norm.to_dict() == first.norm.to_dict()),
+                    ("env modes", m.modes == first.modes),
+                    ("observe_position", m.observe_position == first.observe_position),
+                )
+                if not same
+            ]
+            if differs:
+                raise PolicyError(
+                    f"{description}: member {i} ({m.description}) differs from member 0 in its "
+                    f"{', '.join(differs)}; an ensemble's members are seeds of one run"
+                )
+        self.members = tuple(members)
+        self.description = description
+        self.config = config
+        self.sources = tuple(sources)
+
+    # The bars, the window and the modes are the members' (checked equal).
+    def __getattr__(self, name: str) -> Any:
+        if name in _SHARED:
+            return getattr(self.members[0], name)
+        raise AttributeError(name)
+
+    @property
+    def run_config(self) -> Config:
+        """The ensemble run's config (else member 0's run config)."""
+        return self.config or self.members[0].run_config
+
+    def describe_modes(self) -> str:
+        """The members' modes in words, and how many members there are."""
+        return f"{self.members[0].describe_modes()}; the mean of {len(self.members)} members"
+
+    def decide(
+        self,
+        bars: bar_data.Bars,
+        at: Any = None,
+        *,
+        position: float | None = None,
+        source: str = "bars",
+    ) -> EnsembleDecision:
+        """Each member's :meth:`Policy.decide` at ``at``, and their mean."""
+        decisions = [m.decide(bars, at, position=position, source=source) for m in self.members]
+        return _mean_of(decisions)
+
+    def decide_many(
+        self,
+        bars: bar_data.Bars,
+        start: int | None = None,
+        stop: int | None = None,
+        *,
+        position: float | None = None,
+        source: str = "bars",
+    ) -> EnsembleDecision:
+        """Each member's :meth:`Policy.decide_many` over ``[start, stop)``, and their mean."""
+        return _mean_of(
+            [
+                m.decide_many(bars, start, stop, position=position, source=source)
+                for m in self.members
+            ]
+        )
+
+    def run(self, params: EnvParams, batch_size: int = 2048) -> EvalRun:
+        """The mean of the members' positions at every evaluation bar of ``params``, scored
+        (each member run as :meth:`Policy.run`)."""
+        positions = [m.run(params, batch_size).positions for m in self.members]
+        return simulate(np.mean(positions, axis=0), params)
+
+
+# What an Ensemble reads from its first member.
+_SHARED = frozenset(
+    {
+        "norm",
+        "window",
+        "history",
+        "observe_position",
+        "modes",
+        "delta",
+        "vol_history",
+        "load_bars",
+        "periods_per_year",
+        "bar_at",
+        "normalised_features",
+    }
+)

@@ -4,7 +4,9 @@ The work is done by :mod:`marl_jax.run`: training runs one jitted update at a ti
 written every ``checkpoint.save_every`` updates, so ``--resume`` continues bit-identically from
 the latest one. At the end the run directory holds ``config.yaml``, the checkpoints,
 ``metrics.jsonl``, ``learning_curve.png``, ``report.json`` (:mod:`marl_jax.run.report`),
-``returns.csv``, ``equity_curve.png`` and ``strategic_marl.pt``.
+``returns.csv``, ``equity_curve.png`` and ``strategic_marl.pt``. A config with ``ensemble``
+K > 1 trains K such runs in ``member_0 .. member_K-1`` and reports their mean on the test split
+(:mod:`marl_jax.run.ensemble`).
 """
 
 from __future__ import annotations
@@ -66,10 +68,11 @@ def _train(args: argparse.Namespace) -> int:
     tracker = tracker_from_args(args)  # a missing package fails before training
     enable_compilation_cache()
     from marl_jax.config import config_to_dict
+    from marl_jax.run.ensemble import train_ensemble
     from marl_jax.run.report import format_report
     from marl_jax.run.rundir import TENSORBOARD
     from marl_jax.run.session import train_run
-    from marl_jax.run.setup import RunSpec
+    from marl_jax.run.setup import RunSpec, resolve_config
     from marl_jax.run.tracking import log_outcome, tracked
 
     spec = RunSpec(
@@ -83,7 +86,16 @@ def _train(args: argparse.Namespace) -> int:
         total_timesteps=args.total_timesteps,
     )
     out = Path(args.out)
+    cfg = resolve_config(spec)
     with tracked(tracker, out.resolve().name, out / TENSORBOARD):
+        if cfg.ensemble > 1:
+            ensemble = train_ensemble(spec, cfg, progress=not args.no_progress, tracker=tracker)
+            print(format_report(ensemble.report))
+            names = ", ".join(m.name for m in ensemble.members)
+            print(f"run directory: {ensemble.out} (an ensemble of {names}; each has its .pt)")
+            extra = {"command": "train"}
+            log_outcome(tracker, ensemble.out, ensemble.report, config_to_dict(cfg), extra)
+            return 0
         result = train_run(spec, progress=not args.no_progress, tracker=tracker)
         print(format_report(result.report))
         exported = f" (exported {result.exported.name})" if result.exported else ""

@@ -20,7 +20,7 @@ from jax import export
 
 from marl_jax.env.features import NUM_FEATURES
 from marl_jax.files import atomic_write_bytes, atomic_write_text
-from marl_jax.policy import Policy, PolicyError, decision_from_windows
+from marl_jax.policy import Ensemble, Policy, PolicyError, decision_from_windows
 
 __all__ = ["FORMAT", "export_policy", "sidecar_path"]
 
@@ -34,10 +34,16 @@ def sidecar_path(artifact: str | Path) -> Path:
 
 
 def export_policy(
-    policy: Policy, out: str | Path, platforms: tuple[str, ...] | None = None
+    policy: Policy | Ensemble, out: str | Path, platforms: tuple[str, ...] | None = None
 ) -> tuple[Path, Path]:
     """Writes the artifact and its JSON (each atomically); returns both paths."""
     out = Path(out)
+    if isinstance(policy, Ensemble):
+        first = policy.sources[0] if policy.sources else "one member"
+        raise PolicyError(
+            f"{policy.description}: an artifact holds one model's decision; export each "
+            f"member on its own (--model {first}, and so on) and average their positions"
+        )
     if out.is_dir():
         raise PolicyError(f"--out {out}: is a folder; give a file name such as policy.jaxexport")
     modules, variables = policy.modules, policy.variables

@@ -34,7 +34,7 @@ import numpy as np
 
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import Bars, split_bounds
-from marl_jax.policy import Policy, PolicyError
+from marl_jax.policy import Ensemble, Policy, PolicyError
 from marl_jax.run.provenance import BarCalendar
 from marl_jax.run.report import SplitPart, write_split_report
 from marl_jax.run.setup import env_params_for, periods_per_year_for
@@ -65,7 +65,9 @@ def _stamp(value: str, flag: str) -> np.datetime64:
         raise PolicyError(f"{flag} {value!r}: not a timestamp (e.g. 2024-01-31T14:00)") from None
 
 
-def _env_params(policy: Policy, bars: Bars, spec: BacktestSpec, source: str) -> market.EnvParams:
+def _env_params(
+    policy: Policy | Ensemble, bars: Bars, spec: BacktestSpec, source: str
+) -> market.EnvParams:
     cfg = policy.run_config
     if spec.split not in SPLITS:
         raise PolicyError(f"--split {spec.split}: expected one of {', '.join(SPLITS)}")
@@ -110,7 +112,7 @@ def _stamp_of(bars: Bars, t: int) -> str:
 
 
 def _linear(
-    policy: Policy, bars: Bars, spec: BacktestSpec, params: market.EnvParams, source: str
+    policy: Policy | Ensemble, bars: Bars, spec: BacktestSpec, params: market.EnvParams, source: str
 ) -> tuple[evaluate.LinearBaseline | None, dict[str, Any]]:
     """The linear baseline fitted before the evaluated bars (see the module docstring), and
     the report's entries on it."""
@@ -146,7 +148,7 @@ def _linear(
 
 
 def backtest(
-    policy: Policy,
+    policy: Policy | Ensemble,
     bars: Bars,
     spec: BacktestSpec = BacktestSpec(),
     *,
@@ -162,7 +164,7 @@ def backtest(
         raise PolicyError(f"--out {out}: exists and is not a folder; choose another --out")
     params = _env_params(policy, bars, spec, source)
     linear, linear_entries = _linear(policy, bars, spec, params, source)
-    runs = {"policy": evaluate.run_policy(policy.policy_fn(), params, batch_size=2048)}
+    runs = {"policy": policy.run(params, batch_size=2048)}
     runs.update(
         evaluate.evaluate_baselines(
             params, seed=policy.run_config.seed, linear=linear, oracle=oracle

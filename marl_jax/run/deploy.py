@@ -25,8 +25,8 @@ from marl_jax.agents import AGENT_NAMES, MODEL_NAMES
 from marl_jax.config import Config, ConfigError, load_config
 from marl_jax.env.features import FeatureNorm
 from marl_jax.models.registry import module_config
-from marl_jax.policy import Policy, PolicyError
-from marl_jax.run.rundir import CONFIG
+from marl_jax.policy import Ensemble, Policy, PolicyError
+from marl_jax.run.rundir import CONFIG, ensemble_members
 from marl_jax.run.sources import load_models_from
 from marl_jax.run.steps import normalisations_from
 
@@ -76,11 +76,41 @@ def _window(source: str, config: Config | None, modules: Mapping[str, nn.Module]
     return lengths[AGENT_NAMES[0]]
 
 
-def load_policy(source: str, norm_from: str | None = None, instrument: str | None = None) -> Policy:
+def load_policy(
+    source: str, norm_from: str | None = None, instrument: str | None = None
+) -> Policy | Ensemble:
     """The models of any model source; the normalisation saved with them, or that of
     ``norm_from`` (required for an original ``.pt``, which carries none). A model trained
     on several instruments saved one per instrument: ``instrument`` (the bar file's name,
-    as the training run named it) picks one."""
+    as the training run named it) picks one. The folder of a run trained with ``ensemble``
+    K > 1 gives an :class:`~marl_jax.policy.Ensemble` of its members' best checkpoints."""
+    members = ensemble_members(Path(source))
+    if members is not None:
+        return _load_ensemble(Path(source), members, norm_from, instrument)
+    return _load_one(source, norm_from, instrument)
+
+
+def _load_ensemble(
+    root: Path, members: list[Path], norm_from: str | None, instrument: str | None
+) -> Ensemble:
+    """The ensemble run ``root``'s members (each a finished run) as one policy."""
+    missing = [m for m in members if not (m / CONFIG).is_file()]
+    if missing:
+        raise PolicyError(
+            f"{root}: member {missing[0].name} has not been trained; finish the ensemble with "
+            f"`python -m marl_jax.train --resume --out {root}`"
+        )
+    policies = [_load_one(str(m), norm_from, instrument) for m in members]
+    try:
+        config = load_config(root / CONFIG)
+    except ConfigError:
+        config = None
+    described = f"ensemble {root} ({len(members)} members)"
+    return Ensemble(policies, described, config, tuple(str(m) for m in members))
+
+
+def _load_one(source: str, norm_from: str | None, instrument: str | None) -> Policy:
+    """:func:`load_policy` of a source that holds one model."""
     resolved, bundle = load_models_from(source)
     missing = [name for name in MODEL_NAMES if name not in bundle.modules]
     if missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -18,10 +19,26 @@ EQUITY_CURVE = "equity_curve.png"
 EXPORT_PT = "strategic_marl.pt"
 TENSORBOARD = "tensorboard"
 LOCK = ".lock"
+# A run trained with ensemble K > 1: its members' run directories, and the file listing them.
+ENSEMBLE = "ensemble.json"
+MEMBER_DIR = "member_{}"
 
 
 class RunError(MarlJaxError, RuntimeError):
     """A run that cannot start or continue; the message is one line."""
+
+
+def ensemble_members(root: Path) -> list[Path] | None:
+    """The member run directories of the ensemble run ``root`` (its ``ensemble.json``), or
+    None when ``root`` is not one."""
+    path = Path(root) / ENSEMBLE
+    if not path.is_file():
+        return None
+    try:
+        size = int(json.loads(path.read_text())["size"])
+    except (ValueError, KeyError, TypeError):
+        raise RunError(f"{path}: not readable; train the ensemble again in another --out") from None
+    return [Path(root) / MEMBER_DIR.format(i) for i in range(size)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,7 @@ __all__ = [
     "load_oracles",
     "periods_per_year_for",
     "prepare",
+    "resolve_config",
 ]
 
 # The instrument name of the embedded synthetic market (a bar file's is its file name).
@@ -320,6 +321,12 @@ def data_overrides(data: str | Sequence[str] | None) -> list[str]:
     return ["env.data_path=null", f"env.data_paths={json.dumps(paths)}"]
 
 
+def resolve_config(spec: RunSpec) -> Config:
+    """The config the run ``spec`` asks for: the one recorded in ``spec.out`` under
+    ``spec.resume``, else ``spec.config`` with its overrides; one-line errors."""
+    return _resolve_config(spec, RunDir(Path(spec.out)))
+
+
 def _resolve_config(spec: RunSpec, run_dir: RunDir) -> Config:
     if spec.resume:
         if not run_dir.config.is_file():
@@ -359,6 +366,11 @@ def prepare(spec: RunSpec) -> Run:
     if root.exists() and not root.is_dir():
         raise RunError(f"--out {root}: exists and is not a folder; choose another --out")
     cfg = _resolve_config(spec, RunDir(root))
+    if cfg.ensemble > 1:
+        raise RunError(
+            f"ensemble {cfg.ensemble}: one run trains one model; train the ensemble with "
+            "`python -m marl_jax.train` (marl_jax.run.ensemble.train_ensemble)"
+        )
     created = not root.exists()
     lock = RunLock(root).acquire()
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from marl_jax.errors import MarlJaxError
-from marl_jax.run.rundir import CONFIG, RunDir
+from marl_jax.run.rundir import CONFIG, RunDir, ensemble_members
 
 if TYPE_CHECKING:
     from marl_jax.run.modeldir import ModelBundle
@@ -94,6 +94,12 @@ def resolve_source(spec: str) -> ModelSource:
         )
     if path.is_file():
         return ModelSource("pt", path, f".pt file {path}")
+    members = ensemble_members(path)
+    if members is not None:
+        raise SourceError(
+            f"{text}: an ensemble of {len(members)} runs (ensemble: {len(members)}); one model "
+            f"is one of its members: give {members[0]} (or another member_I)"
+        )
     if (path / CONFIG).is_file():
         return _pick_step(path, pick, text)
     if pick != "best":

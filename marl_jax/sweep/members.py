@@ -138,6 +138,11 @@ def expand(base: Config, spec: SweepSpec) -> list[Group]:
     validated; the first problem raises :class:`SweepError` naming the key and value.
     """
     where = spec.where()
+    if base.ensemble > 1 or "ensemble" in spec.keys:
+        raise SweepError(
+            f"{spec.source}: ensemble: a sweep's members are single runs (each with its own "
+            "seed); set ensemble=1 in the config and sweep seeds instead"
+        )
     tree = config_to_dict(base)
     for key, values in spec.grid.items():
         for value in values:

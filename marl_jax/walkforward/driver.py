@@ -35,6 +35,7 @@ from marl_jax.run.tracking import (
     log_outcome,
     tracked,
 )
+from marl_jax.walkforward.ensemble import run_ensemble_fold
 from marl_jax.walkforward.fold_run import DEFAULT_SELECT, FOLD_RESULT, SELECT_METRIC, run_fold
 from marl_jax.walkforward.folds import DEFAULT_VAL_FRACTION, Fold, WalkForwardError
 from marl_jax.walkforward.instruments import (
@@ -181,6 +182,11 @@ def _header(cfg, options: dict, markets: dict, sweep: FoldSweep | None, config_n
         "selection": f"the checkpoint with the best validation {select_by(options)}"
         + (", summed over the instruments" if several else ""),
     }
+    if cfg.ensemble > 1:
+        header["selection"] = (
+            f"the mean of {cfg.ensemble} seeds' positions, each member's checkpoint chosen by "
+            f"its validation {select_by(options)}"
+        )
     if sweep is not None:
         header["selection"] = f"the sweep member with the best validation {select_by(options)}"
         header["sweep"] = sweep.record()
@@ -253,6 +259,11 @@ def walk_forward(
         raise WalkForwardError(
             "--gate with several --data files: not supported; give one --data, or drop --gate"
         )
+    if several and cfg.ensemble > 1:  # (a sweep refuses an ensemble itself)
+        raise WalkForwardError(
+            f"ensemble {cfg.ensemble} with several --data files: not supported; set "
+            "ensemble=1, or give one --data"
+        )
     with RunLock(out):
         header = _header(cfg, options, markets, sweep, _config_name(spec))
         _record_layout(out, header, by_instrument, spec.resume)
@@ -288,8 +299,14 @@ def _run_single(
                 flush=True,
             )
         root = fold_dir(out, fold.index)
+        if sweep is not None:
+            fold_fn = sweep.run_fold
+        elif cfg.ensemble > 1:
+            fold_fn = run_ensemble_fold
+        else:
+            fold_fn = run_fold
         train = functools.partial(
-            run_fold if sweep is None else sweep.run_fold,
+            fold_fn,
             cfg,
             bars,
             fold,
