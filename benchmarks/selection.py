@@ -52,6 +52,11 @@ def rescore(out: Path) -> dict[str, dict]:
 
     manifest = json.loads((out / MANIFEST).read_text())
     cfg = config_from_dict(manifest["config"], source=str(out / MANIFEST))
+    if cfg.ensemble > 1:
+        raise SystemExit(
+            f"{out}: an ensemble walk-forward (ensemble {cfg.ensemble}); each fold's members "
+            "choose their checkpoints apart: rescore a walk-forward with ensemble=1"
+        )
     markets = load_markets(cfg)
     if len(markets) != 1:
         raise SystemExit(f"{out}: a walk-forward over several files; give single-file ones")

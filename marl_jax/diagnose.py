@@ -20,6 +20,9 @@ fold_envs`) and the walk-forward's evaluator (:func:`marl_jax.env.evaluate.run_p
    ``position * mu`` for ``excess``; none for ``differential_sharpe``), and the rank IC of each
    actor's ``P(bullish) - P(bearish)`` and of the linear baseline's prediction.
 
+A walk-forward of an ensemble (``ensemble`` K > 1) is diagnosed member by member: each fold's
+members are rows ``F.I`` (``"member": I`` in the JSON), each with its own checkpoints.
+
 Prints the tables; ``--out`` also writes them as ``diagnosis.json`` (atomically). One compiled
 forward pass serves every checkpoint (the variables are its arguments).
 """
@@ -49,7 +52,7 @@ from marl_jax.mappo import MAPPO
 from marl_jax.ppo import ValueNormState, valuenorm_denormalise, valuenorm_mean_var
 from marl_jax.run.checkpointer import TrainCheckpointer
 from marl_jax.run.metrics_log import read_metrics_log
-from marl_jax.run.rundir import CONFIG
+from marl_jax.run.rundir import CONFIG, MEMBER_DIR
 from marl_jax.run.setup import load_markets
 from marl_jax.run.sources import load_models_from
 from marl_jax.walkforward.driver import MANIFEST
@@ -307,13 +310,17 @@ def diagnose(root: str | Path) -> dict:
         fold_root = root / f"fold_{spec['fold']}"
         if not (fold_root / FOLD_RESULT).is_file():
             continue  # not finished
-        cfg = load_config(fold_root / CONFIG)
-        if bars is None:
-            bars = next(iter(load_markets(cfg).values()))
-            program = forward_program(MAPPO(cfg, market.MARKET))
         fold = Fold(spec["fold"], tuple(spec["train"]), tuple(spec["val"]), tuple(spec["test"]))
-        summary = json.loads((fold_root / FOLD_RESULT).read_text())
-        folds.append(diagnose_fold(cfg, bars, fold, summary, fold_root, program))
+        size = int(manifest["config"].get("ensemble", 1))
+        runs = [fold_root] if size == 1 else [fold_root / MEMBER_DIR.format(i) for i in range(size)]
+        for i, run_root in enumerate(runs):
+            cfg = load_config(run_root / CONFIG)
+            if bars is None:
+                bars = next(iter(load_markets(cfg).values()))
+                program = forward_program(MAPPO(cfg, market.MARKET))
+            summary = json.loads((run_root / FOLD_RESULT).read_text())
+            diagnosed = diagnose_fold(cfg, bars, fold, summary, run_root, program)
+            folds.append(diagnosed if size == 1 else {**diagnosed, "member": i})
     if not folds:
         raise DiagnosisError(f"{root}: no finished fold ({FOLD_RESULT}) yet")
     return {"folds": folds, "pooled": pooled(folds)}
@@ -321,6 +328,11 @@ def diagnose(root: str | Path) -> dict:
 
 def _f(x: float | None, spec: str = "+.4f") -> str:
     return "   n/a" if x is None else format(x, spec)
+
+
+def _label(f: dict) -> str:
+    """A diagnosed run's row label: its fold, and ``.I`` for an ensemble's member ``I``."""
+    return f"{f['fold']}.{f['member']}" if "member" in f else str(f["fold"])
 
 
 def format_report(name: str, d: dict) -> str:
@@ -339,7 +351,7 @@ def format_report(name: str, d: dict) -> str:
                 f"{r[f'{s}_return']:+.5f}   {r[f'{s}_turnover']:.5f}  {r[f'{s}_modal_share']:.3f}"
                 for s in ("train", "val")
             )
-            lines.append(f"{f['fold']:>4} {r['step']:>5}  {train}  {val}  {mark}")
+            lines.append(f"{_label(f):>4} {r['step']:>5}  {train}  {val}  {mark}")
     p = d["pooled"]
     lines.append(
         f"pooled: train up & val down in {p['train_up_val_down']}/{p['folds']} folds; val flat "
@@ -352,7 +364,7 @@ def format_report(name: str, d: dict) -> str:
     )
     keys = list(p["training_metrics"])
     lines.append("fold  " + "  ".join(f"{k.split('/')[0]:>22}" for k in keys))
-    rows = [(str(f["fold"]), f["training_metrics"]) for f in d["folds"]]
+    rows = [(_label(f), f["training_metrics"]) for f in d["folds"]]
     for label, e in rows + [("pool", p["training_metrics"])]:
         cells = ["/".join(f"{e[k][s]:.3g}" for s in ("first", "last", "min")) for k in keys]
         lines.append(f"{label:>4}  " + "  ".join(f"{c:>22}" for c in cells))
@@ -360,7 +372,7 @@ def format_report(name: str, d: dict) -> str:
     for kind in ("greedy", "sampled"):
         cols = sorted(p["signal_shares"][kind], key=float)
         lines.append(f"{kind:>7} fold " + " ".join(f"{c:>6}" for c in cols))
-        rows = [(str(f["fold"]), f["signal_shares"][kind]) for f in d["folds"]]
+        rows = [(_label(f), f["signal_shares"][kind]) for f in d["folds"]]
         for label, s in rows + [("pool", p["signal_shares"][kind])]:
             lines.append(f"{'':>7} {label:>4} " + " ".join(f"{s.get(c, 0.0):6.3f}" for c in cols))
     lines.append("4. validation correlation with the next bar's log return (pearson/spearman)")
@@ -368,7 +380,7 @@ def format_report(name: str, d: dict) -> str:
     lines.append(
         "fold " + " ".join(f"{k.replace('_bull_minus_bear', ' P(b)-P(s)'):>20}" for k in ckeys)
     )
-    rows = [(str(f["fold"]), f["correlation_with_next_return"]) for f in d["folds"]]
+    rows = [(_label(f), f["correlation_with_next_return"]) for f in d["folds"]]
     for label, c in rows + [("mean", p["correlation_with_next_return"])]:
         cells = [f"{_f(c[k]['pearson'], '+.3f')}/{_f(c[k]['spearman'], '+.3f')}" for k in ckeys]
         lines.append(f"{label:>4} " + " ".join(f"{x:>20}" for x in cells))

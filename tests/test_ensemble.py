@@ -20,6 +20,7 @@ from marl_jax import decide as decide_cli
 from marl_jax import export as export_cli
 from marl_jax import train as train_cli
 from marl_jax.config import Config, load_config
+from marl_jax.diagnose import diagnose
 from marl_jax.env import evaluate, market
 from marl_jax.env.data import load_bars, synthetic_bars
 from marl_jax.policy import Ensemble, PolicyError
@@ -193,7 +194,6 @@ def test_a_walk_forward_fold_of_an_ensemble_is_the_mean_of_its_members(tmp_path,
     report = json.loads((out / "report.json").read_text())
     assert report["selection"].startswith("the mean of 2 seeds' positions")
     frame = pd.read_csv(out / "returns.csv")
-    bars = load_bars(data)
     for k in range(2):
         fold = out / f"fold_{k}"
         summary = json.loads((fold / "fold.json").read_text())
@@ -214,7 +214,13 @@ def test_a_walk_forward_fold_of_an_ensemble_is_the_mean_of_its_members(tmp_path,
             np.testing.assert_allclose(z["policy/rewards"], mean * r - cost, atol=1e-6)
         part = frame.loc[frame["fold"] == k, "position"].to_numpy()
         np.testing.assert_allclose(part, mean, atol=1e-6)
-    del bars
+
+    # diagnose: every member of every fold, as the folds of a single run are.
+    diagnosed = diagnose(out)["folds"]
+    assert [(f["fold"], f["member"]) for f in diagnosed] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for f in diagnosed:
+        member = out / f"fold_{f['fold']}" / f"member_{f['member']}" / "fold.json"
+        assert f["chosen_step"] == json.loads(member.read_text())["selection"]["step"]
 
     (out / "fold_1" / "fold.json").unlink()
     assert walkforward(["--resume", "--out", str(out), "--no-progress"]) == 0
