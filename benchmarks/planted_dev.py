@@ -18,7 +18,9 @@ Below each line: the seeds' mean capture; the ensemble of the seeds (at each bar
 their positions, scored with the same costs); and, under target actions without
 ``env.observe_position``, the expected vote (each actor's probability of long less its
 probability of short, averaged over the actors, as the position) and the sampled votes (one
-draw per actor and bar, as in training), per seed and as an ensemble.
+draw per actor and bar, as in training), per seed and as an ensemble. The config's
+``ensemble`` is not read: the ``--seeds`` are the members, and both the seeds' mean and their
+ensemble are printed.
 
     python benchmarks/planted_dev.py --set env.action_mode=delta --set training.gamma=0.3
     python benchmarks/planted_dev.py --file bt_eurusd_1h --signal revert --seeds 0,1,2
