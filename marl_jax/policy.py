@@ -627,11 +627,37 @@ class Ensemble:
         self.config = config
         self.sources = tuple(sources)
 
-    # The bars, the window and the modes are the members' (checked equal).
-    def __getattr__(self, name: str) -> Any:
-        if name in _SHARED:
-            return getattr(self.members[0], name)
-        raise AttributeError(name)
+    # The window, the normalisation and the modes are the members' (checked equal).
+    @property
+    def norm(self) -> FeatureNorm:
+        return self.members[0].norm
+
+    @property
+    def window(self) -> int:
+        return self.members[0].window
+
+    @property
+    def history(self) -> int:
+        """Bars a decision needs: the features' warm-up plus the window."""
+        return self.members[0].history
+
+    @property
+    def observe_position(self) -> bool:
+        return self.members[0].observe_position
+
+    @property
+    def modes(self) -> dict[str, Any]:
+        return self.members[0].modes
+
+    def load_bars(
+        self, path: str | Path, say: Callable[[str], None] | None = _to_stderr
+    ) -> bar_data.Bars:
+        """A bar file as the members read it (:meth:`Policy.load_bars`)."""
+        return self.members[0].load_bars(path, say)
+
+    def periods_per_year(self, bars: bar_data.Bars) -> float:
+        """Bars per year on ``bars``, as the members annualise."""
+        return self.members[0].periods_per_year(bars)
 
     @property
     def run_config(self) -> Config:
@@ -676,21 +702,3 @@ class Ensemble:
         (each member run as :meth:`Policy.run`)."""
         positions = [m.run(params, batch_size).positions for m in self.members]
         return simulate(np.mean(positions, axis=0), params)
-
-
-# What an Ensemble reads from its first member.
-_SHARED = frozenset(
-    {
-        "norm",
-        "window",
-        "history",
-        "observe_position",
-        "modes",
-        "delta",
-        "vol_history",
-        "load_bars",
-        "periods_per_year",
-        "bar_at",
-        "normalised_features",
-    }
-)
