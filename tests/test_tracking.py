@@ -4,8 +4,10 @@ log, read back from the MLflow store and TensorBoard's event files."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -325,3 +327,22 @@ def test_sweep_logs_a_nested_run_per_member_and_tensorboard_per_member(tmp_path,
         assert member.data.metrics["test.policy.sharpe"] == pytest.approx(sharpe)
         steps = _event_steps(out / "tensorboard" / f"m{m}", "average_reward")
         assert steps == list(range(1, UPDATES + 1))
+
+
+def test_an_mlflow_server_that_does_not_answer_fails_fast_in_one_line(monkeypatch):
+    """Opening a store over HTTP tries once more, not for minutes; the user's own retry
+    settings, and MLflow's for the runs' later requests, are left alone."""
+    _mlflow()
+    for key in tracking.OPEN_HTTP:
+        monkeypatch.delenv(key, raising=False)
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError) as err:
+        tracking.mlflow_tracker("http://127.0.0.1:9")  # the discard port: refused
+    assert time.monotonic() - started < 60
+    assert "MLflow tracking store http://127.0.0.1:9" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not any(key in os.environ for key in tracking.OPEN_HTTP)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    with pytest.raises(tracking.TrackingError):
+        tracking.mlflow_tracker("http://127.0.0.1:9")
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"

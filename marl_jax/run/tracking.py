@@ -255,6 +255,29 @@ def _refuse_a_file_store(uri: str) -> None:
         )
 
 
+# Opening a store over HTTP: MLflow's own defaults retry a refused or silent server for minutes
+# (7 retries, backoff factor 2, 120 s a request) before a command can say what is wrong.
+# Opening tries once more after this many seconds at most; the runs' later requests keep
+# MLflow's retries. A user's own MLFLOW_HTTP_REQUEST_* settings are left as they are.
+OPEN_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def _opening(uri: str) -> Iterator[None]:
+    """MLflow's HTTP retries cut to :data:`OPEN_HTTP` for the block (over ``http(s)`` only,
+    and only where the user has not set them)."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        yield
+        return
+    added = {k: v for k, v in OPEN_HTTP.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def mlflow_tracker(uri: str | None = None, experiment: str = MLFLOW_EXPERIMENT) -> MlflowTracker:
     """An :class:`MlflowTracker` on the store ``uri`` (default :func:`default_tracking_uri`),
     in ``experiment`` (made when missing); a one-line :class:`TrackingError` when MLflow is not
@@ -267,7 +290,7 @@ def mlflow_tracker(uri: str | None = None, experiment: str = MLFLOW_EXPERIMENT) 
         ) from None
     uri = uri or default_tracking_uri()
     _refuse_a_file_store(uri)
-    with _quiet_mlflow(uri):
+    with _quiet_mlflow(uri), _opening(uri):
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
