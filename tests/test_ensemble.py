@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from report_contract import check_report
 from tiny_config import tiny
 
 from marl_jax import backtest as backtest_cli
@@ -103,7 +104,8 @@ def test_an_ensemble_trains_its_seeds_and_decides_by_their_mean(tmp_path, capsys
     assert not np.array_equal(runs[0].positions, runs[1].positions)
     frame = pd.read_csv(out / "returns.csv")
     np.testing.assert_allclose(frame["position"], mean, atol=1e-6)
-    report = json.loads((out / "report.json").read_text())
+    report = check_report(out, "train")
+    assert report["model"].startswith("ensemble")
     ensemble = evaluate.simulate(mean, params)
     assert report["metrics"]["policy"]["active_ir"] == pytest.approx(
         ensemble.metrics["active_ir"], rel=1e-6, abs=1e-9

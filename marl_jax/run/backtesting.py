@@ -155,10 +155,12 @@ def backtest(
     out: str | Path,
     source: str = "bars",
     oracle: np.ndarray | None = None,
+    command: str = "backtest",
 ) -> dict[str, Any]:
     """Runs the policy (greedy) and the baselines over ``spec`` (``oracle``: the bars' planted
     signal, see the module docstring) and writes ``report.json``, ``returns.csv`` and
-    ``equity_curve.png`` into ``out`` (each atomically); returns the report."""
+    ``equity_curve.png`` into ``out`` (each atomically), the report's ``command`` being
+    ``command``; returns the report."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PolicyError(f"--out {out}: exists and is not a folder; choose another --out")
@@ -179,7 +181,7 @@ def backtest(
     config = f"the run config of {policy.description}" if policy.config else "the defaults"
     return write_split_report(
         out,
-        "backtest",
+        command,
         [part],
         cfg=policy.run_config,
         config=config,

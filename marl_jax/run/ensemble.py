@@ -93,7 +93,9 @@ def train_ensemble(
         oracle = next(iter(load_oracles(cfg, markets).values()))
         source = cfg.env.data_path or SYNTHETIC
         spec_test = BacktestSpec("test")
-        report = backtest(policy, bars, spec_test, out=root, source=source, oracle=oracle)
+        report = backtest(
+            policy, bars, spec_test, out=root, source=source, oracle=oracle, command="train"
+        )
     return EnsembleResult(root, cfg, dirs, report)
 
 
