@@ -45,19 +45,20 @@ IR (against buy-and-hold) are at least 0. Printed, and written to ``OUT/planted.
 raw numbers in ``OUT/planted.json``.
 
 Time on the 2-core development machine: a 5-fold walk-forward of ``configs/real_markets.yaml``
-takes about 10 minutes alone (``benchmarks/RESULTS.md``, issue 15: 10 min 17 s idle for the
-same model sizes and 102,400 steps a fold; 10-15 min when shared). The default grid is 2 files x
-(3 signals x 2 targets + strength 0) x 3 seeds = 42 walk-forwards: about 7 to 10 hours of wall
-time on both cores (about 42 x 900 s = 10.5 hours of user CPU). The smoke run below (one
-file, signal, target and seed, 2 folds, 2,048 steps: two walk-forwards with strength 0) took
-80 s of wall time and 70 s of user CPU on that machine: 56 s for the first walk-forward (cold),
-20 s for the second. ``--dry-run`` fetches the files (if not cached) and calibrates: a few
-seconds a file; it writes nothing under ``--out``.
+trains three members a fold (``ensemble: 3``): about 15 to 20 minutes on the 2,335 daily GOOGL
+bars (each member's five folds take 4.5 to 5.3 minutes alone; ``benchmarks/RESULTS.md``). The
+default grid is 2 files x (3 signals x 2 targets + strength 0) x 3 seeds = 42 walk-forwards:
+about 11 to 14 hours on both cores; ``--set ensemble=1`` trains one member a fold (a third of
+that). The smoke run below (one file, signal, target and seed, 2 folds, 2,048 steps: two
+walk-forwards with strength 0, one member each) took 80 s of wall time on that machine.
+``--dry-run`` fetches the files (if not cached) and calibrates: a few seconds a file; it writes
+nothing under ``--out``.
 
     python benchmarks/planted.py --dry-run                    # plan and strengths, no training
-    nohup python benchmarks/planted.py > planted.log 2>&1 &   # the grid: 7-10 h on 2 cores
+    nohup python benchmarks/planted.py > planted.log 2>&1 &   # the grid: 11-14 h on 2 cores
     python benchmarks/planted.py --files gym_eurusd_1h --signals trend --targets 1 --seeds 1 \\
-        --folds 2 --set training.total_timesteps=2048 --out runs/planted_smoke   # ~1.5 min
+        --folds 2 --set training.total_timesteps=2048 --set ensemble=1 \\
+        --out runs/planted_smoke   # ~1.5 min
 """
 
 from __future__ import annotations
