@@ -306,12 +306,12 @@ def diagnose(root: str | Path) -> dict:
     if isinstance(manifest["folds"], dict) or manifest.get("sweep"):
         raise DiagnosisError(f"{root}: a multi-instrument or --sweep walk-forward; not supported")
     folds, program, cfg, bars = [], None, None, None
+    size = int(manifest["config"].get("ensemble", 1))
     for spec in manifest["folds"]:
         fold_root = root / f"fold_{spec['fold']}"
         if not (fold_root / FOLD_RESULT).is_file():
             continue  # not finished
         fold = Fold(spec["fold"], tuple(spec["train"]), tuple(spec["val"]), tuple(spec["test"]))
-        size = int(manifest["config"].get("ensemble", 1))
         runs = [fold_root] if size == 1 else [fold_root / MEMBER_DIR.format(i) for i in range(size)]
         for i, run_root in enumerate(runs):
             cfg = load_config(run_root / CONFIG)

@@ -26,12 +26,11 @@ from marl_jax.env import evaluate, market
 from marl_jax.env.data import load_bars, synthetic_bars
 from marl_jax.policy import Ensemble, PolicyError
 from marl_jax.run.deploy import load_policy
-from marl_jax.run.ensemble import member_seed
+from marl_jax.run.ensemble import member_config, member_seed
 from marl_jax.run.sources import load_models_from
 from marl_jax.sweep.members import expand
 from marl_jax.sweep.spec import SweepError, SweepSpec
 from marl_jax.walkforward.__main__ import main as walkforward
-from marl_jax.walkforward.ensemble import member_config
 
 TINY = tiny(training={"total_timesteps": 4 * 32})
 

@@ -33,7 +33,7 @@ from marl_jax.run.session import train_run
 from marl_jax.run.setup import SYNTHETIC, RunSpec, load_markets, load_oracles
 from marl_jax.run.tracking import NO_TRACKER, Tracker, tracked
 
-__all__ = ["EnsembleResult", "member_seed", "train_ensemble"]
+__all__ = ["EnsembleResult", "member_config", "member_seed", "train_ensemble"]
 
 
 @dataclasses.dataclass
@@ -50,6 +50,12 @@ def member_seed(seed: int, size: int, index: int) -> int:
     """The seed member ``index`` of an ensemble of ``size`` with ``seed`` trains with: the
     members of different seeds never overlap, and those of seed 0 are seeds ``0 .. K - 1``."""
     return seed * size + index
+
+
+def member_config(cfg: Config, index: int) -> Config:
+    """The config member ``index`` of ``cfg``'s ensemble trains with: one model, its seed."""
+    seed = member_seed(cfg.seed, cfg.ensemble, index)
+    return cfg.model_copy(update={"seed": seed, "ensemble": 1})
 
 
 def train_ensemble(

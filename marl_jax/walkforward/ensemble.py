@@ -20,7 +20,7 @@ import numpy as np
 from marl_jax.config import Config
 from marl_jax.env import data as bar_data
 from marl_jax.env import evaluate
-from marl_jax.run.ensemble import member_seed
+from marl_jax.run.ensemble import member_config, member_seed
 from marl_jax.run.rundir import MEMBER_DIR, TENSORBOARD, RunLock
 from marl_jax.run.tracking import NO_TRACKER, Tracker, tracked
 from marl_jax.walkforward.fold_run import (
@@ -29,16 +29,11 @@ from marl_jax.walkforward.fold_run import (
     fold_envs,
     load_fold,
     run_fold,
+    with_test_baselines,
 )
 from marl_jax.walkforward.folds import Fold
 
-__all__ = ["member_config", "run_ensemble_fold"]
-
-
-def member_config(cfg: Config, index: int) -> Config:
-    """The config member ``index`` of ``cfg``'s ensemble trains with: one model, its seed."""
-    seed = member_seed(cfg.seed, cfg.ensemble, index)
-    return cfg.model_copy(update={"seed": seed, "ensemble": 1})
+__all__ = ["run_ensemble_fold"]
 
 
 def run_ensemble_fold(
@@ -84,11 +79,8 @@ def run_ensemble_fold(
             positions.append(np.asarray(arrays["policy"]["positions"], dtype=np.float64))
             members.append(_member_row(i, seed, summary))
         envs = fold_envs(cfg, bars, fold, oracle)
-        runs = {"policy": evaluate.simulate(np.mean(positions, axis=0), envs.test)}
-        linear = evaluate.LinearBaseline.fit(envs.train)
-        runs.update(
-            evaluate.evaluate_baselines(envs.test, seed=cfg.seed, linear=linear, oracle=envs.oracle)
-        )
+        mean = evaluate.simulate(np.mean(positions, axis=0), envs.test)
+        runs = with_test_baselines(mean, envs, cfg.seed)
         selection = {
             "metric": f"validation {select_by}",
             "over": f"each member's checkpoints; the policy is the mean of the {size} members' "

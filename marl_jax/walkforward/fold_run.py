@@ -63,6 +63,7 @@ __all__ = [
     "run_test_fold",
     "select_checkpoint",
     "train_fold",
+    "with_test_baselines",
 ]
 
 FOLD_RESULT = "fold.json"
@@ -217,14 +218,20 @@ def apply_gate(
 
 
 def run_test_fold(policy_fn: Callable, envs: FoldEnvs, seed: int) -> dict[str, evaluate.EvalRun]:
-    """The one read of the test fold: the chosen policy and every baseline (the linear one
-    fitted on the fold's train span; the oracle where the file was planted)."""
-    runs = {"policy": evaluate.run_policy(policy_fn, envs.test, batch_size=EVAL_BATCH)}
+    """The one read of the test fold: the chosen policy and every baseline
+    (:func:`with_test_baselines`)."""
+    policy = evaluate.run_policy(policy_fn, envs.test, batch_size=EVAL_BATCH)
+    return with_test_baselines(policy, envs, seed)
+
+
+def with_test_baselines(
+    policy: evaluate.EvalRun, envs: FoldEnvs, seed: int
+) -> dict[str, evaluate.EvalRun]:
+    """``policy``'s test run, then every baseline's on the test fold (the linear one fitted on
+    the fold's train span; the oracle where the file was planted)."""
     linear = evaluate.LinearBaseline.fit(envs.train)
-    runs.update(
-        evaluate.evaluate_baselines(envs.test, seed=seed, linear=linear, oracle=envs.oracle)
-    )
-    return runs
+    baselines = evaluate.evaluate_baselines(envs.test, seed=seed, linear=linear, oracle=envs.oracle)
+    return {"policy": policy, **baselines}
 
 
 def _save_runs(path: Path, runs: dict[str, evaluate.EvalRun]) -> None:
