@@ -237,3 +237,14 @@ def _bars_file_named(tmp_path: Path, name: str) -> str:
     path = tmp_path / name
     synthetic_bars(1500, seed=1).to_frame().to_csv(path, index=False)
     return str(path)
+
+
+def test_train_refuses_an_ensemble_over_several_files_before_writing(tmp_path, capsys):
+    cfg = _write(tmp_path, TINY)
+    data = [_bars_file(tmp_path), _bars_file_named(tmp_path, "b.csv")]
+    out = tmp_path / "ens"
+    argv = ["--config", cfg, "--data", data[0], "--data", data[1], "--set", "ensemble=2"]
+    assert train_cli.main([*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "ensemble 2 with several --data files: not supported" in err
+    assert err.count("\n") == 1 and not out.exists()
